@@ -1,0 +1,98 @@
+//! Command-line types for `abbuild`; the work happens in the modules these dispatch to.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build signed A/B update bundles (.abu) and bootable disk images.
+///
+/// A bundle carries a root filesystem image, a kernel and an initrd, with a signed
+/// manifest that lets a device verify every chunk before writing it.
+#[derive(Parser, Debug)]
+#[command(name = "abbuild", version, help_expected = true, max_term_width = 80)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only print errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create an ed25519 signing key pair: DIR/NAME.key (secret) and DIR/NAME.pub
+    ///
+    /// Keep NAME.key in your CI's secret store; copy NAME.pub to devices' key
+    /// directory (/etc/abupdate/keys by default).
+    Keygen(KeygenArgs),
+    /// Write a signed bundle from a root image, kernel and initrd you already have
+    ///
+    /// Example:
+    ///   abbuild bundle --rootfs root.squashfs --kernel bzImage --initrd initrd \
+    ///     --compatible vps-x86_64 --version 2026.11.22.1 --key ci.key --out v1.abu
+    Bundle(BundleArgs),
+    /// Show a bundle's manifest and the key ids of its signatures (not verified)
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Directory to write the key pair into (created if missing)
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Key name: the file stem, recorded in the public key
+    #[arg(long, default_value = "abupdate")]
+    pub name: String,
+    /// Overwrite existing key files
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// Root filesystem image (squashfs) to install into a slot
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Kernel image
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initrd image
+    #[arg(long)]
+    pub initrd: PathBuf,
+    /// Kernel parameters of the system (the updater adds ab.slot= and root=)
+    #[arg(long, default_value = "")]
+    pub kernel_params: String,
+    /// Devices accept only bundles whose compatible string equals theirs
+    #[arg(long)]
+    pub compatible: String,
+    /// Version: dotted numbers such as 42 or 2026.11.22.1, compared numerically
+    #[arg(long)]
+    pub version: String,
+    /// Build id recorded in the manifest (e.g. the Nix toplevel store path)
+    #[arg(long, default_value = "")]
+    pub build_id: String,
+    /// Secret key file(s) to sign with (repeat for key rotation)
+    #[arg(long, required = true)]
+    pub key: Vec<PathBuf>,
+    /// Chunk size in bytes (power of two, 4 KiB to 4 MiB)
+    #[arg(long, default_value_t = abbundle::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u32,
+    /// Output bundle file (.abu)
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Bundle file
+    pub bundle: PathBuf,
+    /// Print JSON (the manifest plus signature key ids) instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Also list every chunk hash (text output)
+    #[arg(long)]
+    pub chunks: bool,
+}

@@ -1,0 +1,28 @@
+//! `abbuild`: turns a system (a Nix toplevel or a directory) into a signed update bundle and
+//! a bootable disk image. `main.rs` only parses arguments and calls [`run`].
+
+pub mod bundle;
+pub mod cli;
+pub mod inspect;
+pub mod keygen;
+pub mod logging;
+
+use abbundle::error::exit;
+use abbundle::FormatError;
+
+/// Runs one command.
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Keygen(a) => keygen::run(&a),
+        cli::Command::Bundle(a) => bundle::run(&a),
+        cli::Command::Inspect(a) => inspect::run(&a),
+    }
+}
+
+/// The documented exit code for an error (`docs/exit-codes.md`).
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<FormatError>())
+        .map(FormatError::exit_code)
+        .unwrap_or(exit::FAILURE)
+}

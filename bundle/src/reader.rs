@@ -1,0 +1,201 @@
+//! Reading a bundle as a stream: the header and manifest are checked and the signature
+//! verified before any payload byte is handed out, and then every chunk is checked against
+//! the signed chunk table before the caller sees it. Memory use is one chunk buffer plus
+//! the manifest, whatever the payload size.
+
+use std::io::{self, Read};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::FormatError;
+use crate::header::{Header, HEADER_LEN, SIGNATURE_ENTRY_LEN};
+use crate::keys::{KeyId, TrustedKeys};
+use crate::manifest::{Manifest, PayloadKind};
+
+/// A verified piece of a payload.
+#[derive(Debug)]
+pub struct Chunk<'a> {
+    pub kind: PayloadKind,
+    /// Chunk number within its payload.
+    pub index: u64,
+    /// Byte offset of the chunk within its payload.
+    pub offset: u64,
+    /// The bytes, already checked against the signed chunk table.
+    pub data: &'a [u8],
+    /// True for the payload's final chunk.
+    pub last: bool,
+}
+
+/// A signature entry as stored: key id and ed25519 signature.
+pub type SignatureEntry = (KeyId, [u8; 64]);
+
+/// The parts of a bundle before its payloads, not verified: for `inspect` only.
+pub struct Unverified {
+    pub header: Header,
+    pub manifest: Manifest,
+    pub signatures: Vec<SignatureEntry>,
+}
+
+/// A streaming reader over a bundle whose signature has been verified.
+pub struct BundleReader<R> {
+    inner: R,
+    pos: u64,
+    header: Header,
+    manifest: Manifest,
+    signed_by: KeyId,
+    /// Next payload (index into the manifest) and chunk to hand out.
+    payload: usize,
+    chunk: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> BundleReader<R> {
+    /// Reads the header, manifest and signatures, and verifies that a trusted key signed the
+    /// manifest. Nothing after the signatures has been read when this returns.
+    pub fn open(mut inner: R, keys: &TrustedKeys) -> Result<Self, FormatError> {
+        let mut pos = 0;
+        let (header, manifest_bytes, sigs) = read_front(&mut inner, &mut pos)?;
+        let signed_by = keys.verify(&manifest_bytes, &sigs)?;
+        let manifest = Manifest::parse(&manifest_bytes, header.payloads_offset, header.total_len)?;
+        Ok(BundleReader {
+            inner,
+            pos,
+            header,
+            manifest,
+            signed_by,
+            payload: 0,
+            chunk: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The trusted key whose signature was accepted.
+    pub fn signed_by(&self) -> KeyId {
+        self.signed_by
+    }
+
+    /// Fails unless the bundle's `compatible` string is `expected`.
+    pub fn check_compatible(&self, expected: &str) -> Result<(), FormatError> {
+        if self.manifest.compatible != expected {
+            return Err(FormatError::Incompatible {
+                expected: expected.to_string(),
+                found: self.manifest.compatible.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The next verified chunk, in bundle order (all of rootfs, then kernel, then initrd),
+    /// or `None` once the whole bundle has been read and found to end where it should.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk<'_>>, FormatError> {
+        let Some(p) = self.manifest.payloads.get(self.payload) else {
+            return Ok(None);
+        };
+        if self.chunk == 0 {
+            skip_padding(&mut self.inner, &mut self.pos, p.offset)?;
+        }
+        let index = self.chunk;
+        let len = p.chunk_len(index) as usize;
+        self.buf.resize(len, 0);
+        let section = format!("{} payload", p.kind);
+        read_exact(&mut self.inner, &mut self.buf, &section)?;
+        self.pos += len as u64;
+        if Sha256::digest(&self.buf)[..] != p.chunks[index as usize].0 {
+            return Err(FormatError::ChunkHashMismatch { payload: p.kind.to_string(), index });
+        }
+        let kind = p.kind;
+        let last = index + 1 == p.chunks.len() as u64;
+        if last {
+            self.payload += 1;
+            self.chunk = 0;
+            if self.payload == self.manifest.payloads.len() {
+                expect_eof(&mut self.inner, self.pos)?;
+            }
+        } else {
+            self.chunk += 1;
+        }
+        Ok(Some(Chunk {
+            kind,
+            index,
+            offset: index * p.chunk_size as u64,
+            data: &self.buf,
+            last,
+        }))
+    }
+
+    /// Reads and verifies everything that is left.
+    pub fn verify_rest(&mut self) -> Result<(), FormatError> {
+        while self.next_chunk()?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Reads the header, manifest and signatures without checking the signature, for display.
+/// The manifest is still validated, so its fields can be trusted to be well-formed.
+pub fn read_unverified<R: Read>(mut inner: R) -> Result<Unverified, FormatError> {
+    let mut pos = 0;
+    let (header, manifest_bytes, signatures) = read_front(&mut inner, &mut pos)?;
+    let manifest = Manifest::parse(&manifest_bytes, header.payloads_offset, header.total_len)?;
+    Ok(Unverified { header, manifest, signatures })
+}
+
+fn read_front<R: Read>(
+    r: &mut R,
+    pos: &mut u64,
+) -> Result<(Header, Vec<u8>, Vec<SignatureEntry>), FormatError> {
+    let mut hb = [0u8; HEADER_LEN];
+    read_exact(r, &mut hb, "header")?;
+    let header = Header::decode(&hb)?;
+    // Bounded by Header::decode (MAX_MANIFEST_LEN), so this allocation is safe.
+    let mut manifest = vec![0u8; header.manifest_len as usize];
+    read_exact(r, &mut manifest, "manifest")?;
+    let mut sigs = Vec::with_capacity(header.signature_count as usize);
+    for _ in 0..header.signature_count {
+        let mut e = [0u8; SIGNATURE_ENTRY_LEN];
+        read_exact(r, &mut e, "signatures")?;
+        sigs.push((KeyId(e[..8].try_into().unwrap()), e[8..].try_into().unwrap()));
+    }
+    *pos = header.signatures_end();
+    Ok((header, manifest, sigs))
+}
+
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: &str) -> Result<(), FormatError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FormatError::Truncated(section.to_string()),
+        _ => FormatError::Io(e),
+    })
+}
+
+/// Reads up to `target`, requiring zeros: stray bytes there mean the file was damaged.
+fn skip_padding<R: Read>(r: &mut R, pos: &mut u64, target: u64) -> Result<(), FormatError> {
+    let mut zeros = [0u8; 4096];
+    while *pos < target {
+        let n = (target - *pos).min(zeros.len() as u64) as usize;
+        read_exact(r, &mut zeros[..n], "padding")?;
+        if zeros[..n].iter().any(|&b| b != 0) {
+            return Err(FormatError::BadPadding(target));
+        }
+        *pos += n as u64;
+    }
+    Ok(())
+}
+
+fn expect_eof<R: Read>(r: &mut R, pos: u64) -> Result<(), FormatError> {
+    let mut one = [0u8; 1];
+    loop {
+        match r.read(&mut one) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(FormatError::TrailingData(pos)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FormatError::Io(e)),
+        }
+    }
+}
