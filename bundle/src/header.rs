@@ -77,7 +77,10 @@ impl Header {
             return Err(FormatError::HeaderChecksum);
         }
         if u32_at(12) as usize != HEADER_LEN {
-            return Err(FormatError::BadHeader(format!("header length {}", u32_at(12))));
+            return Err(FormatError::BadHeader(format!(
+                "header length {}",
+                u32_at(12)
+            )));
         }
         if b[40..60].iter().any(|&x| x != 0) {
             return Err(FormatError::BadHeader("reserved bytes are not zero".into()));
@@ -112,7 +115,10 @@ impl Header {
             )));
         }
         if h.total_len < h.payloads_offset {
-            return Err(FormatError::BadHeader(format!("total length {}", h.total_len)));
+            return Err(FormatError::BadHeader(format!(
+                "total length {}",
+                h.total_len
+            )));
         }
         Ok(h)
     }

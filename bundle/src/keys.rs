@@ -52,13 +52,19 @@ impl PublicKey {
 
     /// The `.pub` file's line.
     pub fn to_line(&self) -> String {
-        format!("{PUBLIC_TAG} {} {}\n", hex::encode(self.key.as_bytes()), self.name)
+        format!(
+            "{PUBLIC_TAG} {} {}\n",
+            hex::encode(self.key.as_bytes()),
+            self.name
+        )
     }
 
     pub fn parse(text: &str) -> Result<PublicKey, String> {
         let mut words = text.split_whitespace();
         if words.next() != Some(PUBLIC_TAG) {
-            return Err(format!("not an abupdate public key (expected '{PUBLIC_TAG}')"));
+            return Err(format!(
+                "not an abupdate public key (expected '{PUBLIC_TAG}')"
+            ));
         }
         let bytes = parse_hex32(words.next().unwrap_or(""))?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid ed25519 point")?;
@@ -83,16 +89,25 @@ impl SecretKey {
     /// A fresh key from the operating system's random source.
     pub fn generate(name: &str) -> SecretKey {
         let key = SigningKey::generate(&mut rand_core::OsRng);
-        SecretKey { key, name: name.to_string() }
+        SecretKey {
+            key,
+            name: name.to_string(),
+        }
     }
 
     /// A key from a fixed seed: for tests and reproducible fixtures only.
     pub fn from_seed(seed: [u8; 32], name: &str) -> SecretKey {
-        SecretKey { key: SigningKey::from_bytes(&seed), name: name.to_string() }
+        SecretKey {
+            key: SigningKey::from_bytes(&seed),
+            name: name.to_string(),
+        }
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey { key: self.key.verifying_key(), name: self.name.clone() }
+        PublicKey {
+            key: self.key.verifying_key(),
+            name: self.name.clone(),
+        }
     }
 
     pub fn to_line(&self) -> String {
@@ -102,7 +117,9 @@ impl SecretKey {
     pub fn parse(text: &str, name: &str) -> Result<SecretKey, String> {
         let mut words = text.split_whitespace();
         if words.next() != Some(SECRET_TAG) {
-            return Err(format!("not an abupdate secret key (expected '{SECRET_TAG}')"));
+            return Err(format!(
+                "not an abupdate secret key (expected '{SECRET_TAG}')"
+            ));
         }
         let seed = parse_hex32(words.next().unwrap_or(""))?;
         Ok(SecretKey::from_seed(seed, name))
@@ -111,7 +128,10 @@ impl SecretKey {
     /// Reads a `.key` file; the key's name is the file stem.
     pub fn load(path: &Path) -> io::Result<SecretKey> {
         let text = fs::read_to_string(path)?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         SecretKey::parse(&text, &name).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
@@ -205,7 +225,8 @@ fn key_id(public: &[u8; 32]) -> KeyId {
 
 fn parse_hex32(s: &str) -> Result<[u8; 32], String> {
     let v = hex::decode(s).map_err(|_| "key is not hex".to_string())?;
-    v.try_into().map_err(|_| "key must be 32 bytes (64 hex digits)".to_string())
+    v.try_into()
+        .map_err(|_| "key must be 32 bytes (64 hex digits)".to_string())
 }
 
 #[cfg(test)]
@@ -242,6 +263,9 @@ mod tests {
             trusted.verify(msg, &[(a.key_id(), a.sign(b"other"))]),
             Err(FormatError::BadSignature(_))
         ));
-        assert!(matches!(trusted.verify(msg, &[]), Err(FormatError::NoSignature)));
+        assert!(matches!(
+            trusted.verify(msg, &[]),
+            Err(FormatError::NoSignature)
+        ));
     }
 }

@@ -38,7 +38,9 @@ impl<'de> Deserialize<'de> for Digest {
         let s = <&str>::deserialize(d)?;
         let mut out = [0u8; 32];
         if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(serde::de::Error::custom("digest must be 64 lower-case hex digits"));
+            return Err(serde::de::Error::custom(
+                "digest must be 64 lower-case hex digits",
+            ));
         }
         hex::decode_to_slice(s, &mut out).map_err(serde::de::Error::custom)?;
         Ok(Digest(out))
@@ -60,7 +62,11 @@ pub enum PayloadKind {
 impl PayloadKind {
     /// The order payloads have in a bundle: the slot first, so the boot files (which make a
     /// slot bootable) are only written after the slot itself.
-    pub const ORDER: [PayloadKind; 3] = [PayloadKind::Rootfs, PayloadKind::Kernel, PayloadKind::Initrd];
+    pub const ORDER: [PayloadKind; 3] = [
+        PayloadKind::Rootfs,
+        PayloadKind::Kernel,
+        PayloadKind::Initrd,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -131,13 +137,20 @@ pub struct Manifest {
 impl Manifest {
     /// The payload of a kind. Only valid manifests exist outside this module, and they have all.
     pub fn payload(&self, kind: PayloadKind) -> &Payload {
-        self.payloads.iter().find(|p| p.kind == kind).expect("validated manifest")
+        self.payloads
+            .iter()
+            .find(|p| p.kind == kind)
+            .expect("validated manifest")
     }
 
     /// Parses the signed bytes and checks every rule of the format.
-    pub fn parse(bytes: &[u8], payloads_offset: u64, total_len: u64) -> Result<Manifest, FormatError> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| FormatError::BadManifest(e.to_string()))?;
+    pub fn parse(
+        bytes: &[u8],
+        payloads_offset: u64,
+        total_len: u64,
+    ) -> Result<Manifest, FormatError> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::BadManifest(e.to_string()))?;
         m.validate(payloads_offset, total_len)?;
         Ok(m)
     }
@@ -147,13 +160,24 @@ impl Manifest {
     pub fn validate(&self, payloads_offset: u64, total_len: u64) -> Result<(), FormatError> {
         let bad = |s: String| Err(FormatError::BadManifest(s));
         if self.format != FORMAT_VERSION {
-            return bad(format!("format {} (expected {FORMAT_VERSION})", self.format));
+            return bad(format!(
+                "format {} (expected {FORMAT_VERSION})",
+                self.format
+            ));
         }
         check_text("compatible", &self.compatible, MAX_COMPATIBLE_LEN, false)?;
         check_text("build_id", &self.build_id, MAX_BUILD_ID_LEN, true)?;
-        check_text("kernel_params", &self.kernel_params, MAX_KERNEL_PARAMS_LEN, true)?;
+        check_text(
+            "kernel_params",
+            &self.kernel_params,
+            MAX_KERNEL_PARAMS_LEN,
+            true,
+        )?;
         if self.payloads.len() != PayloadKind::ORDER.len() {
-            return bad(format!("{} payloads (expected rootfs, kernel, initrd)", self.payloads.len()));
+            return bad(format!(
+                "{} payloads (expected rootfs, kernel, initrd)",
+                self.payloads.len()
+            ));
         }
         let mut expected_offset = payloads_offset;
         for (p, kind) in self.payloads.iter().zip(PayloadKind::ORDER) {
@@ -161,7 +185,10 @@ impl Manifest {
                 return bad(format!("payload '{}' where '{kind}' belongs", p.kind));
             }
             if p.offset != expected_offset {
-                return bad(format!("payload {kind} at offset {} (expected {expected_offset})", p.offset));
+                return bad(format!(
+                    "payload {kind} at offset {} (expected {expected_offset})",
+                    p.offset
+                ));
             }
             if p.size == 0 || p.size > MAX_PAYLOAD_SIZE {
                 return bad(format!("payload {kind} has size {}", p.size));
@@ -173,13 +200,22 @@ impl Manifest {
             }
             let n = p.size.div_ceil(p.chunk_size as u64);
             if p.chunks.len() as u64 != n {
-                return bad(format!("payload {kind} has {} chunk hashes, needs {n}", p.chunks.len()));
+                return bad(format!(
+                    "payload {kind} has {} chunk hashes, needs {n}",
+                    p.chunks.len()
+                ));
             }
             expected_offset = align_up(p.end());
         }
-        let end = self.payloads.last().map(|p| p.end()).unwrap_or(payloads_offset);
+        let end = self
+            .payloads
+            .last()
+            .map(|p| p.end())
+            .unwrap_or(payloads_offset);
         if end != total_len {
-            return bad(format!("payloads end at {end}, the header says the bundle is {total_len} bytes"));
+            return bad(format!(
+                "payloads end at {end}, the header says the bundle is {total_len} bytes"
+            ));
         }
         Ok(())
     }

@@ -109,7 +109,10 @@ impl<R: Read> BundleReader<R> {
         read_exact(&mut self.inner, &mut self.buf, &section)?;
         self.pos += len as u64;
         if Sha256::digest(&self.buf)[..] != p.chunks[index as usize].0 {
-            return Err(FormatError::ChunkHashMismatch { payload: p.kind.to_string(), index });
+            return Err(FormatError::ChunkHashMismatch {
+                payload: p.kind.to_string(),
+                index,
+            });
         }
         let kind = p.kind;
         let last = index + 1 == p.chunks.len() as u64;
@@ -144,7 +147,11 @@ pub fn read_unverified<R: Read>(mut inner: R) -> Result<Unverified, FormatError>
     let mut pos = 0;
     let (header, manifest_bytes, signatures) = read_front(&mut inner, &mut pos)?;
     let manifest = Manifest::parse(&manifest_bytes, header.payloads_offset, header.total_len)?;
-    Ok(Unverified { header, manifest, signatures })
+    Ok(Unverified {
+        header,
+        manifest,
+        signatures,
+    })
 }
 
 fn read_front<R: Read>(
@@ -161,7 +168,10 @@ fn read_front<R: Read>(
     for _ in 0..header.signature_count {
         let mut e = [0u8; SIGNATURE_ENTRY_LEN];
         read_exact(r, &mut e, "signatures")?;
-        sigs.push((KeyId(e[..8].try_into().unwrap()), e[8..].try_into().unwrap()));
+        sigs.push((
+            KeyId(e[..8].try_into().unwrap()),
+            e[8..].try_into().unwrap(),
+        ));
     }
     *pos = header.signatures_end();
     Ok((header, manifest, sigs))

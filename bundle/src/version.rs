@@ -28,7 +28,8 @@ impl FromStr for Version {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid version '{s}': use dotted numbers such as 42 or 2026.11.22.1");
+        let bad =
+            || format!("invalid version '{s}': use dotted numbers such as 42 or 2026.11.22.1");
         if s.is_empty() || s.len() > 128 {
             return Err(bad());
         }
@@ -42,7 +43,10 @@ impl FromStr for Version {
         if fields.len() > MAX_FIELDS {
             return Err(bad());
         }
-        Ok(Version { fields, text: s.to_string() })
+        Ok(Version {
+            fields,
+            text: s.to_string(),
+        })
     }
 }
 
@@ -97,7 +101,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "1..2", "1.a", "v1", "1.2-rc1", " 1", "1.", "99999999999999999999999"] {
+        for s in [
+            "",
+            "1..2",
+            "1.a",
+            "v1",
+            "1.2-rc1",
+            " 1",
+            "1.",
+            "99999999999999999999999",
+        ] {
             assert!(s.parse::<Version>().is_err(), "{s:?} accepted");
         }
     }
