@@ -1,0 +1,236 @@
+#!/bin/sh
+# abinit: the initrd's init (PID 1), shared by the production system (nix/default.nix) and the
+# test fixture (nix/fixture). Runs under busybox sh with /bin holding busybox applets.
+#
+# Contract (docs/layout.md, docs/nix.md):
+#   kernel command line:  ab.slot=<a|b> root=PARTLABEL=root-<a|b> [panic=N]
+#                         optional: abinit.timeout=<seconds to wait for devices, default 30>
+#                                   abinit.debug (trace this script on the console)
+#   /etc/abinit/modules   kernel modules to insmod, one path per line, dependencies first
+#                         (computed from modules.dep when the initrd is built)
+#   result:               the slot's squashfs read-only at /, tmpfs at /run and /tmp, the data
+#                         partition at /data (ext4, created on first boot), /var bind-mounted
+#                         from /data/var, /run/abinit/env describing the boot; then
+#                         switch_root into the root's /init.
+#
+# On ANY failure it prints "abinit: FATAL: ..." and exits. PID 1 exiting makes the kernel panic,
+# and the kernel's panic= timeout (forced to 10 s if the command line has none) reboots the
+# machine, so the bootloader's boot counter counts the failed boot. It never opens a shell.
+
+PATH=/bin:/sbin
+export PATH
+umask 022
+
+say() {
+    echo "abinit: $*"
+}
+
+die() {
+    echo "abinit: FATAL: $*"
+    # Without panic=N the kernel would hang forever after the panic: make it reboot instead.
+    if [ -w /proc/sys/kernel/panic ] && [ "$(cat /proc/sys/kernel/panic 2>/dev/null)" = 0 ]; then
+        echo 10 > /proc/sys/kernel/panic
+    fi
+    echo "abinit: giving up: the kernel panics now and reboots after $(cat /proc/sys/kernel/panic 2>/dev/null || echo '?') s"
+    sync
+    exit 1
+}
+
+# A bug in this script (an unexpected exit) must still be loud.
+trap 'echo "abinit: FATAL: init script exited unexpectedly"' EXIT
+
+# --- 1. pseudo filesystems and the console -------------------------------------------------
+mkdir -p /dev /proc /sys /run /sysroot
+mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev || die "cannot mount devtmpfs on /dev"
+mount -t proc -o nosuid,nodev,noexec proc /proc || die "cannot mount /proc"
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || die "cannot mount /sys"
+# The kernel gives PID 1 /dev/console if the initrd has it; make sure we talk to the console.
+if [ -c /dev/console ]; then
+    exec </dev/console >/dev/console 2>&1
+fi
+echo 3 4 1 3 > /proc/sys/kernel/printk 2>/dev/null # keep kernel chatter off the console
+
+# --- 2. kernel command line ----------------------------------------------------------------
+slot=
+root=
+timeout=30
+panic_set=
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        ab.slot=*) slot=${word#ab.slot=} ;;
+        root=*) root=${word#root=} ;;
+        abinit.timeout=*) timeout=${word#abinit.timeout=} ;;
+        abinit.debug) set -x ;;
+        panic=*) panic_set=1 ;;
+    esac
+done
+kver=$(uname -r)
+say "starting (kernel $kver, cmdline: $(cat /proc/cmdline))"
+[ -n "$panic_set" ] || say "warning: no panic= on the kernel command line; using panic=10"
+case "$slot" in
+    a|b) ;;
+    "") die "no ab.slot= on the kernel command line" ;;
+    *) die "ab.slot=$slot: the slot must be a or b" ;;
+esac
+case "$timeout" in
+    ''|*[!0-9]*) die "abinit.timeout=$timeout is not a number of seconds" ;;
+esac
+case "$root" in
+    PARTLABEL=*) rootlabel=${root#PARTLABEL=} ;;
+    "") die "no root= on the kernel command line" ;;
+    *) die "root=$root: only root=PARTLABEL=<label> is supported" ;;
+esac
+case "$rootlabel" in
+    root-a|root-b)
+        [ "$rootlabel" = "root-$slot" ] ||
+            die "ab.slot=$slot does not match root=PARTLABEL=$rootlabel (broken boot entry)"
+        ;;
+esac
+say "slot $slot, root PARTLABEL=$rootlabel"
+
+# --- 3. kernel modules ---------------------------------------------------------------------
+# insmod in the order computed at build time. A module that is already loaded is fine; one that
+# fails (e.g. crc32c-intel on a CPU without SSE4.2) is reported, and if it mattered the mount
+# below fails with a clear message.
+if [ -f /etc/abinit/modules ]; then
+    while read -r mod; do
+        [ -n "$mod" ] || continue
+        name=${mod##*/}
+        name=${name%%.ko*}
+        name=$(echo "$name" | tr - _)
+        [ -d "/sys/module/$name" ] && continue
+        out=$(insmod "/lib/modules/$kver/$mod" 2>&1) || say "warning: insmod $mod failed: $out"
+    done < /etc/abinit/modules
+fi
+
+# --- 4. find partitions by PARTLABEL (no udev) ---------------------------------------------
+# Prints the sysfs names (e.g. vda2) of all block devices whose uevent has PARTNAME=$1,
+# optionally only the partitions of the disk whose sysfs directory is $2.
+find_label() {
+    for ev in /sys/class/block/*/uevent; do
+        [ -f "$ev" ] || continue
+        if grep -qx "PARTNAME=$1" "$ev"; then
+            d=${ev%/uevent}
+            if [ -n "$2" ]; then
+                [ "$(readlink -f "$d/..")" = "$2" ] || continue
+            fi
+            echo "${d##*/}"
+        fi
+    done
+}
+
+# Waits up to $timeout seconds for exactly one partition labelled $1 (on disk $2 if given) and
+# prints its /dev path.
+wait_label() {
+    waited=0
+    while :; do
+        found=$(find_label "$1" "$2")
+        set -- "$1" "$2" $found
+        if [ $# -gt 3 ]; then
+            shift 2
+            echo "abinit: FATAL: several partitions are labelled $1: $*; refusing to guess" >&2
+            return 1
+        fi
+        if [ $# -eq 3 ] && [ -b "/dev/$3" ]; then
+            echo "/dev/$3"
+            return 0
+        fi
+        if [ "$waited" -ge "$((timeout * 10))" ]; then
+            return 1
+        fi
+        [ "$waited" = 20 ] && echo "abinit: waiting up to $timeout s for PARTLABEL=$1" >&2
+        usleep 100000
+        waited=$((waited + 1))
+    done
+}
+
+rootdev=$(wait_label "$rootlabel") ||
+    die "no block device with PARTLABEL=$rootlabel (modules loaded: $(cut -d' ' -f1 /proc/modules | tr '\n' ' '))"
+rootsys=$(readlink -f "/sys/class/block/${rootdev#/dev/}")
+disksys=${rootsys%/*}
+disk=/dev/${disksys##*/}
+say "root is $rootdev on disk $disk"
+
+# --- 5. the slot's root filesystem ---------------------------------------------------------
+mount -t squashfs -o ro "$rootdev" /sysroot ||
+    die "cannot mount $rootdev (PARTLABEL=$rootlabel) as squashfs: slot $slot is empty or damaged"
+
+# Resolves a symlink chain inside /sysroot (absolute targets are relative to /sysroot).
+resolve_in_root() {
+    p=$1
+    n=0
+    while [ -L "/sysroot$p" ] && [ $n -lt 20 ]; do
+        t=$(readlink "/sysroot$p")
+        case "$t" in
+            /*) p=$t ;;
+            *) p=${p%/*}/$t ;;
+        esac
+        n=$((n + 1))
+    done
+    echo "$p"
+}
+init=$(resolve_in_root /init)
+[ -f "/sysroot$init" ] && [ -x "/sysroot$init" ] ||
+    die "slot $slot has no executable /init (it points at $init)"
+
+for m in run tmp data; do
+    [ -d "/sysroot/$m" ] || die "the root filesystem of slot $slot has no /$m mount point"
+done
+
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run || die "cannot mount tmpfs on /run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /sysroot/tmp || die "cannot mount tmpfs on /tmp"
+
+# --- 6. the data partition -----------------------------------------------------------------
+datadev=$(wait_label data "$disksys") || die "no partition labelled data on $disk"
+
+# ext2/3/4 superblock magic 0xEF53 at byte 1080.
+has_extfs() {
+    [ "$(dd if="$1" bs=1 skip=1080 count=2 2>/dev/null | hexdump -e '2/1 "%02x"')" = 53ef ]
+}
+
+if ! has_extfs "$datadev"; then
+    if command -v mkfs.ext4 >/dev/null 2>&1; then
+        say "first boot: creating an ext4 filesystem on $datadev"
+        mkfs.ext4 -q -F -L data "$datadev" || die "mkfs.ext4 $datadev failed"
+    else
+        say "first boot: creating an ext2 filesystem on $datadev (busybox mke2fs)"
+        mke2fs -F -L data "$datadev" >/dev/null || die "mke2fs $datadev failed"
+    fi
+fi
+if command -v e2fsck >/dev/null 2>&1; then
+    e2fsck -p "$datadev"
+    rc=$?
+    [ $rc -lt 4 ] || say "warning: e2fsck -p $datadev exited with $rc; trying to mount anyway"
+fi
+# The ext4 driver mounts ext2 and ext3 too.
+mount -t ext4 -o rw,noatime "$datadev" /sysroot/data ||
+    die "cannot mount the data partition $datadev"
+
+# Persistent directories: /var (and anything the system keeps under /data).
+mkdir -p /sysroot/data/var || die "cannot create /data/var"
+if [ -d /sysroot/var ]; then
+    mount --bind /sysroot/data/var /sysroot/var || die "cannot bind /data/var on /var"
+else
+    say "warning: the root filesystem has no /var mount point; /var is not persistent"
+fi
+
+# --- 7. tell the system how it was booted, then switch -------------------------------------
+mkdir -p /run/abinit
+{
+    echo "AB_SLOT=$slot"
+    echo "AB_ROOT_LABEL=$rootlabel"
+    echo "AB_ROOT_DEV=$rootdev"
+    echo "AB_DISK=$disk"
+    echo "AB_DATA_DEV=$datadev"
+} > /run/abinit/env
+
+for m in dev proc sys run; do
+    mount --move "/$m" "/sysroot/$m" || die "cannot move /$m into the new root"
+done
+say "switching to slot $slot: $init"
+trap - EXIT
+exec switch_root /sysroot "$init"
+# Only reached if exec itself failed; switch_root exits non-zero on its own errors, which
+# kills PID 1 as well.
+echo "abinit: FATAL: switch_root failed"
+exit 1

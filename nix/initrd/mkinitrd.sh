@@ -1,0 +1,156 @@
+# Builds the initrd: busybox, the init script (init.sh), the kernel modules it needs in
+# dependency order, and optional extra static programs; written as a newc cpio by this script
+# itself (sorted, uid/gid 0, fixed mtime, sequential inode numbers, so the same inputs give the
+# same bytes), then gzip -9 -n.
+#
+# Shared by the fixture (run by a static busybox sh, nothing else available) and the production
+# expression (run by stdenv's bash). Every tool is called through "$busybox", so the result does not
+# depend on the build environment.
+#
+# Inputs (environment):
+#   busybox        path of a statically linked busybox
+#   initScript     path of init.sh
+#   moduleDir      the kernel's lib/modules/<version> directory (modules.dep, modules.builtin and
+#                  the module files); unused when modules is empty
+#   kernelVersion  <version> (the directory name the modules go to in the initrd: uname -r)
+#   modules        module names to load (space separated), e.g. "virtio_pci virtio_blk squashfs";
+#                  dependencies are added from modules.dep; modules built into the kernel
+#                  (modules.builtin) are skipped
+#   extraBins      static programs copied into /bin (space separated paths), e.g. mkfs.ext4 e2fsck
+#   out            the output: a directory; the initrd is written to $out/initrd
+#   SOURCE_DATE_EPOCH  mtime of every entry (default 1)
+
+set -eu
+umask 022
+bb=$busybox
+mtime=${SOURCE_DATE_EPOCH:-1}
+
+fail() {
+    echo "mkinitrd: error: $*" >&2
+    exit 1
+}
+
+work=$($bb pwd)/initrd-root
+$bb mkdir -p "$work/bin" "$work/dev" "$work/proc" "$work/sys" "$work/run" "$work/sysroot" \
+    "$work/etc/abinit" "$work/tmp"
+$bb ln -s bin "$work/sbin"
+
+# busybox and its applets
+$bb cp "$bb" "$work/bin/busybox"
+$bb chmod 0755 "$work/bin/busybox"
+for applet in $("$bb" --list); do
+    [ "$applet" = busybox ] || $bb ln -s busybox "$work/bin/$applet"
+done
+
+# extra programs (must be static: the initrd has no dynamic loader)
+for prog in ${extraBins:-}; do
+    $bb cp "$prog" "$work/bin/${prog##*/}"
+    $bb chmod 0755 "$work/bin/${prog##*/}"
+done
+
+# init
+$bb cp "$initScript" "$work/init"
+$bb chmod 0755 "$work/init"
+
+# kernel modules, dependencies first
+: > "$work/etc/abinit/modules"
+if [ -n "${modules:-}" ]; then
+    moddir=$moduleDir
+    [ -f "$moddir/modules.dep" ] || fail "$moddir/modules.dep not found"
+    builtin=$moddir/modules.builtin
+    [ -f "$builtin" ] || builtin=/dev/null
+    order=$($bb awk -v want="$modules" '
+        function modname(p,   n) {
+            n = p; sub(/.*\//, "", n); sub(/\.ko.*$/, "", n); gsub(/-/, "_", n); return n
+        }
+        function visit(p,   i, n, d) {
+            if (p in seen) return
+            seen[p] = 1
+            n = split(deps[p], d, " ")
+            for (i = 1; i <= n; i++) visit(d[i])
+            print p
+        }
+        FNR == 1 { file++ }
+        file == 1 { builtin[modname($0)] = 1; next }
+        {
+            p = $0; sub(/:.*/, "", p)
+            d = $0; sub(/^[^:]*:[ ]*/, "", d)
+            deps[p] = d
+            path[modname(p)] = p
+        }
+        END {
+            n = split(want, w, " ")
+            for (i = 1; i <= n; i++) {
+                m = w[i]; gsub(/-/, "_", m)
+                if (m in path) visit(path[m])
+                else if (!(m in builtin)) { print "MISSING " w[i]; bad = 1 }
+            }
+            exit bad
+        }' "$builtin" "$moddir/modules.dep") || fail "modules not found in $moddir: $order"
+    for m in $order; do
+        src=$moddir/$m
+        dst=${m%.ko*}.ko
+        $bb mkdir -p "$work/lib/modules/$kernelVersion/${dst%/*}"
+        case "$m" in
+            *.ko) $bb cp "$src" "$work/lib/modules/$kernelVersion/$dst" ;;
+            *.ko.xz) $bb unxz -c "$src" > "$work/lib/modules/$kernelVersion/$dst" ;;
+            *.ko.gz) $bb gunzip -c "$src" > "$work/lib/modules/$kernelVersion/$dst" ;;
+            *.ko.zst) zstd -d -c "$src" > "$work/lib/modules/$kernelVersion/$dst" ||
+                fail "cannot decompress $m (zstd needed)" ;;
+            *) fail "unknown module file type: $m" ;;
+        esac
+        $bb chmod 0644 "$work/lib/modules/$kernelVersion/$dst"
+        echo "$dst" >> "$work/etc/abinit/modules"
+    done
+fi
+
+# --- newc writer ---------------------------------------------------------------------------
+ino=0
+pad4() {
+    case $(($1 % 4)) in
+        1) $bb printf '\0\0\0' ;;
+        2) $bb printf '\0\0' ;;
+        3) $bb printf '\0' ;;
+    esac
+}
+# entry NAME MODE_HEX SIZE RDEVMAJOR RDEVMINOR NLINK: header and name (data follows)
+entry() {
+    ino=$((ino + 1))
+    namesize=$((${#1} + 1))
+    $bb printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
+        "$ino" "0x$2" 0 0 "$6" "$mtime" "$3" 0 0 "$4" "$5" "$namesize" 0
+    $bb printf '%s\0' "$1"
+    pad4 $((110 + namesize))
+}
+write_cpio() {
+    # /dev/console must exist before init runs so that the kernel gives PID 1 a console.
+    entry dev 41ed 0 0 0 2
+    entry dev/console 2180 0 5 1 1
+    (cd "$work" && $bb find . ! -path . ! -path ./dev | $bb sed 's|^\./||' | LC_ALL=C $bb sort) |
+    while read -r f; do
+        p=$work/$f
+        if [ -L "$p" ]; then
+            t=$($bb readlink "$p")
+            entry "$f" a1ff "${#t}" 0 0 1
+            $bb printf '%s' "$t"
+            pad4 "${#t}"
+        elif [ -d "$p" ]; then
+            mode=$($bb stat -c %f "$p")
+            entry "$f" "$mode" 0 0 0 2
+        elif [ -f "$p" ]; then
+            mode=$($bb stat -c %f "$p")
+            size=$($bb stat -c %s "$p")
+            entry "$f" "$mode" "$size" 0 0 1
+            $bb cat "$p"
+            pad4 "$size"
+        else
+            fail "unsupported file type: $f"
+        fi
+    done
+    ino=-1
+    entry TRAILER!!! 0 0 0 0 1
+}
+
+$bb mkdir -p "$out"
+write_cpio | $bb gzip -9 -n > "$out/initrd"
+echo "mkinitrd: $(cd "$work" && $bb find . | $bb wc -l) entries, modules: $($bb tr '\n' ' ' < "$work/etc/abinit/modules")"
