@@ -1,6 +1,7 @@
 //! `abupdate`: verifies bundles and installs them into the inactive slot. `main.rs` only
 //! parses arguments and calls [`run`].
 
+pub mod bootentries;
 pub mod cli;
 pub mod config;
 pub mod logging;
