@@ -5,7 +5,9 @@ use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use abbundle::{write_bundle, BundleInput, Manifest, PayloadInput, PayloadKind, SecretKey, Signer, Version};
+use abbundle::{
+    write_bundle, BundleInput, Manifest, PayloadInput, PayloadKind, SecretKey, Signer, Version,
+};
 use anyhow::{Context, Result};
 use tracing::info;
 
@@ -22,6 +24,8 @@ pub struct BundleRequest<'a> {
     pub build_id: String,
     pub keys: &'a [PathBuf],
     pub chunk_size: u32,
+    /// Creation time recorded in the manifest; `None`: [`creation_time`].
+    pub created: Option<u64>,
     pub out: &'a Path,
 }
 
@@ -37,6 +41,7 @@ pub fn run(a: &BundleArgs) -> Result<()> {
         build_id: a.build_id.clone(),
         keys: &a.key,
         chunk_size: a.chunk_size,
+        created: None,
         out: &a.out,
     })?;
     info!(
@@ -52,7 +57,10 @@ pub fn run(a: &BundleArgs) -> Result<()> {
 /// else now.
 pub fn creation_time() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) => s.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH '{s}' is not a number")),
+        Ok(s) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH '{s}' is not a number")),
         Err(_) => Ok(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -81,24 +89,42 @@ pub fn make(r: &BundleRequest) -> Result<Manifest> {
         compatible: r.compatible.clone(),
         version: r.version.clone(),
         build_id: r.build_id.clone(),
-        created: creation_time()?,
+        created: match r.created {
+            Some(t) => t,
+            None => creation_time()?,
+        },
         kernel_params: r.kernel_params.clone(),
         chunk_size: r.chunk_size,
     };
     let tmp = tmp_path(r.out);
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut payloads = [
-        PayloadInput { kind: PayloadKind::Rootfs, source: &mut rootfs },
-        PayloadInput { kind: PayloadKind::Kernel, source: &mut kernel },
-        PayloadInput { kind: PayloadKind::Initrd, source: &mut initrd },
+        PayloadInput {
+            kind: PayloadKind::Rootfs,
+            source: &mut rootfs,
+        },
+        PayloadInput {
+            kind: PayloadKind::Kernel,
+            source: &mut kernel,
+        },
+        PayloadInput {
+            kind: PayloadKind::Initrd,
+            source: &mut initrd,
+        },
     ];
-    let result = write_bundle(BufWriter::with_capacity(1 << 20, &out), &input, &mut payloads, &signers)
-        .with_context(|| format!("writing bundle {}", r.out.display()))
-        .and_then(|m| {
-            out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-            fs::rename(&tmp, r.out).with_context(|| format!("renaming to {}", r.out.display()))?;
-            Ok(m)
-        });
+    let result = write_bundle(
+        BufWriter::with_capacity(1 << 20, &out),
+        &input,
+        &mut payloads,
+        &signers,
+    )
+    .with_context(|| format!("writing bundle {}", r.out.display()))
+    .and_then(|m| {
+        out.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        fs::rename(&tmp, r.out).with_context(|| format!("renaming to {}", r.out.display()))?;
+        Ok(m)
+    });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

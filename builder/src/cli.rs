@@ -34,6 +34,12 @@ pub enum Command {
     ///   abbuild bundle --rootfs root.squashfs --kernel bzImage --initrd initrd \
     ///     --compatible vps-x86_64 --version 2026.11.22.1 --key ci.key --out v1.abu
     Bundle(BundleArgs),
+    /// Build a signed bundle and a bootable disk image from a system
+    ///
+    /// Writes OUT_DIR/NAME-VERSION.abu and OUT_DIR/NAME-VERSION.img. Example:
+    ///   abbuild build --image images/vps.toml --system ./result \
+    ///     --version 2026.11.22.1 --key ci.key --out-dir out
+    Build(BuildArgs),
     /// Show a bundle's manifest and the key ids of its signatures (not verified)
     Inspect(InspectArgs),
 }
@@ -95,4 +101,35 @@ pub struct InspectArgs {
     /// Also list every chunk hash (text output)
     #[arg(long)]
     pub chunks: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Image definition (images/NAME.toml)
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The system: a Nix toplevel store path (or ./result) or a directory
+    #[arg(long)]
+    pub system: PathBuf,
+    /// Version: dotted numbers such as 42 or 2026.11.22.1, compared numerically
+    #[arg(long)]
+    pub version: String,
+    /// Secret key file(s) to sign with (repeat for key rotation)
+    #[arg(long, required = true)]
+    pub key: Vec<PathBuf>,
+    /// Directory for the bundle and the disk image (created if missing)
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Disk image format (qcow2 needs qemu-img)
+    #[arg(long, value_enum, default_value_t = crate::build::DiskFormat::Raw)]
+    pub format: crate::build::DiskFormat,
+    /// Build id for the manifest (default: the store path, or empty for a directory)
+    #[arg(long)]
+    pub build_id: Option<String>,
+    /// Chunk size in bytes (power of two, 4 KiB to 4 MiB)
+    #[arg(long, default_value_t = abbundle::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u32,
+    /// Threads for mksquashfs (default: all cores)
+    #[arg(long)]
+    pub processors: Option<u32>,
 }

@@ -22,7 +22,8 @@ struct Output<'a> {
 
 pub fn run(a: &InspectArgs) -> Result<()> {
     let f = File::open(&a.bundle).with_context(|| format!("opening {}", a.bundle.display()))?;
-    let u = read_unverified(BufReader::new(f)).with_context(|| format!("reading {}", a.bundle.display()))?;
+    let u = read_unverified(BufReader::new(f))
+        .with_context(|| format!("reading {}", a.bundle.display()))?;
     let ids: Vec<String> = u.signatures.iter().map(|s| s.0.to_string()).collect();
     if a.json {
         let out = Output {
@@ -43,7 +44,14 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     println!("build id:    {}", m.build_id);
     println!("created:     {}", m.created);
     println!("kernel args: {}", m.kernel_params);
-    println!("signed by:   {} (not verified here)", if ids.is_empty() { "nobody".into() } else { ids.join(", ") });
+    println!(
+        "signed by:   {} (not verified here)",
+        if ids.is_empty() {
+            "nobody".into()
+        } else {
+            ids.join(", ")
+        }
+    );
     println!("size:        {} bytes", u.header.total_len);
     for p in &m.payloads {
         println!(

@@ -12,7 +12,10 @@ use crate::cli::KeygenArgs;
 
 pub fn run(a: &KeygenArgs) -> Result<()> {
     if a.name.is_empty() || a.name.contains(['/', ' ']) {
-        bail!("key name '{}' must be non-empty, without '/' or spaces", a.name);
+        bail!(
+            "key name '{}' must be non-empty, without '/' or spaces",
+            a.name
+        );
     }
     fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
     let key = SecretKey::generate(&a.name);

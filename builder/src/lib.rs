@@ -1,11 +1,18 @@
 //! `abbuild`: turns a system (a Nix toplevel or a directory) into a signed update bundle and
 //! a bootable disk image. `main.rs` only parses arguments and calls [`run`].
 
+pub mod build;
 pub mod bundle;
 pub mod cli;
+pub mod cmd;
+pub mod disk;
+pub mod esp;
+pub mod image_def;
 pub mod inspect;
 pub mod keygen;
 pub mod logging;
+pub mod squashfs;
+pub mod system;
 
 use abbundle::error::exit;
 use abbundle::FormatError;
@@ -15,6 +22,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Keygen(a) => keygen::run(&a),
         cli::Command::Bundle(a) => bundle::run(&a),
+        cli::Command::Build(a) => build::run_cli(&a),
         cli::Command::Inspect(a) => inspect::run(&a),
     }
 }

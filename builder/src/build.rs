@@ -1,0 +1,384 @@
+//! `abbuild build`: a system -> a deterministic root squashfs -> a signed bundle
+//! (`NAME-VERSION.abu`) and a bootable GPT disk image (`NAME-VERSION.img`) whose slot A holds
+//! that same squashfs and whose ESP boots it. The steps are described in `docs/builder.md`.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use abbundle::{Manifest, PayloadKind, SecretKey, Version};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tracing::info;
+
+use crate::bundle::{self, BundleRequest};
+use crate::disk::{self, Layout, ESP_LABEL, ROOT_A_LABEL};
+use crate::esp::{self, Contents, Source};
+use crate::image_def::{ImageDef, Size};
+use crate::squashfs::{self, SquashfsOptions};
+use crate::{cmd, system};
+
+/// Output format of the disk image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskFormat {
+    /// A raw, sparse disk image: `NAME-VERSION.img`.
+    #[default]
+    Raw,
+    /// qcow2, converted from raw by `qemu-img`: `NAME-VERSION.qcow2`.
+    Qcow2,
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The image definition (`images/NAME.toml`).
+    pub image: PathBuf,
+    /// The system: a Nix toplevel store path (or a link to one, like `./result`) or a
+    /// directory following the toplevel contract of `docs/layout.md`.
+    pub system: PathBuf,
+    /// The bundle's version (dotted numbers).
+    pub version: String,
+    /// Secret key files to sign the bundle with (at least one).
+    pub keys: Vec<PathBuf>,
+    /// Where the bundle and the disk image go (created if missing).
+    pub out_dir: PathBuf,
+    /// Disk image format.
+    pub format: DiskFormat,
+    /// The manifest's build id; `None`: the store path for a store path, empty for a directory.
+    pub build_id: Option<String>,
+    /// Timestamp of everything in the squashfs and on the ESP, and the bundle's creation time.
+    /// `None`: `SOURCE_DATE_EPOCH`, else 0 for the images and the current time for the bundle.
+    pub epoch: Option<u64>,
+    /// Bundle chunk size.
+    pub chunk_size: u32,
+    /// Threads for mksquashfs (`None`: all cores).
+    pub processors: Option<u32>,
+}
+
+impl BuildOptions {
+    /// Options with the defaults for everything but the required inputs.
+    pub fn new(
+        image: impl Into<PathBuf>,
+        system: impl Into<PathBuf>,
+        version: &str,
+        key: impl Into<PathBuf>,
+        out_dir: impl Into<PathBuf>,
+    ) -> BuildOptions {
+        BuildOptions {
+            image: image.into(),
+            system: system.into(),
+            version: version.to_string(),
+            keys: vec![key.into()],
+            out_dir: out_dir.into(),
+            format: DiskFormat::Raw,
+            build_id: None,
+            epoch: None,
+            chunk_size: abbundle::DEFAULT_CHUNK_SIZE,
+            processors: None,
+        }
+    }
+}
+
+/// What a build wrote.
+#[derive(Clone, Debug)]
+pub struct BuildOutputs {
+    /// The signed bundle, `OUT/NAME-VERSION.abu`.
+    pub bundle: PathBuf,
+    /// The disk image, `OUT/NAME-VERSION.img` (or `.qcow2`).
+    pub image: PathBuf,
+    /// The bundle's manifest.
+    pub manifest: Manifest,
+    /// The image definition used.
+    pub image_def: ImageDef,
+    /// The disk's partition table (offsets in the raw image).
+    pub layout: Layout,
+}
+
+/// `X/info.json` on the ESP: what a slot holds (`docs/layout.md`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotInfo<'a> {
+    pub version: &'a str,
+    pub compatible: &'a str,
+    pub build_id: &'a str,
+    pub rootfs_size: u64,
+    pub rootfs_sha256: String,
+    pub created: u64,
+}
+
+/// The boot entry for a slot (`docs/layout.md`); `params` are the bundle's kernel_params.
+pub fn boot_entry(slot: &str, version: &str, params: &str) -> String {
+    let mut options = format!("ab.slot={slot} root=PARTLABEL=root-{slot}");
+    if !params.is_empty() {
+        options.push(' ');
+        options.push_str(params);
+    }
+    format!(
+        "title abupdate slot {slot}, {version}\nversion {version}\nlinux /{slot}/vmlinuz\ninitrd /{slot}/initrd\noptions {options}\n"
+    )
+}
+
+/// `SOURCE_DATE_EPOCH`, if set.
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => Ok(Some(s.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH '{s}' is not a number")
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Builds the bundle and the disk image.
+pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
+    let def = ImageDef::load(&o.image)?;
+    let version: Version = o.version.parse().map_err(anyhow::Error::msg)?;
+    if o.keys.is_empty() {
+        bail!("no signing key given");
+    }
+    // Fail on an unreadable key now, not after minutes of packing.
+    for k in &o.keys {
+        SecretKey::load(k).with_context(|| format!("reading key {}", k.display()))?;
+    }
+    let bootloader_len = fs::metadata(&def.bootloader)
+        .with_context(|| {
+            format!(
+                "bootloader {} (install systemd-boot-efi or set `bootloader`)",
+                def.bootloader.display()
+            )
+        })?
+        .len();
+    if o.format == DiskFormat::Qcow2 {
+        cmd::require_program("qemu-img", "install qemu-utils, or use --format raw")?;
+    }
+    let sys = system::resolve(&o.system)?;
+    let layout = Layout::compute(&def)?;
+    let esp_part = layout.partition(ESP_LABEL).clone();
+    let slot_a = layout.partition(ROOT_A_LABEL).clone();
+
+    // The ESP holds both slots' kernels and initrds once an update is installed.
+    let boot_files = fs::metadata(&sys.kernel)?.len() + fs::metadata(&sys.initrd)?.len();
+    let esp_need = bootloader_len + 2 * boot_files + (1 << 20);
+    // FAT32's tables and reserved sectors take about 1% at 512-byte clusters.
+    if esp_need > esp_part.size / 100 * 98 {
+        bail!(
+            "esp-size is {}: too small for the bootloader and two slots' kernels and initrds ({})",
+            Size(esp_part.size),
+            Size(esp_need)
+        );
+    }
+
+    let env_epoch = source_date_epoch()?;
+    let epoch = o.epoch.or(env_epoch);
+    let image_epoch = epoch.unwrap_or(0);
+    let created = match epoch {
+        Some(t) => t,
+        None => bundle::creation_time()?,
+    };
+
+    fs::create_dir_all(&o.out_dir).with_context(|| format!("creating {}", o.out_dir.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".abbuild-")
+        .tempdir_in(&o.out_dir)
+        .with_context(|| format!("creating a work directory in {}", o.out_dir.display()))?;
+    let rootfs = work.path().join("rootfs.squashfs");
+    squashfs::make(
+        &sys,
+        &rootfs,
+        &SquashfsOptions {
+            compression: def.compression,
+            block_size: def.block_size.0,
+            epoch: image_epoch,
+            processors: o.processors,
+        },
+    )?;
+    let rootfs_len = fs::metadata(&rootfs)?.len();
+    info!("root squashfs: {}", Size(rootfs_len));
+    if rootfs_len > slot_a.size {
+        bail!(
+            "the root filesystem does not fit the slot: the squashfs is {}, slot-size of image {} is {}",
+            Size(rootfs_len),
+            def.name,
+            Size(slot_a.size)
+        );
+    }
+
+    let mut params: Vec<&str> = sys.kernel_params.split_whitespace().collect();
+    params.extend(def.kernel_params.iter().map(String::as_str));
+    let kernel_params = params.join(" ");
+    let build_id = match (&o.build_id, &sys.kind) {
+        (Some(id), _) => id.clone(),
+        (None, system::SystemKind::StorePath { .. }) => sys.path.to_string_lossy().into_owned(),
+        (None, system::SystemKind::Directory) => String::new(),
+    };
+
+    let stem = format!("{}-{}", def.name, version);
+    let bundle_path = o.out_dir.join(format!("{stem}.abu"));
+    let manifest = bundle::make(&BundleRequest {
+        rootfs: &rootfs,
+        kernel: &sys.kernel,
+        initrd: &sys.initrd,
+        kernel_params: kernel_params.clone(),
+        compatible: def.compatible.clone(),
+        version: version.clone(),
+        build_id: build_id.clone(),
+        keys: &o.keys,
+        chunk_size: o.chunk_size,
+        created: Some(created),
+        out: &bundle_path,
+    })?;
+    info!("wrote {}", bundle_path.display());
+
+    let rootfs_payload = manifest.payload(PayloadKind::Rootfs);
+    let info_json = serde_json::to_vec_pretty(&SlotInfo {
+        version: version.as_str(),
+        compatible: &def.compatible,
+        build_id: &build_id,
+        rootfs_size: rootfs_payload.size,
+        rootfs_sha256: rootfs_payload.sha256.to_string(),
+        created,
+    })?;
+    let contents = Contents {
+        dirs: ["EFI", "EFI/BOOT", "loader", "loader/entries", "a", "b"]
+            .map(String::from)
+            .to_vec(),
+        files: vec![
+            (
+                "EFI/BOOT/BOOTX64.EFI".into(),
+                Source::Path(def.bootloader.clone()),
+            ),
+            (
+                "loader/loader.conf".into(),
+                Source::Bytes(b"timeout 0\n".to_vec()),
+            ),
+            ("a/vmlinuz".into(), Source::Path(sys.kernel.clone())),
+            ("a/initrd".into(), Source::Path(sys.initrd.clone())),
+            ("a/info.json".into(), Source::Bytes(info_json)),
+            (
+                "loader/entries/slot-a.conf".into(),
+                Source::Bytes(boot_entry("a", version.as_str(), &kernel_params).into_bytes()),
+            ),
+        ],
+    };
+
+    let raw_path = o.out_dir.join(format!("{stem}.img"));
+    let raw_tmp = work.path().join("disk.img");
+    write_disk(&raw_tmp, &layout, &rootfs, &contents, image_epoch)?;
+    let image = match o.format {
+        DiskFormat::Raw => {
+            fs::rename(&raw_tmp, &raw_path)
+                .with_context(|| format!("renaming to {}", raw_path.display()))?;
+            raw_path
+        }
+        DiskFormat::Qcow2 => {
+            let out = o.out_dir.join(format!("{stem}.qcow2"));
+            let tmp = work.path().join("disk.qcow2");
+            cmd::run(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&raw_tmp)
+                    .arg(&tmp),
+                None,
+            )
+            .context("converting the disk image to qcow2")?;
+            fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
+            out
+        }
+    };
+    info!("wrote {} ({})", image.display(), disk::describe(&layout));
+    Ok(BuildOutputs {
+        bundle: bundle_path,
+        image,
+        manifest,
+        image_def: def,
+        layout,
+    })
+}
+
+/// `abbuild build`.
+pub fn run_cli(a: &crate::cli::BuildArgs) -> Result<()> {
+    let out = build(&BuildOptions {
+        image: a.image.clone(),
+        system: a.system.clone(),
+        version: a.version.clone(),
+        keys: a.key.clone(),
+        out_dir: a.out_dir.clone(),
+        format: a.format,
+        build_id: a.build_id.clone(),
+        epoch: None,
+        chunk_size: a.chunk_size,
+        processors: a.processors,
+    })?;
+    println!("{}", out.bundle.display());
+    println!("{}", out.image.display());
+    Ok(())
+}
+
+/// Writes the raw disk image: table, slot A, ESP. The rest stays sparse zeros.
+fn write_disk(
+    path: &Path,
+    layout: &Layout,
+    rootfs: &Path,
+    contents: &Contents,
+    epoch: u64,
+) -> Result<()> {
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(layout.disk_size)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    disk::write_table(&mut f, layout)
+        .with_context(|| format!("writing the partition table of {}", path.display()))?;
+    let slot = layout.partition(ROOT_A_LABEL);
+    f.seek(SeekFrom::Start(slot.offset))?;
+    let mut src = File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
+    copy_sparse(&mut src, &mut f).with_context(|| {
+        format!(
+            "copying the root squashfs into slot A of {}",
+            path.display()
+        )
+    })?;
+    let esp_part = layout.partition(ESP_LABEL);
+    let volume_id = u32::from_le_bytes(esp_part.uuid.as_bytes()[..4].try_into().unwrap());
+    esp::write(&f, esp_part, volume_id, epoch, contents).context("writing the ESP")?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+/// Copies `src` to the current position of `dst`, seeking over all-zero blocks so the image
+/// stays sparse (the file's fresh region reads as zeros anyway).
+fn copy_sparse(src: &mut File, dst: &mut File) -> io::Result<()> {
+    const BLOCK: usize = 64 * 1024;
+    let mut buf = vec![0u8; 16 * BLOCK];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        for block in buf[..n].chunks(BLOCK) {
+            if block.iter().all(|b| *b == 0) {
+                dst.seek(SeekFrom::Current(block.len() as i64))?;
+            } else {
+                dst.write_all(block)?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_text() {
+        assert_eq!(
+            boot_entry("a", "2026.11.22.1", "console=ttyS0 panic=5"),
+            "title abupdate slot a, 2026.11.22.1\nversion 2026.11.22.1\nlinux /a/vmlinuz\ninitrd /a/initrd\n\
+             options ab.slot=a root=PARTLABEL=root-a console=ttyS0 panic=5\n"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! The system to build from (`--system PATH`): a Nix toplevel store path, whose closure
+//! becomes the root, or a plain directory, packed as it is. Both follow the toplevel
+//! contract of `docs/layout.md` (`kernel`, `initrd`, `init`, optional `kernel-params`, `etc/`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use tracing::debug;
+
+use crate::cmd;
+
+/// Where Nix keeps store paths unless `NIX_STORE_DIR` says otherwise.
+pub const DEFAULT_STORE_DIR: &str = "/nix/store";
+
+/// What kind of system `--system` named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SystemKind {
+    /// A store path: the root is its closure under `/nix/store` plus the top-level links.
+    StorePath {
+        /// The closure (`nix-store -qR`), sorted.
+        closure: Vec<PathBuf>,
+    },
+    /// A directory: the root is the directory itself.
+    Directory,
+}
+
+/// A resolved system.
+#[derive(Clone, Debug)]
+pub struct System {
+    /// The toplevel: the store path (symlinks like `./result` resolved) or the directory.
+    pub path: PathBuf,
+    pub kind: SystemKind,
+    /// The kernel and initrd files (symlinks resolved).
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The contents of `kernel-params`, whitespace normalized (empty if absent).
+    pub kernel_params: String,
+    /// Whether `etc/` exists (linked to `/etc` in a store path's root).
+    pub has_etc: bool,
+}
+
+/// The Nix store directory.
+pub fn store_dir() -> PathBuf {
+    std::env::var_os("NIX_STORE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR))
+}
+
+/// Checks `path` against the toplevel contract and, for a store path, asks Nix for its closure.
+pub fn resolve(path: &Path) -> Result<System> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("system {} does not exist", path.display()))?;
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))?;
+    let store = store_dir();
+    let in_store = real.parent() == Some(store.as_path());
+    if !meta.is_dir() {
+        bail!(
+            "system {} is neither a Nix store path of a toplevel nor a directory (it is a file)",
+            path.display()
+        );
+    }
+    let need = |name: &str| -> Result<PathBuf> {
+        let p = real.join(name);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() && m.len() > 0 => Ok(p.canonicalize().unwrap_or(p)),
+            Ok(_) => bail!("system {}: `{name}` is not a non-empty file", path.display()),
+            Err(_) => bail!(
+                "system {} has no `{name}` (a toplevel needs kernel, initrd and init; see docs/layout.md)",
+                path.display()
+            ),
+        }
+    };
+    let kernel = need("kernel")?;
+    let initrd = need("initrd")?;
+    // `init` may be an absolute symlink that only resolves inside the built root, so only
+    // its presence is checked.
+    if std::fs::symlink_metadata(real.join("init")).is_err() {
+        bail!(
+            "system {} has no `init` (a toplevel needs kernel, initrd and init; see docs/layout.md)",
+            path.display()
+        );
+    }
+    let kernel_params = match std::fs::read_to_string(real.join("kernel-params")) {
+        Ok(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading {}/kernel-params", path.display()))
+        }
+    };
+    let has_etc = real.join("etc").is_dir();
+    let kind = if in_store {
+        SystemKind::StorePath {
+            closure: closure(&real)?,
+        }
+    } else {
+        SystemKind::Directory
+    };
+    debug!("system {}: {kind:?}", real.display());
+    Ok(System {
+        path: real,
+        kind,
+        kernel,
+        initrd,
+        kernel_params,
+        has_etc,
+    })
+}
+
+/// The closure of a store path: every store path it references, directly or not, sorted.
+pub fn closure(path: &Path) -> Result<Vec<PathBuf>> {
+    let nix_store = cmd::require_program(
+        "nix-store",
+        &format!(
+            "nix is not installed; it is needed for the closure of {}",
+            path.display()
+        ),
+    )?;
+    let out = cmd::run(
+        Command::new(nix_store)
+            .arg("--query")
+            .arg("--requisites")
+            .arg(path),
+        None,
+    )
+    .with_context(|| format!("asking Nix for the closure of {}", path.display()))?;
+    let text = String::from_utf8(out).context("nix-store printed a path that is not UTF-8")?;
+    let store = store_dir();
+    let mut paths: Vec<PathBuf> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    for p in &paths {
+        if p.parent() != Some(store.as_path()) {
+            bail!(
+                "nix-store listed {}, which is not in {}",
+                p.display(),
+                store.display()
+            );
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    if paths.is_empty() {
+        bail!("nix-store listed no closure for {}", path.display());
+    }
+    Ok(paths)
+}
