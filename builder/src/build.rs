@@ -115,7 +115,7 @@ pub fn boot_entry(slot: &str, version: &str, params: &str) -> String {
         options.push_str(params);
     }
     format!(
-        "title abupdate slot {slot}, {version}\nversion {version}\nlinux /{slot}/vmlinuz\ninitrd /{slot}/initrd\noptions {options}\n"
+        "title abupdate slot {slot}, {version}\nsort-key abupdate\nversion {version}\nlinux /{slot}/vmlinuz\ninitrd /{slot}/initrd\noptions {options}\n"
     )
 }
 
@@ -377,7 +377,7 @@ mod tests {
     fn entry_text() {
         assert_eq!(
             boot_entry("a", "2026.11.22.1", "console=ttyS0 panic=5"),
-            "title abupdate slot a, 2026.11.22.1\nversion 2026.11.22.1\nlinux /a/vmlinuz\ninitrd /a/initrd\n\
+            "title abupdate slot a, 2026.11.22.1\nsort-key abupdate\nversion 2026.11.22.1\nlinux /a/vmlinuz\ninitrd /a/initrd\n\
              options ab.slot=a root=PARTLABEL=root-a console=ttyS0 panic=5\n"
         );
     }
