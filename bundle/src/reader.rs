@@ -161,9 +161,13 @@ fn read_front<R: Read>(
     let mut hb = [0u8; HEADER_LEN];
     read_exact(r, &mut hb, "header")?;
     let header = Header::decode(&hb)?;
-    // Bounded by Header::decode (MAX_MANIFEST_LEN), so this allocation is safe.
-    let mut manifest = vec![0u8; header.manifest_len as usize];
-    read_exact(r, &mut manifest, "manifest")?;
+    // Bounded by Header::decode (MAX_MANIFEST_LEN); grown as bytes arrive, so a short
+    // hostile file cannot make us allocate the maximum up front.
+    let mut manifest = Vec::new();
+    r.by_ref().take(header.manifest_len as u64).read_to_end(&mut manifest)?;
+    if manifest.len() != header.manifest_len as usize {
+        return Err(FormatError::Truncated("manifest".to_string()));
+    }
     let mut sigs = Vec::with_capacity(header.signature_count as usize);
     for _ in 0..header.signature_count {
         let mut e = [0u8; SIGNATURE_ENTRY_LEN];

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything the build, the tests and the demo need on Debian 12. Idempotent:
+# a second run installs nothing and takes a second or two.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config ca-certificates curl
+  qemu-system-x86 qemu-utils ovmf systemd-boot-efi linux-image-amd64 busybox-static
+  nix-bin squashfs-tools mtools dosfstools fdisk gdisk e2fsprogs util-linux kmod
+  cpio gzip zstd xz-utils openssl time python3
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# abupdate runs on devices as a static musl binary.
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl
+fi
+
+# The bundle reader's fuzz target needs nightly Rust and cargo-fuzz.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+echo "setup: ok"
