@@ -1,0 +1,152 @@
+//! Each user error gets a clear message, and no output file is left behind.
+
+use std::fs;
+use std::path::Path;
+
+use crate::util::*;
+
+fn assert_no_outputs(out: &Path) {
+    if let Ok(rd) = fs::read_dir(out) {
+        let names: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();
+        assert!(names.is_empty(), "left behind: {names:?}");
+    }
+}
+
+#[test]
+fn root_too_big_for_the_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = fake_system(dir.path());
+    fs::write(sys.join("big"), noise(3 << 20, 3)).unwrap();
+    let image = dir.path().join("tiny.toml");
+    fs::write(
+        &image,
+        "name = 'tiny'\ncompatible = 'tiny'\ndisk-size = '64MiB'\nesp-size = '40MiB'\nslot-size = '2MiB'\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let err = fails(&mut build_cmd(&image, &sys, &test_key(dir.path()), &out));
+    assert!(
+        err.contains("does not fit the slot") && err.contains("2097152 bytes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the squashfs is 3"),
+        "the root's size is missing: {err}"
+    );
+    assert_no_outputs(&out);
+}
+
+#[test]
+fn kernel_or_initrd_missing() {
+    for name in ["kernel", "initrd", "init"] {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = fake_system(dir.path());
+        fs::remove_file(sys.join(name)).unwrap();
+        let out = dir.path().join("out");
+        let err = fails(&mut build_cmd(
+            &repo_file("images/qemu-test.toml"),
+            &sys,
+            &test_key(dir.path()),
+            &out,
+        ));
+        assert!(err.contains(&format!("has no `{name}`")), "{err}");
+        assert_no_outputs(&out);
+    }
+}
+
+#[test]
+fn system_is_neither_store_path_nor_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    fs::write(&file, b"x").unwrap();
+    let err = fails(&mut build_cmd(
+        &repo_file("images/qemu-test.toml"),
+        &file,
+        &test_key(dir.path()),
+        dir.path(),
+    ));
+    assert!(
+        err.contains("neither a Nix store path") && err.contains("nor a directory"),
+        "{err}"
+    );
+    let err = fails(&mut build_cmd(
+        &repo_file("images/qemu-test.toml"),
+        &dir.path().join("missing"),
+        &test_key(dir.path()),
+        dir.path(),
+    ));
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn nix_not_installed() {
+    // A fake store, so this runs without Nix: a toplevel in it needs nix-store for its
+    // closure, and PATH has none.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let sys = fake_system(dir.path());
+    let top = store.join("00000000000000000000000000000000-toplevel");
+    fs::rename(&sys, &top).unwrap();
+    let err = fails(
+        build_cmd(
+            &repo_file("images/qemu-test.toml"),
+            &top,
+            &test_key(dir.path()),
+            &dir.path().join("out"),
+        )
+        .env("NIX_STORE_DIR", store.canonicalize().unwrap())
+        .env("PATH", dir.path().join("empty-path")),
+    );
+    assert!(
+        err.contains("nix-store not found") && err.contains("nix is not installed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = fake_system(dir.path());
+    let out = dir.path().join("out");
+    let missing = dir.path().join("no-such.key");
+    let err = fails(&mut build_cmd(
+        &repo_file("images/qemu-test.toml"),
+        &sys,
+        &missing,
+        &out,
+    ));
+    assert!(
+        err.contains("reading key") && err.contains("no-such.key"),
+        "{err}"
+    );
+    let garbage = dir.path().join("garbage.key");
+    fs::write(&garbage, "not a key").unwrap();
+    let err = fails(&mut build_cmd(
+        &repo_file("images/qemu-test.toml"),
+        &sys,
+        &garbage,
+        &out,
+    ));
+    assert!(err.contains("not an abupdate secret key"), "{err}");
+    assert_no_outputs(&out);
+}
+
+#[test]
+fn bad_image_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = fake_system(dir.path());
+    let image = dir.path().join("typo.toml");
+    fs::write(&image, "name='x'\ncompatible='x'\ndisk-size='1GiB'\nesp-size='64MiB'\nslot-size='1MiB'\nslot_size=2\n")
+        .unwrap();
+    let err = fails(&mut build_cmd(
+        &image,
+        &sys,
+        &test_key(dir.path()),
+        &dir.path().join("out"),
+    ));
+    assert!(
+        err.contains("unknown field") && err.contains("slot_size"),
+        "{err}"
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests of `abbuild build`: the real binary against temporary directories, with
+//! results checked by independent tools (sfdisk, sgdisk, mtools, fsck.fat, unsquashfs).
+//! Tests that need Nix skip, saying so, when `nix-build` is not installed.
+
+mod disk;
+mod errors;
+mod nix;
+mod repro;
+mod util;

@@ -1,0 +1,159 @@
+//! A real Nix store path: a tiny toplevel built with `nix-build` from a derivation needing no
+//! nixpkgs (busybox from the host as the builder), its closure packed under /nix/store.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::*;
+
+/// Builds the fixture toplevel; `None` (after saying why) when nix-build is not installed.
+fn nix_toplevel(dir: &Path) -> Option<PathBuf> {
+    if !Command::new("sh")
+        .args(["-c", "command -v nix-build"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        eprintln!("skipping: nix-build is not installed");
+        return None;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let busybox = busybox.expect("busybox (busybox-static) is needed to build the Nix fixture");
+    fs::create_dir_all(dir.join("bb")).unwrap();
+    fs::copy(busybox, dir.join("bb/busybox")).unwrap();
+    fs::write(dir.join("default.nix"), FIXTURE).unwrap();
+    let out = stdout(
+        Command::new("nix-build")
+            .args(["--option", "sandbox", "false", "--no-out-link"])
+            .arg(dir.join("default.nix")),
+    );
+    Some(PathBuf::from(out.trim()))
+}
+
+/// A toplevel with the contract's files and a dependency holding a hard link, a symlink and an
+/// executable. Busybox must be called by a name starting with "busybox", hence its own directory.
+const FIXTURE: &str = r#"
+let
+  bbdir = builtins.path { path = ./bb; name = "abbuild-test-bb"; };
+  bb = "${bbdir}/busybox";
+  mk = name: script: builtins.derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = bb;
+    args = [ "sh" "-c" script ];
+  };
+  dep = mk "abbuild-test-dep" ''
+    ${bb} mkdir -p $out/bin
+    echo data > $out/file
+    ${bb} ln $out/file $out/hardlink
+    ${bb} ln -s file $out/sym
+    ${bb} cp ${bb} $out/bin/busybox
+  '';
+in mk "abbuild-test-toplevel" ''
+  ${bb} mkdir -p $out/etc
+  ${bb} ln -s ${dep}/bin/busybox $out/init
+  ${bb} head -c 100000 ${bb} > $out/kernel
+  ${bb} tail -c 100000 ${bb} > $out/initrd
+  echo 'quiet' > $out/kernel-params
+  echo hi > $out/etc/motd
+''
+"#;
+
+#[test]
+fn store_path_closure_becomes_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(top) = nix_toplevel(dir.path()) else {
+        return;
+    };
+    let closure = stdout(Command::new("nix-store").arg("-qR").arg(&top));
+    let dep = closure
+        .lines()
+        .find(|l| l.ends_with("-abbuild-test-dep"))
+        .expect("dep in the closure")
+        .to_string();
+    let key = test_key(dir.path());
+    let out = dir.path().join("out");
+    // Through a ./result-style symlink, as users call it.
+    let link = dir.path().join("result");
+    std::os::unix::fs::symlink(&top, &link).unwrap();
+    ok(&mut build_cmd(
+        &repo_file("images/qemu-test.toml"),
+        &link,
+        &key,
+        &out,
+    ));
+    let image = out.join("qemu-test-2026.11.22.1.img");
+    let bundle = out.join("qemu-test-2026.11.22.1.abu");
+    let list = list_slot_a(&image);
+    let t = top.display();
+    for line in [
+        format!(
+            "lrwxrwxrwx 0/0 {:>23} 2023-11-14 22:13 squashfs-root/init -> {t}/init",
+            format!("{t}/init").len()
+        ),
+        format!("squashfs-root/etc -> {t}/etc"),
+        format!("squashfs-root/system -> {t}"),
+        "drwxr-xr-x 0/0                       3 2023-11-14 22:13 squashfs-root/data".into(),
+        "drwxrwxrwt 0/0                       3 2023-11-14 22:13 squashfs-root/tmp".into(),
+        "dr-xr-xr-x 0/0                       3 2023-11-14 22:13 squashfs-root/proc".into(),
+        "squashfs-root/dev".into(),
+        "squashfs-root/run".into(),
+        "squashfs-root/sys".into(),
+        "drwxr-xr-x 0/0                      ".to_string(), // nix and nix/store: mode 755
+        format!("squashfs-root{dep}/sym -> file"),
+        "-r-xr-xr-x 0/0 ".to_string(), // the executable keeps its mode
+        format!("squashfs-root{dep}/bin/busybox"),
+        format!("squashfs-root{t}/etc/motd"),
+    ] {
+        assert!(list.contains(&line), "no '{line}' in\n{list}");
+    }
+    // Only the closure is in the store.
+    let in_store: Vec<_> = list
+        .lines()
+        .filter_map(|l| l.split("squashfs-root/nix/store/").nth(1))
+        .filter(|p| !p.contains('/'))
+        .collect();
+    assert_eq!(in_store.len(), closure.lines().count(), "{in_store:?}");
+
+    let manifest = inspect(&bundle);
+    assert_eq!(manifest["build_id"], t.to_string());
+    assert_eq!(manifest["kernel_params"], "quiet console=ttyS0 panic=5");
+    fsck_esp(&image, dir.path());
+    assert!(mtype(&image, "a/info.json").contains(&format!("\"buildId\": \"{t}\"")));
+
+    // Hard links within the closure survive.
+    let (off, _) = partition(&image, "root-a");
+    let dest = dir.path().join("extracted");
+    ok(Command::new("unsquashfs")
+        .arg("-o")
+        .arg(off.to_string())
+        .arg("-d")
+        .arg(&dest)
+        .arg(&image));
+    use std::os::unix::fs::MetadataExt;
+    let rel = dep.trim_start_matches('/');
+    assert_eq!(
+        fs::metadata(dest.join(rel).join("file")).unwrap().ino(),
+        fs::metadata(dest.join(rel).join("hardlink")).unwrap().ino()
+    );
+
+    // And a second build of the same store path gives the same bytes.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out2 = dir.path().join("out2");
+    ok(&mut build_cmd(
+        &repo_file("images/qemu-test.toml"),
+        &top,
+        &key,
+        &out2,
+    ));
+    assert!(
+        fs::read(&bundle).unwrap() == fs::read(out2.join("qemu-test-2026.11.22.1.abu")).unwrap()
+    );
+    assert!(
+        fs::read(&image).unwrap() == fs::read(out2.join("qemu-test-2026.11.22.1.img")).unwrap()
+    );
+}
