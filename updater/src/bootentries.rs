@@ -308,6 +308,8 @@ pub struct BootEntry {
     /// The file name in `loader/entries`.
     pub file: String,
     pub contents: EntryFile,
+    /// The file's text as read.
+    pub text: String,
     /// Counter parsed the way systemd-boot does (for any name, not only ours).
     pub counter: Option<Counter>,
 }
@@ -317,6 +319,7 @@ impl BootEntry {
         BootEntry {
             file: file.to_string(),
             contents: EntryFile::parse(text),
+            text: text.to_string(),
             counter: sd_parse_tries(file),
         }
     }
@@ -537,7 +540,7 @@ pub fn select<'a>(
 }
 
 /// Entries in systemd-boot's order (for `status`).
-pub fn sorted<'a>(entries: &'a [BootEntry]) -> Vec<&'a BootEntry> {
+pub fn sorted(entries: &[BootEntry]) -> Vec<&BootEntry> {
     let mut v: Vec<&BootEntry> = entries.iter().filter(|e| is_entry_file(&e.file)).collect();
     v.sort_by(|a, b| compare(a, b));
     v

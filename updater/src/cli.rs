@@ -11,6 +11,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "abupdate", version, help_expected = true, max_term_width = 80)]
 pub struct Cli {
+    /// Disk to work on: a block device or a disk image file (default: the
+    /// disk holding the booted root)
+    #[arg(long, global = true)]
+    pub disk: Option<PathBuf>,
     /// Configuration file
     #[arg(long, global = true, default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
@@ -36,6 +40,58 @@ pub enum Command {
     ///
     /// Example: abupdate verify --keys /etc/abupdate/keys update.abu
     Verify(VerifyArgs),
+    /// Install a bundle into the inactive slot and make it boot next
+    ///
+    /// SOURCE is a bundle file, a block device holding one, or an http:// URL
+    /// (streamed, no temporary file). Everything is checked before anything is
+    /// written; the new slot gets a boot entry with a few tries, and falls back
+    /// to the current one if it does not get marked good.
+    ///
+    /// Example: abupdate apply /media/usb/update.abu
+    Apply(ApplyArgs),
+    /// Show both slots, what runs and what boots next
+    Status(StatusArgs),
+    /// Mark the running slot good: keep booting it (run after a health check)
+    MarkGood,
+    /// Mark a slot bad (default: the running one) so the other slot boots
+    ///
+    /// Refused if the other slot cannot boot.
+    MarkBad(MarkBadArgs),
+    /// Make the other slot boot next, if it is good
+    ///
+    /// The slot that would boot next is marked bad. Refused if the other slot is
+    /// not good: the machine is never left without a good entry.
+    Rollback,
+    /// Record what booted and whether it was a fallback (run early at boot)
+    BootCheck,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// Bundle file, block device or http:// URL
+    pub source: String,
+    /// Install even if the bundle is not newer than the installed version
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Reboot once the update is installed
+    #[arg(long)]
+    pub reboot: bool,
+    /// Target slot (default: the one not running or booting next)
+    #[arg(long)]
+    pub slot: Option<crate::bootentries::Slot>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON (apiVersion abupdate/v1, kind Status)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MarkBadArgs {
+    /// Slot to mark bad: a or b (default: the running slot)
+    pub slot: Option<crate::bootentries::Slot>,
 }
 
 #[derive(Args, Debug)]

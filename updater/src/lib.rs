@@ -1,28 +1,80 @@
-//! `abupdate`: verifies bundles and installs them into the inactive slot. `main.rs` only
-//! parses arguments and calls [`run`].
+//! `abupdate`: verifies bundles and installs them into the inactive slot, flips the boot
+//! entries with systemd-boot boot counting, and reports state. `main.rs` only parses
+//! arguments and calls [`run`].
 
+pub mod apply;
+pub mod bootcheck;
 pub mod bootentries;
 pub mod cli;
+pub mod codes;
 pub mod config;
+pub mod disk;
+pub mod entries;
+pub mod esp;
+pub mod fault;
+pub mod lock;
 pub mod logging;
+pub mod progress;
+pub mod slots;
+pub mod source;
+pub mod status;
 pub mod verify;
+
+use std::path::PathBuf;
 
 use abbundle::error::exit;
 use abbundle::FormatError;
+
+/// What every command gets from the global options.
+pub struct Context {
+    pub config: config::Config,
+    pub config_path: PathBuf,
+    /// Trusted keys directory (`--keys`, else the config's).
+    pub keys: PathBuf,
+    /// `--disk`, else the booted disk.
+    pub disk: Option<PathBuf>,
+    pub quiet: bool,
+}
 
 /// Runs one command.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let config = config::Config::load(&cli.config)?;
     let keys = cli.keys.clone().unwrap_or_else(|| config.keys.clone());
+    let ctx = Context {
+        config,
+        config_path: cli.config.clone(),
+        keys,
+        disk: cli.disk.clone(),
+        quiet: cli.quiet,
+    };
     match cli.command {
-        cli::Command::Verify(a) => verify::run(&a, &keys, &config),
+        cli::Command::Verify(a) => verify::run(&a, &ctx.keys, &ctx.config),
+        cli::Command::Apply(a) => apply::run(
+            &ctx,
+            &apply::Request {
+                source: &a.source,
+                allow_downgrade: a.allow_downgrade,
+                slot: a.slot,
+                reboot: a.reboot,
+            },
+        ),
+        cli::Command::Status(a) => status::run(&ctx, a.json),
+        cli::Command::MarkGood => entries::mark_good(&ctx),
+        cli::Command::MarkBad(a) => entries::mark_bad(&ctx, a.slot),
+        cli::Command::Rollback => entries::rollback(&ctx),
+        cli::Command::BootCheck => bootcheck::run(&ctx),
     }
 }
 
-/// The documented exit code for an error (`docs/exit-codes.md`).
+/// The documented exit code for an error (`docs/exit-codes.md`): an abupdate refusal's own
+/// code, else a bundle error's, else 1.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     e.chain()
-        .find_map(|c| c.downcast_ref::<FormatError>())
-        .map(FormatError::exit_code)
+        .find_map(|c| c.downcast_ref::<codes::Refusal>().map(|r| r.code))
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| c.downcast_ref::<FormatError>())
+                .map(FormatError::exit_code)
+        })
         .unwrap_or(exit::FAILURE)
 }

@@ -32,12 +32,15 @@ pub fn run(a: &VerifyArgs, keys_dir: &Path, config: &Config) -> Result<()> {
         .with_context(|| format!("loading trusted keys from {}", keys_dir.display()))?;
     let file = File::open(&a.bundle).with_context(|| format!("opening {}", a.bundle.display()))?;
     let start = Instant::now();
-    let mut reader = BundleReader::open(std::io::BufReader::with_capacity(READ_BUFFER, file), &keys)
-        .with_context(|| format!("verifying {}", a.bundle.display()))?;
+    let mut reader =
+        BundleReader::open(std::io::BufReader::with_capacity(READ_BUFFER, file), &keys)
+            .with_context(|| format!("verifying {}", a.bundle.display()))?;
     if let Some(c) = a.compatible.as_ref().or(config.compatible.as_ref()) {
         reader.check_compatible(c)?;
     }
-    reader.verify_rest().with_context(|| format!("verifying {}", a.bundle.display()))?;
+    reader
+        .verify_rest()
+        .with_context(|| format!("verifying {}", a.bundle.display()))?;
     let m = reader.manifest();
     let bytes: u64 = m.payloads.iter().map(|p| p.size).sum();
     let report = Report {

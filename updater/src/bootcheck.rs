@@ -1,0 +1,115 @@
+//! `abupdate boot-check`: run early at boot. Records in the state file on the data partition
+//! which slot booted and whether that was a fallback: systemd-boot prefers the newest entry,
+//! so if an entry of the other slot is newer than the one that booted, the newer one has run
+//! out of tries (or was skipped) and this boot is the automatic fallback.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::bootentries::{self, Slot};
+use crate::codes;
+use crate::esp::Esp;
+use crate::slots;
+use crate::{refuse, Context as Ctx};
+
+/// What `boot-check` recorded about the last boot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootRecord {
+    pub api_version: String,
+    pub kind: String,
+    pub booted_slot: String,
+    pub booted_version: Option<String>,
+    /// The slot's entries at boot-check time (after systemd-boot's rename).
+    pub booted_entries: Vec<String>,
+    pub fallback: bool,
+    pub failed_slot: Option<String>,
+    pub failed_version: Option<String>,
+    /// Seconds since the epoch.
+    pub time: u64,
+}
+
+/// Reads the state file; `None` if missing or unreadable.
+pub fn read(path: &Path) -> Option<BootRecord> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let (disk, running) = slots::open(ctx.disk.as_deref(), true)?;
+    let Some(slot) = running else {
+        refuse!(
+            codes::NOT_BOOTED_FROM_SLOT,
+            "boot-check: not booted from an abupdate slot (no ab.slot=)"
+        );
+    };
+    let esp = Esp::open(&disk)?;
+    let view = slots::view(&esp)?;
+    let record = judge(&view, slot);
+    if record.fallback {
+        warn!(
+            "this boot is a FALLBACK to slot {slot}: slot {} (version {}) did not come up",
+            record.failed_slot.as_deref().unwrap_or("?"),
+            record.failed_version.as_deref().unwrap_or("?")
+        );
+    } else {
+        info!(
+            "booted slot {slot} (version {})",
+            record.booted_version.as_deref().unwrap_or("unknown")
+        );
+    }
+    write_atomic(&ctx.config.state_file, &serde_json::to_vec_pretty(&record)?)?;
+    Ok(())
+}
+
+/// The record for a boot of `slot` given the entries now on the ESP.
+pub fn judge(view: &slots::View, slot: Slot) -> BootRecord {
+    let sv = view.slot(slot);
+    let other = view.slot(slot.other());
+    let newer = match (&sv.version, &other.version) {
+        (Some(b), Some(o)) => {
+            bootentries::strverscmp_improved(o, b).is_gt() && !other.entries.is_empty()
+        }
+        (None, Some(_)) => !other.entries.is_empty(),
+        _ => false,
+    };
+    BootRecord {
+        api_version: crate::status::API_VERSION.into(),
+        kind: "BootRecord".into(),
+        booted_slot: slot.to_string(),
+        booted_version: sv.version.clone(),
+        booted_entries: sv.entries.iter().map(|e| e.file.clone()).collect(),
+        fallback: newer,
+        failed_slot: newer.then(|| slot.other().to_string()),
+        failed_version: if newer { other.version.clone() } else { None },
+        time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
+
+/// Writes `path` so that a power cut leaves the old or the new file, never a torn one.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}

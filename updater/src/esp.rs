@@ -1,0 +1,179 @@
+//! The EFI system partition, reached through the `fatfs` crate on the partition itself: the
+//! running system never mounts it, so its kernel needs no vfat and nothing else caches it.
+//!
+//! Not atomic, and not pretending to be: FAT has no journal, and fatfs 0.3.6 renames by
+//! deleting and re-creating, and cannot rename onto an existing name. So a changed boot entry
+//! is written under its new name first, synced, and only then is the old name removed: a power
+//! cut in between leaves two entries for the same slot, never none, and the boot-entry model
+//! (`bootentries::select`) treats two entries of one slot as that slot. Every step that must be
+//! durable ends with [`Esp::sync`].
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, Result};
+use sha2::{Digest as _, Sha256};
+
+use crate::bootentries::{is_entry_file, BootEntry, ENTRIES_DIR};
+use crate::disk::{Disk, Window};
+
+/// Largest entry or info file we read: they are a few hundred bytes.
+const MAX_SMALL_FILE: u64 = 64 * 1024;
+
+type Fs<'d> = fatfs::FileSystem<Window<'d>>;
+/// An open file on the ESP.
+pub type EspFile<'a, 'd> = fatfs::File<'a, Window<'d>>;
+
+/// An open ESP.
+pub struct Esp<'d> {
+    fs: Fs<'d>,
+    disk: &'d Disk,
+}
+
+impl<'d> Esp<'d> {
+    /// Opens the FAT file system of the partition labelled `esp`.
+    pub fn open(disk: &'d Disk) -> Result<Esp<'d>> {
+        let p = disk.partition("esp")?;
+        let fs = fatfs::FileSystem::new(disk.window(p, true), fatfs::FsOptions::new())
+            .with_context(|| {
+                format!(
+                    "opening the FAT file system of the ESP on {}",
+                    disk.path.display()
+                )
+            })?;
+        Ok(Esp { fs, disk })
+    }
+
+    /// Every `*.conf` in `loader/entries`, with its contents.
+    pub fn entries(&self) -> Result<Vec<BootEntry>> {
+        let dir = match self.fs.root_dir().open_dir(ENTRIES_DIR) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("opening loader/entries on the ESP"),
+        };
+        let mut out = Vec::new();
+        for e in dir.iter() {
+            let e = e.context("listing loader/entries on the ESP")?;
+            let name = e.file_name();
+            if e.is_dir() || !is_entry_file(&name) {
+                continue;
+            }
+            let text = self
+                .read_small(&format!("{ENTRIES_DIR}/{name}"))?
+                .unwrap_or_default();
+            out.push(BootEntry::new(&name, &String::from_utf8_lossy(&text)));
+        }
+        out.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(out)
+    }
+
+    /// Whether `path` (absolute as in an entry, `/a/vmlinuz`, or relative) is a file.
+    pub fn exists(&self, path: &str) -> bool {
+        self.fs
+            .root_dir()
+            .open_file(path.trim_start_matches('/'))
+            .is_ok()
+    }
+
+    /// A small file's contents, `None` if it does not exist.
+    pub fn read_small(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let mut f = match self.fs.root_dir().open_file(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {path} on the ESP")),
+        };
+        let mut v = Vec::new();
+        (&mut f)
+            .take(MAX_SMALL_FILE)
+            .read_to_end(&mut v)
+            .with_context(|| format!("reading {path} on the ESP"))?;
+        Ok(Some(v))
+    }
+
+    /// SHA-256 and length of a file, streaming with one buffer.
+    pub fn hash_file(&self, path: &str) -> Result<([u8; 32], u64)> {
+        let mut f = self
+            .fs
+            .root_dir()
+            .open_file(path)
+            .with_context(|| format!("opening {path} on the ESP"))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {path} on the ESP"))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+        Ok((h.finalize().into(), len))
+    }
+
+    /// Creates `dir` if missing (one level below the root, or `loader/entries`).
+    pub fn create_dir_all(&self, dir: &str) -> Result<()> {
+        let mut cur = self.fs.root_dir();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            cur = match cur.open_dir(part) {
+                Ok(d) => d,
+                Err(_) => cur
+                    .create_dir(part)
+                    .with_context(|| format!("creating {dir} on the ESP"))?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Opens `path` for writing from the start, emptied.
+    pub fn create(&self, path: &str) -> Result<EspFile<'_, 'd>> {
+        if let Some((dir, _)) = path.rsplit_once('/') {
+            self.create_dir_all(dir)?;
+        }
+        let mut f = self
+            .fs
+            .root_dir()
+            .create_file(path)
+            .with_context(|| format!("creating {path} on the ESP"))?;
+        f.truncate()
+            .with_context(|| format!("truncating {path} on the ESP"))?;
+        Ok(f)
+    }
+
+    /// Writes a whole small file and flushes its directory entry.
+    pub fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let mut f = self.create(path)?;
+        f.write_all(data)
+            .with_context(|| format!("writing {path} on the ESP"))?;
+        f.flush()
+            .with_context(|| format!("flushing {path} on the ESP"))?;
+        Ok(())
+    }
+
+    /// Removes `path` if it exists.
+    pub fn remove(&self, path: &str) -> Result<()> {
+        match self.fs.root_dir().remove(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {path} on the ESP")),
+        }
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.disk.sync().context("syncing the ESP")
+    }
+
+    /// Writes the FAT's bookkeeping (FSInfo, clean flag) and syncs.
+    pub fn close(self) -> Result<()> {
+        let disk = self.disk;
+        self.fs.unmount().context("closing the ESP's file system")?;
+        disk.sync().context("syncing the ESP")
+    }
+}
+
+/// Path of an entry file on the ESP.
+pub fn entry_path(file: &str) -> String {
+    format!("{ENTRIES_DIR}/{file}")
+}

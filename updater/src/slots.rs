@@ -1,0 +1,257 @@
+//! Which disk, which slot is running, and what state each slot is in.
+//!
+//! The running slot comes from the kernel command line (`ab.slot=`), which the boot entry
+//! set. The disk is the one whose partition `root-<slot>` exists, found in sysfs
+//! (`PARTNAME=` in `/sys/class/block/*/uevent`). A disk that is not the booted one (an image
+//! file, another drive) has no running slot; its "active" slot is the one systemd-boot would
+//! boot next.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::bootentries::{self, BootEntry, EntryName, EntryState, Slot};
+use crate::codes;
+use crate::disk::Disk;
+use crate::esp::Esp;
+
+/// Environment variable naming a file to read instead of `/proc/cmdline` (tests, and
+/// inspecting another disk as if it had been booted). When set, the disk given with `--disk`
+/// is taken to be the booted one.
+pub const CMDLINE_ENV: &str = "ABUPDATE_CMDLINE";
+
+/// The kernel command line's `ab.slot=`, if any, and whether it came from the override.
+pub fn cmdline_slot() -> Result<(Option<Slot>, bool)> {
+    let (path, overridden) = match std::env::var_os(CMDLINE_ENV) {
+        Some(p) => (PathBuf::from(p), true),
+        None => (PathBuf::from("/proc/cmdline"), false),
+    };
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !overridden && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((None, false))
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok((parse_cmdline(&text), overridden))
+}
+
+/// `ab.slot=` in a kernel command line (the last one wins, as the kernel's own parsing does).
+pub fn parse_cmdline(text: &str) -> Option<Slot> {
+    text.split_whitespace()
+        .rev()
+        .filter_map(|w| w.strip_prefix("ab.slot="))
+        .find_map(Slot::parse)
+}
+
+/// The block device (`/dev/NAME`) of the disk holding partition `root-<slot>`, from sysfs.
+pub fn booted_disk(slot: Slot) -> Result<Option<PathBuf>> {
+    let want = format!("PARTNAME={}", slot.partition_label());
+    let Ok(dir) = fs::read_dir("/sys/class/block") else {
+        return Ok(None);
+    };
+    for e in dir.flatten() {
+        let uevent = fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
+        if !uevent.lines().any(|l| l == want) || !e.path().join("partition").exists() {
+            continue;
+        }
+        let real = fs::canonicalize(e.path())
+            .with_context(|| format!("resolving {}", e.path().display()))?;
+        if let Some(parent) = real.parent().and_then(Path::file_name) {
+            return Ok(Some(Path::new("/dev").join(parent)));
+        }
+    }
+    Ok(None)
+}
+
+/// The disk to work on and the slot running from it (if it is the booted disk).
+pub fn resolve(disk_arg: Option<&Path>) -> Result<(PathBuf, Option<Slot>)> {
+    let (slot, overridden) = cmdline_slot()?;
+    match (disk_arg, slot) {
+        (Some(d), Some(s)) if overridden => Ok((d.to_path_buf(), Some(s))),
+        (Some(d), Some(s)) => {
+            let booted = booted_disk(s)?;
+            let same = booted.is_some_and(|b| same_device(&b, d));
+            Ok((d.to_path_buf(), same.then_some(s)))
+        }
+        (Some(d), None) => Ok((d.to_path_buf(), None)),
+        (None, Some(s)) => match booted_disk(s)? {
+            Some(b) => Ok((b, Some(s))),
+            None => crate::refuse!(
+                codes::NO_SUCH_SLOT,
+                "booted from slot {s}, but no disk has a partition named {}; pass --disk",
+                s.partition_label()
+            ),
+        },
+        (None, None) => crate::refuse!(
+            codes::NOT_BOOTED_FROM_SLOT,
+            "this system was not booted from an abupdate slot (no ab.slot= on the kernel command line); pass --disk"
+        ),
+    }
+}
+
+fn same_device(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(ma), Ok(mb)) => {
+            if ma.file_type().is_file() || mb.file_type().is_file() {
+                ma.dev() == mb.dev() && ma.ino() == mb.ino()
+            } else {
+                ma.rdev() == mb.rdev()
+            }
+        }
+        _ => false,
+    }
+}
+
+/// `X/info.json` on the ESP: what a slot holds (docs/layout.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotInfo {
+    pub version: String,
+    pub compatible: String,
+    pub build_id: String,
+    pub rootfs_size: u64,
+    pub rootfs_sha256: String,
+    pub created: u64,
+}
+
+/// A slot's state as its boot entries tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Marked good: boots whenever it is the newest, and serves as the fallback.
+    Good,
+    /// Installed and being tried: boots while tries are left.
+    Trying { left: u32 },
+    /// No tries left: only boots if nothing else can.
+    Bad,
+    /// No boot entry: never installed, or an install did not finish.
+    Empty,
+}
+
+impl SlotState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotState::Good => "good",
+            SlotState::Trying { .. } => "trying",
+            SlotState::Bad => "bad",
+            SlotState::Empty => "empty",
+        }
+    }
+}
+
+/// One slot as seen on the disk.
+#[derive(Clone, Debug)]
+pub struct SlotView {
+    pub slot: Slot,
+    pub state: SlotState,
+    /// The slot's entries (usually one; two after a cut-short counter change).
+    pub entries: Vec<BootEntry>,
+    /// Version from the entry (what systemd-boot orders by), else from info.json.
+    pub version: Option<String>,
+    pub info: Option<SlotInfo>,
+}
+
+/// Both slots and the boot loader's next choice.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub all_entries: Vec<BootEntry>,
+    pub slots: Vec<SlotView>,
+    /// The slot systemd-boot boots next, and the entry file it picks.
+    pub next: Option<(Slot, String)>,
+}
+
+impl View {
+    pub fn slot(&self, s: Slot) -> &SlotView {
+        self.slots
+            .iter()
+            .find(|v| v.slot == s)
+            .expect("both slots are in a view")
+    }
+}
+
+/// Reads entries and info files and models systemd-boot's choice.
+pub fn view(esp: &Esp) -> Result<View> {
+    let all_entries = esp.entries()?;
+    let next = bootentries::select(&all_entries, &|p| esp.exists(p))
+        .and_then(|e| Some((e.slot()?, e.file.clone())));
+    let mut slots = Vec::new();
+    for slot in Slot::ALL {
+        let entries: Vec<BootEntry> = all_entries
+            .iter()
+            .filter(|e| e.slot() == Some(slot))
+            .cloned()
+            .collect();
+        let states: Vec<EntryState> = entries
+            .iter()
+            .map(|e| match EntryName::parse(&e.file) {
+                Some(n) => n.state(),
+                None => match e.counter {
+                    None => EntryState::Good,
+                    Some(c) if c.left == 0 => EntryState::Bad,
+                    Some(c) => EntryState::Trying { left: c.left },
+                },
+            })
+            .collect();
+        let state = if states.contains(&EntryState::Good) {
+            SlotState::Good
+        } else if let Some(left) = states
+            .iter()
+            .filter_map(|s| match s {
+                EntryState::Trying { left } => Some(*left),
+                _ => None,
+            })
+            .max()
+        {
+            SlotState::Trying { left }
+        } else if states.contains(&EntryState::Bad) {
+            SlotState::Bad
+        } else {
+            SlotState::Empty
+        };
+        let info = esp
+            .read_small(&format!("{slot}/info.json"))?
+            .and_then(|b| serde_json::from_slice::<SlotInfo>(&b).ok());
+        let version = bootentries::sorted(&entries)
+            .first()
+            .and_then(|e| e.contents.version.clone())
+            .or_else(|| info.as_ref().map(|i| i.version.clone()));
+        slots.push(SlotView {
+            slot,
+            state,
+            entries,
+            version,
+            info,
+        });
+    }
+    Ok(View {
+        all_entries,
+        slots,
+        next,
+    })
+}
+
+/// Opens the disk (read-write unless `read_only`) and says which slot is running.
+pub fn open(disk_arg: Option<&Path>, read_only: bool) -> Result<(Disk, Option<Slot>)> {
+    let (path, running) = resolve(disk_arg)?;
+    let disk = Disk::open(&path, read_only)?;
+    Ok((disk, running))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline() {
+        assert_eq!(
+            parse_cmdline("quiet ab.slot=b root=PARTLABEL=root-b\n"),
+            Some(Slot::B)
+        );
+        assert_eq!(parse_cmdline("ab.slot=a ab.slot=b"), Some(Slot::B));
+        assert_eq!(parse_cmdline("ab.slot=c"), None);
+        assert_eq!(parse_cmdline(""), None);
+    }
+}

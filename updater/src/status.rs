@@ -1,0 +1,150 @@
+//! `abupdate status [--json]`: both slots, what boots next, and what the last boot was.
+//! The JSON is versioned (`apiVersion`, `kind`) so scripts can rely on it.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::bootcheck::{self, BootRecord};
+use crate::bootentries::Slot;
+use crate::esp::Esp;
+use crate::slots::{self, SlotState};
+use crate::Context as Ctx;
+
+/// `apiVersion` of every JSON document abupdate prints.
+pub const API_VERSION: &str = "abupdate/v1";
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub disk: String,
+    pub running_slot: Option<Slot>,
+    pub next_boot_slot: Option<Slot>,
+    pub next_boot_entry: Option<String>,
+    /// From the state file boot-check wrote; `None` if it has not run.
+    pub last_boot_was_fallback: Option<bool>,
+    pub last_boot: Option<BootRecord>,
+    pub slots: Vec<SlotStatus>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotStatus {
+    pub slot: Slot,
+    /// good, trying, bad or empty.
+    pub state: &'static str,
+    pub tries_left: Option<u32>,
+    pub version: Option<String>,
+    pub build_id: Option<String>,
+    pub created: Option<u64>,
+    pub partition: String,
+    pub partition_size: u64,
+    pub rootfs_size: Option<u64>,
+    pub entries: Vec<String>,
+    pub running: bool,
+    pub next_boot: bool,
+}
+
+pub fn collect(ctx: &Ctx) -> Result<Status> {
+    let (disk, running) = slots::open(ctx.disk.as_deref(), true)?;
+    let esp = Esp::open(&disk)?;
+    let view = slots::view(&esp)?;
+    let last_boot = bootcheck::read(&ctx.config.state_file).filter(|_| running.is_some());
+    let next = view.next.as_ref().map(|n| n.0);
+    let mut out = Vec::new();
+    for sv in &view.slots {
+        let part = disk.partition(sv.slot.partition_label())?;
+        out.push(SlotStatus {
+            slot: sv.slot,
+            state: sv.state.name(),
+            tries_left: match sv.state {
+                SlotState::Trying { left } => Some(left),
+                SlotState::Bad => Some(0),
+                _ => None,
+            },
+            version: sv.version.clone(),
+            build_id: sv.info.as_ref().map(|i| i.build_id.clone()),
+            created: sv.info.as_ref().map(|i| i.created),
+            partition: part.label.clone(),
+            partition_size: part.len,
+            rootfs_size: sv.info.as_ref().map(|i| i.rootfs_size),
+            entries: sv.entries.iter().map(|e| e.file.clone()).collect(),
+            running: running == Some(sv.slot),
+            next_boot: next == Some(sv.slot),
+        });
+    }
+    Ok(Status {
+        api_version: API_VERSION,
+        kind: "Status",
+        disk: disk.path.display().to_string(),
+        running_slot: running,
+        next_boot_slot: next,
+        next_boot_entry: view.next.map(|n| n.1),
+        last_boot_was_fallback: last_boot.as_ref().map(|b| b.fallback),
+        last_boot,
+        slots: out,
+    })
+}
+
+pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
+    let s = collect(ctx)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    print!("{}", human(&s));
+    Ok(())
+}
+
+/// The table `status` prints on a terminal.
+pub fn human(s: &Status) -> String {
+    let slot = |o: Option<Slot>| o.map(|s| s.to_string()).unwrap_or_else(|| "none".into());
+    let mut out = format!(
+        "disk {}: running slot {}, next boot slot {}\n",
+        s.disk,
+        slot(s.running_slot),
+        slot(s.next_boot_slot)
+    );
+    out.push_str(&format!(
+        "{:<6}{:<18}{:<20}{}\n",
+        "slot", "state", "version", "build id"
+    ));
+    for v in &s.slots {
+        let state = match (v.state, v.tries_left) {
+            ("trying", Some(n)) => format!("trying ({n} left)"),
+            (st, _) => st.to_string(),
+        };
+        let marks = format!(
+            "{}{}",
+            if v.running { "*" } else { "" },
+            if v.next_boot { ">" } else { "" }
+        );
+        out.push_str(&format!(
+            "{:<6}{:<18}{:<20}{}\n",
+            format!("{}{marks}", v.slot),
+            state,
+            v.version.as_deref().unwrap_or("-"),
+            v.build_id
+                .as_deref()
+                .filter(|b| !b.is_empty())
+                .unwrap_or("-")
+        ));
+    }
+    out.push_str("(* running, > boots next)\n");
+    if let Some(b) = &s.last_boot {
+        out.push_str(&format!(
+            "last boot: slot {} version {}{}\n",
+            b.booted_slot,
+            b.booted_version.as_deref().unwrap_or("unknown"),
+            match (&b.fallback, &b.failed_slot) {
+                (true, Some(f)) => format!(
+                    ", a FALLBACK: slot {f} (version {}) did not come up",
+                    b.failed_version.as_deref().unwrap_or("unknown")
+                ),
+                _ => String::new(),
+            }
+        ));
+    }
+    out
+}
