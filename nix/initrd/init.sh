@@ -48,7 +48,6 @@ mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || die "cannot mount /sys"
 if [ -c /dev/console ]; then
     exec </dev/console >/dev/console 2>&1
 fi
-echo 3 4 1 3 > /proc/sys/kernel/printk 2>/dev/null # keep kernel chatter off the console
 
 # --- 2. kernel command line ----------------------------------------------------------------
 slot=
@@ -191,7 +190,7 @@ has_extfs() {
 if ! has_extfs "$datadev"; then
     if command -v mkfs.ext4 >/dev/null 2>&1; then
         say "first boot: creating an ext4 filesystem on $datadev"
-        mkfs.ext4 -q -F -L data "$datadev" || die "mkfs.ext4 $datadev failed"
+        mkfs.ext4 -q -F -t ext4 -L data "$datadev" || die "mkfs.ext4 $datadev failed"
     else
         say "first boot: creating an ext2 filesystem on $datadev (busybox mke2fs)"
         mke2fs -F -L data "$datadev" >/dev/null || die "mke2fs $datadev failed"

@@ -17,6 +17,8 @@
 #                  dependencies are added from modules.dep; modules built into the kernel
 #                  (modules.builtin) are skipped
 #   extraBins      static programs copied into /bin (space separated paths), e.g. mkfs.ext4 e2fsck
+#   extraTrees     directories whose contents are copied into the initrd's root (space separated),
+#                  e.g. dynamically linked programs with their libraries and loader
 #   out            the output: a directory; the initrd is written to $out/initrd
 #   SOURCE_DATE_EPOCH  mtime of every entry (default 1)
 
@@ -47,6 +49,13 @@ for prog in ${extraBins:-}; do
     $bb cp "$prog" "$work/bin/${prog##*/}"
     $bb chmod 0755 "$work/bin/${prog##*/}"
 done
+
+# extra trees (directory modes are normalised below)
+for tree in ${extraTrees:-}; do
+    $bb cp -dR "$tree/." "$work/"
+    $bb chmod -R u+w "$work"
+done
+$bb ln -s /proc/mounts "$work/etc/mtab"
 
 # init
 $bb cp "$initScript" "$work/init"
@@ -103,6 +112,8 @@ if [ -n "${modules:-}" ]; then
         echo "$dst" >> "$work/etc/abinit/modules"
     done
 fi
+
+$bb find "$work" -type d -exec $bb chmod 0755 {} \;
 
 # --- newc writer ---------------------------------------------------------------------------
 ino=0
