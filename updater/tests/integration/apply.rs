@@ -1,0 +1,138 @@
+//! The happy path: v2 onto a v1 image, mark-good, then v3 into slot a; checked with sfdisk,
+//! mtools, fsck.fat and dd + sha256sum.
+
+use abbundle::PayloadKind;
+use serde_json::Value;
+
+use crate::util::*;
+
+#[test]
+fn v2_then_v3_onto_a_v1_image() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let v3 = env.build("2026.11.3", 3, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let rootfs_len = |b: &Build| b.manifest.payload(PayloadKind::Rootfs).size;
+    assert_eq!(
+        partition_sha256(&disk, "root-a", rootfs_len(&v1)),
+        payload_sha(&v1.manifest, PayloadKind::Rootfs)
+    );
+
+    // v2 goes into slot b.
+    let out = ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
+    assert!(
+        out.contains("installed version 2026.11.2 into slot b"),
+        "{out}"
+    );
+    assert_eq!(
+        partition_sha256(&disk, "root-b", rootfs_len(&v2)),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+    assert_eq!(
+        partition_sha256(&disk, "root-a", rootfs_len(&v1)),
+        payload_sha(&v1.manifest, PayloadKind::Rootfs)
+    );
+    assert_eq!(
+        mdir(&disk, "loader/entries"),
+        ["slot-a.conf", "slot-b+3.conf"]
+    );
+    let entry = String::from_utf8(mtype(&disk, "loader/entries/slot-b+3.conf")).unwrap();
+    assert!(entry.contains("version 2026.11.2\n"), "{entry}");
+    assert!(entry.contains("sort-key abupdate\n"), "{entry}");
+    assert!(entry.contains("linux /b/vmlinuz\n"), "{entry}");
+    assert!(
+        entry.contains("options ab.slot=b root=PARTLABEL=root-b"),
+        "{entry}"
+    );
+    assert_eq!(
+        sha256_bytes(&mtype(&disk, "b/vmlinuz")),
+        payload_sha(&v2.manifest, PayloadKind::Kernel)
+    );
+    assert_eq!(
+        sha256_bytes(&mtype(&disk, "b/initrd")),
+        payload_sha(&v2.manifest, PayloadKind::Initrd)
+    );
+    assert_eq!(
+        sha256_bytes(&mtype(&disk, "a/vmlinuz")),
+        payload_sha(&v1.manifest, PayloadKind::Kernel)
+    );
+    let info: Value = serde_json::from_slice(&mtype(&disk, "b/info.json")).unwrap();
+    assert_eq!(info["version"], "2026.11.2");
+    assert_eq!(
+        info["rootfsSha256"],
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+    fsck_esp(&disk).unwrap();
+
+    let status: Value =
+        serde_json::from_str(&ok(&env.abupdate(&disk, &["status", "--json"]))).unwrap();
+    assert_eq!(status["apiVersion"], "abupdate/v1");
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["nextBootSlot"], "b");
+    assert_eq!(status["runningSlot"], Value::Null);
+    assert_eq!(status["slots"][1]["state"], "trying");
+    assert_eq!(status["slots"][1]["triesLeft"], 3);
+    assert_eq!(status["slots"][1]["version"], "2026.11.2");
+    assert_eq!(status["slots"][0]["state"], "good");
+
+    // The machine boots b (systemd-boot would rename the entry; do as it does), b is marked good.
+    rename_like_systemd_boot(&disk, "slot-b+3.conf", "slot-b+2-1.conf");
+    ok(&env.abupdate_booted(&disk, Some("b"), &["boot-check"]));
+    let out = ok(&env.abupdate_booted(&disk, Some("b"), &["mark-good"]));
+    assert!(out.contains("marked slot b good"), "{out}");
+    assert_eq!(
+        mdir(&disk, "loader/entries"),
+        ["slot-a.conf", "slot-b.conf"]
+    );
+    fsck_esp(&disk).unwrap();
+
+    // v3 goes into slot a while b runs.
+    let out = ok(&env.abupdate_booted(&disk, Some("b"), &["apply", v3.bundle.to_str().unwrap()]));
+    assert!(out.contains("into slot a"), "{out}");
+    assert_eq!(
+        partition_sha256(&disk, "root-a", rootfs_len(&v3)),
+        payload_sha(&v3.manifest, PayloadKind::Rootfs)
+    );
+    assert_eq!(
+        partition_sha256(&disk, "root-b", rootfs_len(&v2)),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+    assert_eq!(
+        mdir(&disk, "loader/entries"),
+        ["slot-a+3.conf", "slot-b.conf"]
+    );
+    let entry = String::from_utf8(mtype(&disk, "loader/entries/slot-a+3.conf")).unwrap();
+    assert!(entry.contains("version 2026.11.3\n"), "{entry}");
+    assert_eq!(
+        sha256_bytes(&mtype(&disk, "a/vmlinuz")),
+        payload_sha(&v3.manifest, PayloadKind::Kernel)
+    );
+    fsck_esp(&disk).unwrap();
+    let status: Value = serde_json::from_str(&ok(&env.abupdate_booted(
+        &disk,
+        Some("b"),
+        &["status", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(status["runningSlot"], "b");
+    assert_eq!(status["nextBootSlot"], "a");
+    assert_eq!(status["lastBootWasFallback"], false);
+    let human = ok(&env.abupdate_booted(&disk, Some("b"), &["status"]));
+    assert!(human.contains("trying (3 left)"), "{human}");
+}
+
+/// Renames an entry on the ESP with mtools, as systemd-boot does when it boots it.
+pub fn rename_like_systemd_boot(disk: &std::path::Path, from: &str, to: &str) {
+    let st = std::process::Command::new("mren")
+        .args([
+            "-i",
+            &esp_spec(disk),
+            &format!("::/loader/entries/{from}"),
+            &format!("::/loader/entries/{to}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

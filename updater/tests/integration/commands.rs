@@ -1,0 +1,1 @@
+//! status, mark-good, mark-bad, rollback, boot-check.

@@ -1,0 +1,1 @@
+//! Crash consistency (fault injection): filled in next.

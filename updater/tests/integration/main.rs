@@ -1,0 +1,9 @@
+//! abupdate's integration tests: the real binary on disk images made by `abbuild`'s library,
+//! checked with independent tools (sfdisk, mtools, fsck.fat, dd + sha256sum).
+
+mod apply;
+mod commands;
+#[cfg(feature = "fault-injection")]
+mod crash;
+mod refusals;
+mod util;

@@ -1,0 +1,243 @@
+//! Every refusal: a one-line message, its documented exit code, and a disk image that is
+//! byte-identical afterwards. A payload found corrupt mid-stream leaves the running slot and
+//! its entry untouched.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use abbundle::{write_bundle, BundleInput, PayloadInput, PayloadKind, SecretKey, Signer};
+use abupdate::codes;
+
+use crate::util::*;
+
+fn flip_byte(src: &Path, dst: &Path, offset: u64) {
+    fs::copy(src, dst).unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).open(dst).unwrap();
+    let mut b = [0u8; 1];
+    use std::io::Read;
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[b[0] ^ 0x55]).unwrap();
+}
+
+/// A bundle made directly with the format crate (for payloads abbuild would not make).
+fn raw_bundle(
+    env: &Env,
+    name: &str,
+    version: &str,
+    rootfs_len: usize,
+    seed: [u8; 32],
+) -> std::path::PathBuf {
+    let key = SecretKey::from_seed(seed, "test-only");
+    let mut rootfs = std::io::Cursor::new(noise(rootfs_len, 9));
+    let mut kernel = std::io::Cursor::new(noise(10_000, 10));
+    let mut initrd = std::io::Cursor::new(noise(10_000, 11));
+    let input = BundleInput {
+        compatible: COMPATIBLE.into(),
+        version: version.parse().unwrap(),
+        build_id: "test".into(),
+        created: 0,
+        kernel_params: String::new(),
+        chunk_size: 64 * 1024,
+    };
+    let p = env.path(name);
+    let out = fs::File::create(&p).unwrap();
+    let mut payloads = [
+        PayloadInput {
+            kind: PayloadKind::Rootfs,
+            source: &mut rootfs,
+        },
+        PayloadInput {
+            kind: PayloadKind::Kernel,
+            source: &mut kernel,
+        },
+        PayloadInput {
+            kind: PayloadKind::Initrd,
+            source: &mut initrd,
+        },
+    ];
+    write_bundle(out, &input, &mut payloads, &[&key as &dyn Signer]).unwrap();
+    p
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let before = sha256_file(&disk);
+    let unchanged = |what: &str| assert_eq!(sha256_file(&disk), before, "{what} changed the disk");
+    let v2b = v2.bundle.to_str().unwrap();
+
+    // Signature: a byte of the manifest or of the signature changed.
+    let bad_manifest = env.path("bad-manifest.abu");
+    flip_byte(&v2.bundle, &bad_manifest, 100);
+    let msg = fails(
+        &env.abupdate(&disk, &["apply", bad_manifest.to_str().unwrap()]),
+        16,
+    );
+    assert!(msg.contains("signature"), "{msg}");
+    unchanged("a bad signature");
+
+    // Untrusted key.
+    let other = raw_bundle(&env, "untrusted.abu", "2026.11.5", 100_000, [0x11; 32]);
+    let msg = fails(
+        &env.abupdate(&disk, &["apply", other.to_str().unwrap()]),
+        15,
+    );
+    assert!(msg.contains("not signed by a trusted key"), "{msg}");
+    unchanged("an untrusted key");
+
+    // Incompatible.
+    fs::write(
+        env.path("other.toml"),
+        format!(
+            "compatible = \"other-board\"\nkeys = \"{}\"\n",
+            env.path("keys").display()
+        ),
+    )
+    .unwrap();
+    let msg = fails(
+        &env.abupdate_cfg(&env.path("other.toml"), &disk, &["apply", v2b]),
+        17,
+    );
+    assert!(msg.contains("other-board"), "{msg}");
+    unchanged("an incompatible bundle");
+
+    // No compatible configured.
+    fs::write(
+        env.path("none.toml"),
+        format!("keys = \"{}\"\n", env.path("keys").display()),
+    )
+    .unwrap();
+    let msg = fails(
+        &env.abupdate_cfg(&env.path("none.toml"), &disk, &["apply", v2b]),
+        codes::NOT_CONFIGURED,
+    );
+    assert!(msg.contains("compatible"), "{msg}");
+    unchanged("a missing compatible string");
+
+    // Equal and older versions.
+    let msg = fails(
+        &env.abupdate(&disk, &["apply", v1.bundle.to_str().unwrap()]),
+        codes::DOWNGRADE_REFUSED,
+    );
+    assert!(msg.contains("--allow-downgrade"), "{msg}");
+    let old = raw_bundle(&env, "old.abu", "2026.10.9", 100_000, TEST_ONLY_SEED);
+    fails(
+        &env.abupdate(&disk, &["apply", old.to_str().unwrap()]),
+        codes::DOWNGRADE_REFUSED,
+    );
+    unchanged("an older version");
+
+    // Larger than the slot (4 MiB).
+    let big = raw_bundle(&env, "big.abu", "2026.12.1", 5 << 20, TEST_ONLY_SEED);
+    let msg = fails(
+        &env.abupdate(&disk, &["apply", big.to_str().unwrap()]),
+        codes::PAYLOAD_TOO_LARGE,
+    );
+    assert!(msg.contains("does not fit"), "{msg}");
+    unchanged("a payload larger than the slot");
+
+    // Another apply holds the lock.
+    let lock = fs::File::create(env.path("lock")).unwrap();
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let msg = fails(&env.abupdate(&disk, &["apply", v2b]), codes::LOCKED);
+    assert!(msg.contains("another abupdate"), "{msg}");
+    drop(lock);
+    unchanged("a locked apply");
+
+    // The target is the running slot.
+    let msg = fails(
+        &env.abupdate_booted(&disk, Some("a"), &["apply", "--slot", "a", v2b]),
+        codes::TARGET_RUNNING,
+    );
+    assert!(msg.contains("running slot"), "{msg}");
+    unchanged("targeting the running slot");
+
+    // A source that does not exist, and one that is not a bundle.
+    fails(
+        &env.abupdate(&disk, &["apply", env.path("missing.abu").to_str().unwrap()]),
+        1,
+    );
+    fails(
+        &env.abupdate(
+            &disk,
+            &["apply", env.path("abupdate.toml").to_str().unwrap()],
+        ),
+        10,
+    );
+    unchanged("a missing or foreign source");
+
+    // Nothing to roll back to / mark bad on a fresh image (slot b is empty).
+    let msg = fails(&env.abupdate(&disk, &["rollback"]), codes::NO_FALLBACK);
+    assert!(msg.contains("no good entry"), "{msg}");
+    fails(&env.abupdate(&disk, &["mark-bad", "a"]), codes::NO_FALLBACK);
+    fails(
+        &env.abupdate(&disk, &["mark-good"]),
+        codes::NOT_BOOTED_FROM_SLOT,
+    );
+    unchanged("rollback, mark-bad and mark-good refusals");
+}
+
+#[test]
+fn corrupt_payload_mid_stream_keeps_the_running_slot() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let root_a = partition_sha256(
+        &disk,
+        "root-a",
+        v1.manifest.payload(PayloadKind::Rootfs).size,
+    );
+    let entry_a = mtype(&disk, "loader/entries/slot-a.conf");
+    let kernel_a = mtype(&disk, "a/vmlinuz");
+
+    // A byte in the middle of the rootfs payload: chunks before it get written.
+    let rootfs = v2.manifest.payload(PayloadKind::Rootfs);
+    let bad = env.path("corrupt.abu");
+    flip_byte(&v2.bundle, &bad, rootfs.offset + rootfs.size / 2);
+    let msg = fails(&env.abupdate(&disk, &["apply", bad.to_str().unwrap()]), 18);
+    assert!(
+        msg.contains("corrupt") && msg.contains("untouched"),
+        "{msg}"
+    );
+    assert_eq!(
+        partition_sha256(
+            &disk,
+            "root-a",
+            v1.manifest.payload(PayloadKind::Rootfs).size
+        ),
+        root_a
+    );
+    assert_eq!(mtype(&disk, "loader/entries/slot-a.conf"), entry_a);
+    assert_eq!(mtype(&disk, "a/vmlinuz"), kernel_a);
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+    fsck_esp(&disk).unwrap();
+
+    // A truncated bundle (ends inside the initrd) likewise.
+    let cut = env.path("cut.abu");
+    let bytes = fs::read(&v2.bundle).unwrap();
+    fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    fails(&env.abupdate(&disk, &["apply", cut.to_str().unwrap()]), 11);
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+    assert_eq!(mtype(&disk, "a/vmlinuz"), kernel_a);
+
+    // The good bundle still installs afterwards.
+    ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
+    assert_eq!(
+        mdir(&disk, "loader/entries"),
+        ["slot-a.conf", "slot-b+3.conf"]
+    );
+}

@@ -1,0 +1,351 @@
+//! Helpers: test systems and images from abbuild's library, a test-only key, running
+//! abupdate, and reading a disk with tools that share no code with abupdate.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use abbundle::{Manifest, PayloadKind, SecretKey};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Seed of the visibly test-only signing key; never trust it anywhere.
+pub const TEST_ONLY_SEED: [u8; 32] = [0x7e; 32];
+pub const COMPATIBLE: &str = "abupdate-test";
+/// Small enough to copy an image per fault-injection point, large enough for FAT32.
+const IMAGE_DEF: &str = r#"
+name = "abupdate-test"
+compatible = "abupdate-test"
+disk-size = "48MiB"
+esp-size = "34MiB"
+slot-size = "4MiB"
+compression = "zstd"
+block-size = "128KiB"
+boot-backend = "systemd-boot"
+boot-tries = 3
+kernel-params = ["console=ttyS0"]
+"#;
+
+/// Deterministic bytes that do not compress (xorshift).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A test environment: a directory with keys, config, and builds.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+/// One built version: its bundle, disk image and manifest.
+pub struct Build {
+    pub bundle: PathBuf,
+    pub image: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
+        fs::write(dir.path().join("test-only.key"), key.to_line()).unwrap();
+        fs::create_dir_all(dir.path().join("keys")).unwrap();
+        fs::write(
+            dir.path().join("keys/test-only.pub"),
+            key.public().to_line(),
+        )
+        .unwrap();
+        fs::write(dir.path().join("image.toml"), IMAGE_DEF).unwrap();
+        fs::write(
+            dir.path().join("abupdate.toml"),
+            format!(
+                "compatible = \"{COMPATIBLE}\"\nkeys = \"{}\"\nstate-file = \"{}\"\n",
+                dir.path().join("keys").display(),
+                dir.path().join("state/state.json").display()
+            ),
+        )
+        .unwrap();
+        fs::write(dir.path().join("cmdline-none"), "console=ttyS0\n").unwrap();
+        Env { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Builds version `version` of a small system (contents derived from `seed`) with
+    /// abbuild's library: a bundle and a disk image whose slot A holds it.
+    pub fn build(&self, version: &str, seed: u64, chunk_size: u32) -> Build {
+        let sys = self.path(&format!("system-{version}"));
+        fs::create_dir_all(sys.join("etc")).unwrap();
+        fs::create_dir_all(sys.join("bin")).unwrap();
+        fs::write(sys.join("kernel"), noise(96 * 1024 + seed as usize, seed)).unwrap();
+        fs::write(
+            sys.join("initrd"),
+            noise(64 * 1024 + 3 * seed as usize, seed + 100),
+        )
+        .unwrap();
+        fs::write(sys.join("kernel-params"), "quiet\n").unwrap();
+        fs::write(sys.join("bin/payload"), noise(700 * 1024, seed + 200)).unwrap();
+        fs::write(sys.join("bin/init"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("bin/init", sys.join("init")).unwrap();
+        fs::write(sys.join("etc/version"), version).unwrap();
+        let mut o = abbuild::build::BuildOptions::new(
+            self.path("image.toml"),
+            &sys,
+            version,
+            self.path("test-only.key"),
+            self.path(&format!("out-{version}")),
+        );
+        o.epoch = Some(1_700_000_000);
+        o.chunk_size = chunk_size;
+        o.processors = Some(1);
+        let out = abbuild::build::build(&o).expect("abbuild build");
+        Build {
+            bundle: out.bundle,
+            image: out.image,
+            manifest: out.manifest,
+        }
+    }
+
+    /// Runs abupdate with the test config, lock and (by default) no booted slot.
+    pub fn abupdate(&self, disk: &Path, args: &[&str]) -> Output {
+        self.abupdate_booted(disk, None, args)
+    }
+
+    /// Runs abupdate as if the kernel command line said `ab.slot=<slot>`.
+    pub fn abupdate_booted(&self, disk: &Path, slot: Option<&str>, args: &[&str]) -> Output {
+        self.cmd(disk, slot, args).output().unwrap()
+    }
+
+    /// Runs abupdate with another config file.
+    pub fn abupdate_cfg(&self, config: &Path, disk: &Path, args: &[&str]) -> Output {
+        let c = self.cmd(disk, None, args);
+        let mut all = vec!["--config".to_string(), config.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut c2 = Command::new(env!("CARGO_BIN_EXE_abupdate"));
+        c2.args(&all).arg("--disk").arg(disk);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => c2.env(k, v),
+                None => c2.env_remove(k),
+            };
+        }
+        c2.output().unwrap()
+    }
+
+    pub fn cmd(&self, disk: &Path, slot: Option<&str>, args: &[&str]) -> Command {
+        let cmdline = match slot {
+            Some(s) => {
+                let p = self.path(&format!("cmdline-{s}"));
+                fs::write(
+                    &p,
+                    format!("console=ttyS0 ab.slot={s} root=PARTLABEL=root-{s}\n"),
+                )
+                .unwrap();
+                p
+            }
+            None => self.path("cmdline-none"),
+        };
+        let mut c = Command::new(env!("CARGO_BIN_EXE_abupdate"));
+        c.arg("--config")
+            .arg(self.path("abupdate.toml"))
+            .arg("--disk")
+            .arg(disk)
+            .args(args)
+            .env("ABUPDATE_CMDLINE", cmdline)
+            .env("ABUPDATE_LOCK", self.path("lock"))
+            .env_remove("ABUPDATE_FAULT_AFTER")
+            .env("RUST_LOG", "info");
+        c
+    }
+}
+
+/// Panics with the output unless the command succeeded.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts the command failed with `code` and a one-line error; returns that line.
+pub fn fails(o: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {stderr}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("abupdate: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_string()
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Partition label -> (byte offset, byte length), from `sfdisk --json`.
+pub fn partitions(img: &Path) -> Vec<(String, u64, u64)> {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ss = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["start"].as_u64().unwrap() * ss,
+                p["size"].as_u64().unwrap() * ss,
+            )
+        })
+        .collect()
+}
+
+pub fn partition(img: &Path, label: &str) -> (u64, u64) {
+    partitions(img)
+        .into_iter()
+        .find(|p| p.0 == label)
+        .map(|p| (p.1, p.2))
+        .unwrap()
+}
+
+/// SHA-256 of the first `len` bytes of partition `label`, with dd and sha256sum.
+pub fn partition_sha256(img: &Path, label: &str, len: u64) -> String {
+    let (off, _) = partition(img, label);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if='{}' bs=4096 skip={}B count={}B iflag=skip_bytes,count_bytes status=none | sha256sum",
+            img.display(),
+            off,
+            len
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `img@@offset` for mtools.
+pub fn esp_spec(img: &Path) -> String {
+    format!("{}@@{}", img.display(), partition(img, "esp").0)
+}
+
+/// File names in `dir` on the ESP, with mtools.
+pub fn mdir(img: &Path, dir: &str) -> Vec<String> {
+    let out = Command::new("mdir")
+        .args(["-b", "-i", &esp_spec(img), &format!("::/{dir}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next().map(str::to_string))
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A file's bytes from the ESP, with mtools.
+pub fn mtype(img: &Path, path: &str) -> Vec<u8> {
+    let out = Command::new("mtype")
+        .args(["-i", &esp_spec(img), &format!("::/{path}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mtype {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `fsck.fat -n` on a copy of the ESP; returns its output if it finds problems.
+pub fn fsck_esp(img: &Path) -> Result<(), String> {
+    let (off, len) = partition(img, "esp");
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp.img");
+    let st = Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", esp.display()))
+        .args(["bs=1M", "status=none", "iflag=skip_bytes,count_bytes"])
+        .arg(format!("skip={off}"))
+        .arg(format!("count={len}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&esp)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+pub fn payload_sha(m: &Manifest, kind: PayloadKind) -> String {
+    m.payload(kind).sha256.to_string()
+}
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A copy of `img` at `to` (sparse-aware).
+pub fn copy_image(img: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(img)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
