@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds what the QEMU scenarios boot and apply, through the real path:
+# Nix fixture (nix/fixture, built with Debian's nix-build) -> `abbuild build` -> disk image
+# and signed bundle. Output in out/qemu (or $1):
+#   qemu-test-{1,2,3}.img/.abu   systems v1..v3 (the .img of v1 is what the scenarios boot)
+#   broken.abu                   v4 whose system init fails at once
+#   corrupt.abu                  v2 with one byte of its rootfs payload flipped
+#   wrong-key.abu                v2 signed by a key the devices do not trust
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$repo/out/qemu}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$repo"
+
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+cargo build -q --release -p abbuild
+cargo build -q --release --target x86_64-unknown-linux-musl -p abupdate
+abbuild=$repo/target/release/abbuild
+abupdate_static=$repo/target/x86_64-unknown-linux-musl/release/abupdate
+
+# Test-only keys: made once per output directory.
+if [ ! -f "$out/keys/test.key" ]; then
+  "$abbuild" -q keygen --out-dir "$out/keys" --name test >/dev/null
+  "$abbuild" -q keygen --out-dir "$out/other-keys" --name other >/dev/null
+fi
+
+system() { # version broken -> prints the toplevel store path (docs/nix.md: the fixture)
+  nix-build --option sandbox false nix/fixture --argstr version "$1" --argstr broken "$2" \
+    --argstr abupdate "$abupdate_static" --argstr pubkey "$out/keys/test.pub" \
+    --out-link "$out/system-$1" 2>"$out/nix-build-$1.log" || { cat "$out/nix-build-$1.log"; exit 1; }
+}
+
+for v in 1 2 3 4; do
+  broken=false
+  [ "$v" = 4 ] && broken=true
+  toplevel=$(system "$v" "$broken" | tail -n1)
+  echo "fixture v$v: $toplevel"
+  "$abbuild" -q build --image images/qemu-test.toml --system "$toplevel" --version "$v" \
+    --key "$out/keys/test.key" --out-dir "$out"
+done
+mv "$out/qemu-test-4.abu" "$out/broken.abu"
+rm -f "$out/qemu-test-4.img"
+
+# v2 signed by an untrusted key.
+mkdir -p "$out/wrong"
+"$abbuild" -q build --image images/qemu-test.toml --system "$(readlink -f "$out/system-2")" \
+  --version 2 --key "$out/other-keys/other.key" --out-dir "$out/wrong"
+mv "$out/wrong/qemu-test-2.abu" "$out/wrong-key.abu"
+rm -rf "$out/wrong"
+
+# v2 with one flipped byte in the middle of its rootfs payload: refused mid-stream.
+python3 - "$out/qemu-test-2.abu" "$out/corrupt.abu" <<'PY'
+import json, shutil, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+shutil.copy(src, dst)
+with open(dst, "r+b") as f:
+    header = f.read(64)
+    manifest_len = struct.unpack_from("<I", header, 16)[0]
+    manifest = json.loads(f.read(manifest_len))
+    rootfs = manifest["payloads"][0]
+    at = rootfs["offset"] + rootfs["size"] // 2
+    f.seek(at)
+    b = f.read(1)
+    f.seek(at)
+    f.write(bytes([b[0] ^ 0xFF]))
+PY
+ls -la "$out"/*.abu "$out"/*.img

@@ -1,0 +1,181 @@
+"""QEMU harness for the end-to-end scenarios: boots a disk image with OVMF and systemd-boot
+under TCG, drives the guest's root shell over the serial console, and can pull the plug.
+
+The guest is the Nix fixture system (nix/fixture): after boot-check, the health check and
+mark-good it prints `ABTEST READY slot=<x> version=<v>` and runs a root shell on ttyS0.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+READY = re.compile(rb"ABTEST READY slot=([ab]) version=(\S+)")
+
+
+class GuestError(Exception):
+    pass
+
+
+_KVM = None
+
+
+def kvm_works():
+    """KVM is used only if a probe with a timeout shows a kernel starting under it (on some
+    hosts /dev/kvm exists but hangs). ABTEST_ACCEL=tcg|kvm skips the probe."""
+    global _KVM
+    forced = os.environ.get("ABTEST_ACCEL")
+    if forced in ("tcg", "kvm"):
+        return forced == "kvm"
+    if _KVM is None:
+        _KVM = False
+        kernel = os.environ.get("ABTEST_KERNEL")
+        if os.path.exists("/dev/kvm") and kernel:
+            p = subprocess.Popen(
+                ["qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nographic",
+                 "-nodefaults", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+                 "-kernel", kernel, "-append", "console=ttyS0 panic=-1"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            try:
+                out, _ = p.communicate(timeout=20)
+                _KVM = b"Linux version" in out
+            except subprocess.TimeoutExpired:
+                # A hung KVM guest may not even die on SIGKILL: do not wait for it.
+                p.kill()
+        print(f"harness: accelerator {'kvm' if _KVM else 'tcg'}", flush=True)
+    return _KVM
+
+
+class Machine:
+    """One virtual machine: a disk image, an optional second disk (the update medium), and
+    its own copy of the UEFI variable store, kept across reboots and power cuts."""
+
+    def __init__(self, workdir, disk, log_name, memory="512"):
+        self.workdir = workdir
+        self.disk = disk
+        self.memory = memory
+        self.media = None
+        self.proc = None
+        self.buf = bytearray()
+        self.pos = 0  # everything before this offset has been consumed by expect()
+        self.lock = threading.Condition()
+        self.log_path = os.path.join(workdir, log_name)
+        self.log = open(self.log_path, "ab")
+        self.vars = os.path.join(workdir, "OVMF_VARS.fd")
+        if not os.path.exists(self.vars):
+            shutil.copy(OVMF_VARS, self.vars)
+        self.accel = "kvm" if kvm_works() else "tcg"
+        self.seq = 0
+
+    def start(self, media=()):
+        """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
+        on a USB stick or an extra disk: the offline update case)."""
+        self.media = media
+        cmd = [
+            "qemu-system-x86_64", "-accel", self.accel, "-m", self.memory, "-smp", "1",
+            "-machine", "q35", "-nographic", "-no-user-config", "-nodefaults",
+            "-serial", "stdio", "-monitor", "none", "-nic", "none",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
+            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe",
+        ]
+        for medium in media:
+            cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
+        self.log.write(f"\n===== power on: {' '.join(cmd)}\n".encode())
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        with self.lock:
+            self.buf.clear()
+            self.pos = 0
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+
+    def _pump(self, proc):
+        while True:
+            data = proc.stdout.read1(65536)
+            if not data:
+                break
+            self.log.write(data)
+            self.log.flush()
+            with self.lock:
+                self.buf += data
+                self.lock.notify_all()
+        with self.lock:
+            self.lock.notify_all()
+
+    def expect(self, pattern, timeout):
+        """Waits for `pattern` (bytes regex) in new output; returns the match."""
+        rx = re.compile(pattern) if isinstance(pattern, bytes) else pattern
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                m = rx.search(self.buf, self.pos)
+                if m:
+                    self.pos = m.end()
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise GuestError(f"timed out after {timeout}s waiting for {rx.pattern!r}")
+                if self.proc.poll() is not None and not rx.search(self.buf, self.pos):
+                    raise GuestError(f"QEMU exited waiting for {rx.pattern!r}")
+                self.lock.wait(min(left, 1.0))
+
+    def wait_ready(self, timeout=300):
+        """Waits for the fixture's READY line; returns (slot, version)."""
+        m = self.expect(READY, timeout)
+        time.sleep(0.5)  # let the shell print its prompt
+        return m.group(1).decode(), m.group(2).decode()
+
+    def run(self, command, timeout=120, check=True):
+        """Runs a shell command in the guest; returns (exit status, output)."""
+        self.seq += 1
+        tag = f"T{self.seq}x{os.getpid()}"
+        # The marker is split in the command so the echoed command line never matches.
+        line = f"{command}; echo \"@@{tag}\"'@@'$?'@@'\n"
+        with self.lock:
+            self.pos = len(self.buf)
+        self.proc.stdin.write(line.encode())
+        self.proc.stdin.flush()
+        m = self.expect(re.compile(rb"@@" + tag.encode() + rb"@@(\d+)@@"), timeout)
+        with self.lock:
+            text = bytes(self.buf[: m.start()])
+        out = text.decode(errors="replace")
+        # Output starts after the echoed command line.
+        first = out.rfind(command[-20:])
+        out = out[first + len(command[-20:]):] if first >= 0 else out
+        out = re.sub(r"\r", "", out).split("\n", 1)[-1] if "\n" in out else ""
+        status = int(m.group(1))
+        if check and status != 0:
+            raise GuestError(f"`{command}` exited {status}:\n{out}")
+        return status, out
+
+    def status_json(self):
+        _, out = self.run("abupdate status --json 2>/dev/null")
+        start = out.find("{")
+        return json.loads(out[start: out.rfind("}") + 1])
+
+    def send(self, text):
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def reboot(self):
+        self.send("reboot -f\n")
+
+    def kill(self):
+        """Pulls the plug: SIGKILL, no flush of the guest's caches (cache=unsafe on the host
+        side only loses what the guest had not written)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.log.write(b"\n===== power cut (SIGKILL)\n")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.flush()
