@@ -33,6 +33,7 @@ die() {
     fi
     echo "abinit: giving up: the kernel panics now and reboots after $(cat /proc/sys/kernel/panic 2>/dev/null || echo '?') s"
     sync
+    trap - EXIT
     exit 1
 }
 
