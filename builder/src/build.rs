@@ -295,6 +295,25 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     })
 }
 
+/// `abbuild rootfs`: only the root squashfs.
+pub fn run_rootfs(a: &crate::cli::RootfsArgs) -> Result<()> {
+    let def = ImageDef::load(&a.image)?;
+    let sys = system::resolve(&a.system)?;
+    let opts = SquashfsOptions {
+        compression: def.compression,
+        block_size: def.block_size.0,
+        epoch: source_date_epoch()?.unwrap_or(0),
+        processors: a.processors,
+    };
+    squashfs::make(&sys, &a.out, &opts)?;
+    info!(
+        "wrote {} ({})",
+        a.out.display(),
+        Size(fs::metadata(&a.out)?.len())
+    );
+    Ok(())
+}
+
 /// `abbuild build`.
 pub fn run_cli(a: &crate::cli::BuildArgs) -> Result<()> {
     let out = build(&BuildOptions {

@@ -40,6 +40,11 @@ pub enum Command {
     ///   abbuild build --image images/vps.toml --system ./result \
     ///     --version 2026.11.22.1 --key ci.key --out-dir out
     Build(BuildArgs),
+    /// Pack a system's root filesystem into a squashfs image, nothing else
+    ///
+    /// The first step of `build`, with the same determinism rules: for
+    /// inspecting a root or benchmarking (scripts/bench-squashfs.sh).
+    Rootfs(RootfsArgs),
     /// Show a bundle's manifest and the key ids of its signatures (not verified)
     Inspect(InspectArgs),
 }
@@ -129,6 +134,22 @@ pub struct BuildArgs {
     /// Chunk size in bytes (power of two, 4 KiB to 4 MiB)
     #[arg(long, default_value_t = abbundle::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
+    /// Threads for mksquashfs (default: all cores)
+    #[arg(long)]
+    pub processors: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct RootfsArgs {
+    /// Image definition (images/NAME.toml): compression and block size
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The system: a Nix toplevel store path (or ./result) or a directory
+    #[arg(long)]
+    pub system: PathBuf,
+    /// Output squashfs file
+    #[arg(long)]
+    pub out: PathBuf,
     /// Threads for mksquashfs (default: all cores)
     #[arg(long)]
     pub processors: Option<u32>,

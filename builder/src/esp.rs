@@ -481,8 +481,10 @@ mod tests {
         fs.root_dir().create_dir("new-dir").unwrap();
         fs.unmount().unwrap();
         let (ok, text) = fsck(&path);
+        // fsck.fat 4.2 says "Expected a valid '.' entry in this slot" and "Bad short file
+        // name (..)". If fatfs is ever fixed, this fails: then the fix can go.
         assert!(
-            !ok || text.contains("..") || text.contains("damaged"),
+            !ok && text.contains("Expected a valid '.'"),
             "fatfs bug gone? {text}"
         );
         fix_directories(&mut Region::new(&f, &part)).unwrap();

@@ -23,6 +23,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Keygen(a) => keygen::run(&a),
         cli::Command::Bundle(a) => bundle::run(&a),
         cli::Command::Build(a) => build::run_cli(&a),
+        cli::Command::Rootfs(a) => build::run_rootfs(&a),
         cli::Command::Inspect(a) => inspect::run(&a),
     }
 }

@@ -76,16 +76,6 @@ pub fn make(system: &System, out: &Path, opts: &SquashfsOptions) -> Result<()> {
     Ok(())
 }
 
-/// Packs the directory `dir` as it is: the core of [`make`], for benchmarks and tests.
-pub fn make_from_dir(dir: &Path, out: &Path, opts: &SquashfsOptions) -> Result<()> {
-    let mksquashfs = cmd::require_program("mksquashfs", "install squashfs-tools")?;
-    let mut c = Command::new(mksquashfs);
-    c.arg(dir).arg(out);
-    common_args(&mut c, opts);
-    cmd::run(&mut c, None).with_context(|| format!("building squashfs {}", out.display()))?;
-    Ok(())
-}
-
 fn common_args(c: &mut Command, opts: &SquashfsOptions) {
     // mksquashfs takes 32-bit times.
     let t = opts.epoch.min(u32::MAX as u64).to_string();

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Benchmark: abbuild's root squashfs (`abbuild rootfs`, what `abbuild build` runs) against a
+# plain `mksquashfs` of the same tree, same compressor and block size, all cores.
+#
+# The tree is a copy of the second-level entries of $BENCH_SRC (default /usr/share), in name
+# order, until it holds about $BENCH_MB MB (default 300), plus the toplevel contract's files.
+# The two builds alternate, so background load hits both alike; the best of $BENCH_RUNS counts.
+# Prints a markdown table; with --append, also appends it to docs/benchmarks.md.
+#
+#   scripts/bench-squashfs.sh [--append]
+#   BENCH_SRC=/usr/lib BENCH_MB=300 BENCH_RUNS=3 BENCH_IMAGE=images/qemu-test.toml scripts/bench-squashfs.sh
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+src=${BENCH_SRC:-/usr/share}
+target_mb=${BENCH_MB:-300}
+runs=${BENCH_RUNS:-3}
+image=${BENCH_IMAGE:-$root/images/qemu-test.toml}
+append=false
+[ "${1:-}" = --append ] && append=true
+
+comp=$(sed -n 's/^compression *= *"\(.*\)"/\1/p' "$image")
+comp=${comp:-zstd}
+block=$(sed -n 's/^block-size *= *"\(.*\)KiB"/\1/p' "$image")
+block=${block:-128}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "building abbuild (release)..." >&2
+(cd "$root" && cargo build --release -q -p abbuild)
+abbuild=${CARGO_TARGET_DIR:-$root/target}/release/abbuild
+
+echo "copying ~${target_mb} MB of $src..." >&2
+tree=$work/tree
+mkdir -p "$tree/content"
+total_kb=0
+while IFS= read -r rel; do
+    [ "$total_kb" -ge $((target_mb * 1024)) ] && break
+    (cd "$src" && cp -a --parents "$rel" "$tree/content/") 2>/dev/null || true
+    total_kb=$((total_kb + $(du -sk "$src/$rel" | cut -f1)))
+done < <(cd "$src" && find . -mindepth 2 -maxdepth 2 | LC_ALL=C sort)
+total=$(du -sm "$tree" | cut -f1)
+head -c 1000000 /dev/urandom >"$tree/kernel"
+head -c 1000000 /dev/urandom >"$tree/initrd"
+ln -s content/init "$tree/init"
+files=$(find "$tree" | wc -l)
+echo "tree: ${total} MB, ${files} entries" >&2
+
+now() { date +%s.%N; }
+elapsed() {
+    local t0 t1
+    rm -f "$2"
+    t0=$(now)
+    eval "$1" >/dev/null 2>&1
+    t1=$(now)
+    echo "$t0 $t1" | awk '{print $2-$1}'
+}
+min() { echo "$1 $2" | awk '{print ($1<$2)?$1:$2}'; }
+
+find "$tree" -type f -exec cat {} + >/dev/null 2>&1 || true
+ours_cmd="SOURCE_DATE_EPOCH=0 '$abbuild' -q rootfs --image '$image' --system '$tree' --out '$work/ours.sqfs'"
+plain_cmd="mksquashfs '$tree' '$work/plain.sqfs' -comp $comp -b ${block}K -noappend -quiet -no-progress"
+ours_t=999999
+plain_t=999999
+for i in $(seq "$runs"); do
+    echo "run $i/$runs..." >&2
+    ours_t=$(min "$ours_t" "$(elapsed "$ours_cmd" "$work/ours.sqfs")")
+    plain_t=$(min "$plain_t" "$(elapsed "$plain_cmd" "$work/plain.sqfs")")
+done
+ours_s=$(stat -c %s "$work/ours.sqfs")
+plain_s=$(stat -c %s "$work/plain.sqfs")
+
+table=$(awk -v ot="$ours_t" -v pt="$plain_t" -v os="$ours_s" -v ps="$plain_s" \
+    -v mb="$total" -v n="$files" -v comp="$comp" -v block="$block" -v cores="$(nproc)" -v runs="$runs" \
+    -v ver="$(mksquashfs -version | head -1 | cut -d' ' -f3)" 'BEGIN {
+    printf "Tree: %d MB, %d entries; %s, %d KiB blocks, %d cores, mksquashfs %s; best of %d runs.\n\n", mb, n, comp, block, cores, ver, runs
+    print "| build | wall time (s) | image size (bytes) | vs plain mksquashfs |"
+    print "|---|---|---|---|"
+    printf "| plain `mksquashfs` | %.2f | %d | 1.00x time, 100.0%% size |\n", pt, ps
+    printf "| `abbuild rootfs` | %.2f | %d | %.2fx time, %.1f%% size |\n", ot, os, ot/pt, 100*os/ps
+}')
+echo "$table"
+
+if $append; then
+    f=$root/docs/benchmarks.md
+    [ -f "$f" ] || printf '# Benchmarks\n' >"$f"
+    grep -q '^## Squashfs build (abbuild)' "$f" || printf '\n## Squashfs build (abbuild)\n\nMade by `scripts/bench-squashfs.sh`.\n' >>"$f"
+    printf '\n%s\n' "$table" >>"$f"
+fi
