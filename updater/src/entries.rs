@@ -10,7 +10,7 @@ use crate::bootentries::{self, Counter, EntryName, Slot, SORT_KEY};
 use crate::codes;
 use crate::esp::{entry_path, Esp};
 use crate::slots::{self, SlotState, View};
-use crate::{lock, refuse, Context as Ctx};
+use crate::{fault, lock, refuse, Context as Ctx};
 
 /// Replaces all of `slot`'s entries by one named `new`, keeping the text of the entry
 /// systemd-boot would pick among them (adding `sort-key` if it lacks one).
@@ -115,6 +115,7 @@ pub fn mark_good(ctx: &Ctx) -> Result<()> {
     }
     replace(&esp, &view, slot, EntryName::good(slot))?;
     esp.close()?;
+    fault::report();
     println!(
         "marked slot {slot} good (version {})",
         sv.version.as_deref().unwrap_or("unknown")
@@ -147,6 +148,7 @@ pub fn mark_bad(ctx: &Ctx, slot: Option<Slot>) -> Result<()> {
     }
     demote(&esp, &view, slot)?;
     esp.close()?;
+    fault::report();
     println!("marked slot {slot} bad; slot {} boots next", slot.other());
     Ok(())
 }
@@ -175,6 +177,7 @@ pub fn rollback(ctx: &Ctx) -> Result<()> {
     }
     demote(&esp, &view, current)?;
     esp.close()?;
+    fault::report();
     println!(
         "rolled back: slot {target} (version {}) boots next; slot {current} is marked bad",
         tv.version.as_deref().unwrap_or("unknown")

@@ -1,1 +1,247 @@
-//! Crash consistency (fault injection): filled in next.
+//! Crash consistency: a power cut after every write and every sync of an apply (and of
+//! mark-good and rollback). The fault-injection build of abupdate stops dead at point N
+//! (`ABUPDATE_FAULT_AFTER=N`); the disk is then judged with the systemd-boot model: every slot
+//! it would boot, over the next boots (including the fallback after the tries run out), must
+//! be complete: its partition holds the root image of the version its entry names, and its
+//! kernel and initrd on the ESP are that version's.
+//!
+//! Run with `cargo test -p abupdate --features fault-injection --test integration crash`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use abbundle::{Manifest, PayloadKind};
+use abupdate::bootentries::{self, Slot};
+use abupdate::codes;
+use abupdate::disk::Disk;
+use abupdate::esp::Esp;
+use sha2::{Digest, Sha256};
+
+use crate::util::*;
+
+/// Exit status of a process stopped by an injected fault (`abupdate::fault::EXIT`).
+const FAULT_EXIT: i32 = abupdate::fault::EXIT;
+
+/// Judges a disk after a cut: returns the problems found (empty: bootable and consistent).
+fn judge(disk_path: &Path, versions: &HashMap<String, &Manifest>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let disk = match Disk::open(disk_path, true) {
+        Ok(d) => d,
+        Err(e) => return vec![format!("disk unreadable: {e:#}")],
+    };
+    let esp = match Esp::open(&disk) {
+        Ok(e) => e,
+        Err(e) => return vec![format!("ESP unreadable: {e:#}")],
+    };
+    let mut entries = match esp.entries() {
+        Ok(e) => e,
+        Err(e) => return vec![format!("entries unreadable: {e:#}")],
+    };
+    let exists = |p: &str| esp.exists(p);
+    // Five boots: the new slot's three tries (if it has an entry) and the fallback after them.
+    for boot in 0..5 {
+        let Some((slot, version)) = bootentries::simulate_boot(&mut entries, &exists) else {
+            problems.push(format!("boot {boot}: systemd-boot finds no entry to boot"));
+            break;
+        };
+        let Some(m) = versions.get(&version) else {
+            problems.push(format!(
+                "boot {boot}: slot {slot} boots unknown version '{version}'"
+            ));
+            break;
+        };
+        problems.extend(
+            check_slot(&disk, &esp, slot, m)
+                .into_iter()
+                .map(|p| format!("boot {boot}: {p}")),
+        );
+    }
+    problems
+}
+
+/// Whether slot `slot` holds version `m` completely: partition, kernel, initrd.
+fn check_slot(disk: &Disk, esp: &Esp, slot: Slot, m: &Manifest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let rootfs = m.payload(PayloadKind::Rootfs);
+    let part = disk.partition(slot.partition_label()).unwrap();
+    let mut buf = vec![0u8; rootfs.size as usize];
+    disk.read_at(part, 0, &mut buf).unwrap();
+    if Sha256::digest(&buf)[..] != rootfs.sha256.0 {
+        problems.push(format!(
+            "slot {slot}: partition does not hold version {}'s root image",
+            m.version
+        ));
+    }
+    for (file, kind) in [
+        ("vmlinuz", PayloadKind::Kernel),
+        ("initrd", PayloadKind::Initrd),
+    ] {
+        match esp.hash_file(&format!("{slot}/{file}")) {
+            Ok((h, len)) if h == m.payload(kind).sha256.0 && len == m.payload(kind).size => {}
+            _ => problems.push(format!(
+                "slot {slot}: {file} is not version {}'s",
+                m.version
+            )),
+        }
+    }
+    problems
+}
+
+struct Scenario<'a> {
+    name: &'a str,
+    base: &'a Path,
+    booted: Option<&'a str>,
+    args: Vec<String>,
+}
+
+/// Runs `s` once to count its points, then cuts it after each one. Returns (points, failures).
+fn run_scenario(
+    env: &Env,
+    s: &Scenario,
+    versions: &HashMap<String, &Manifest>,
+) -> (u64, Vec<String>) {
+    let args: Vec<&str> = s.args.iter().map(String::as_str).collect();
+    let disk = env.path(&format!("crash-{}.img", s.name));
+    copy_image(s.base, &disk);
+    let out = env
+        .cmd(&disk, s.booted, &args)
+        .env("ABUPDATE_FAULT_AFTER", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}: {stderr}", s.name);
+    let total: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("abupdate-fault-points="))
+        .unwrap_or_else(|| panic!("{}: no point count in {stderr}", s.name))
+        .parse()
+        .unwrap();
+    let end = judge(&disk, versions);
+    assert!(end.is_empty(), "{}: after a full run: {end:?}", s.name);
+    let mut failures = Vec::new();
+    for n in 1..=total {
+        copy_image(s.base, &disk);
+        let out = env
+            .cmd(&disk, s.booted, &args)
+            .env("ABUPDATE_FAULT_AFTER", n.to_string())
+            .output()
+            .unwrap();
+        if out.status.code() != Some(FAULT_EXIT) {
+            eprintln!("{} point {n}: exit {:?}", s.name, out.status.code());
+            failures.push(format!(
+                "{} point {n}: exit {:?}: {}",
+                s.name,
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            continue;
+        }
+        for p in judge(&disk, versions) {
+            eprintln!("{} point {n}: {p}", s.name);
+            failures.push(format!("{} point {n}: {p}", s.name));
+        }
+        // Every 16th cut: the same command run again must either finish the job or refuse
+        // without changing anything (the cut came after the new entry was written), and the
+        // disk must still be judged bootable.
+        if n % 16 == 0 {
+            let again = env.cmd(&disk, s.booted, &args).output().unwrap();
+            let code = again.status.code();
+            if !(again.status.success()
+                || code == Some(codes::NO_FALLBACK)
+                || code == Some(codes::DOWNGRADE_REFUSED))
+            {
+                eprintln!(
+                    "{} point {n}: rerun failed: {}",
+                    s.name,
+                    String::from_utf8_lossy(&again.stderr)
+                );
+                failures.push(format!(
+                    "{} point {n}: rerun failed: {}",
+                    s.name,
+                    String::from_utf8_lossy(&again.stderr)
+                ));
+            }
+            for p in judge(&disk, versions) {
+                failures.push(format!("{} point {n} after the rerun: {p}", s.name));
+            }
+        }
+    }
+    (total, failures)
+}
+
+#[test]
+fn power_cut_after_every_write_and_sync() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let v3 = env.build("2026.11.3", 3, 64 * 1024);
+    let versions: HashMap<String, &Manifest> = [&v1, &v2, &v3]
+        .iter()
+        .map(|b| (b.manifest.version.to_string(), &b.manifest))
+        .collect();
+    let path = |b: &Build| b.bundle.display().to_string();
+
+    // States to start from: v1 only; v2 applied (b trying); v2 good with v3 to come.
+    let after_v2 = env.path("after-v2.img");
+    copy_image(&v1.image, &after_v2);
+    ok(&env.abupdate(&after_v2, &["apply", &path(&v2)]));
+    let v2_good = env.path("v2-good.img");
+    copy_image(&after_v2, &v2_good);
+    ok(&env.abupdate_booted(&v2_good, Some("b"), &["mark-good"]));
+
+    let scenarios = [
+        Scenario {
+            name: "apply-v2",
+            base: &v1.image,
+            booted: None,
+            args: vec!["apply".into(), path(&v2)],
+        },
+        Scenario {
+            name: "mark-good",
+            base: &after_v2,
+            booted: Some("b"),
+            args: vec!["mark-good".into()],
+        },
+        Scenario {
+            name: "apply-v3",
+            base: &v2_good,
+            booted: Some("b"),
+            args: vec!["apply".into(), path(&v3)],
+        },
+        Scenario {
+            name: "rollback",
+            base: &after_v2,
+            booted: None,
+            args: vec!["rollback".into()],
+        },
+        Scenario {
+            name: "downgrade",
+            base: &v2_good,
+            booted: Some("b"),
+            args: vec!["apply".into(), "--allow-downgrade".into(), path(&v1)],
+        },
+    ];
+    let mut points = 0;
+    let mut failures = Vec::new();
+    for s in &scenarios {
+        let (n, f) = run_scenario(&env, s, &versions);
+        eprintln!(
+            "crash: {}: {n} injection points, {} failures",
+            s.name,
+            f.len()
+        );
+        points += n;
+        failures.extend(f);
+    }
+    eprintln!(
+        "crash: {points} injection points in total, {} failures",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(points > 100, "too few injection points: {points}");
+}
