@@ -40,13 +40,14 @@ pub struct SquashfsOptions {
 
 /// Empty directories of a store path's root, where the initrd and init mount things
 /// (`docs/layout.md`), with their modes.
-pub const MOUNT_POINTS: [(&str, &str); 6] = [
+pub const MOUNT_POINTS: [(&str, &str); 7] = [
     ("dev", "755"),
     ("proc", "555"),
     ("sys", "555"),
     ("run", "755"),
     ("tmp", "1777"),
     ("data", "755"),
+    ("var", "755"),
 ];
 
 /// Packs `system` into the squashfs image `out` (replaced if it exists).

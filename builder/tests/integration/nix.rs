@@ -103,6 +103,7 @@ fn store_path_closure_becomes_the_root() {
         "squashfs-root/dev".into(),
         "squashfs-root/run".into(),
         "squashfs-root/sys".into(),
+        "drwxr-xr-x 0/0                       3 2023-11-14 22:13 squashfs-root/var".into(),
         "drwxr-xr-x 0/0                      ".to_string(), // nix and nix/store: mode 755
         format!("squashfs-root{dep}/sym -> file"),
         "-r-xr-xr-x 0/0 ".to_string(), // the executable keeps its mode
