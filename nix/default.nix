@@ -1,0 +1,62 @@
+# Production entry point (used by flake.nix, usable without flakes):
+#
+#   nix-build nix -A abupdate                      # static musl abupdate
+#   nix-build nix -A abbuild                       # the image builder (glibc, for CI)
+#   nix-build nix -A examples.vps.toplevel         # the example system for images/vps.toml
+#   (import ./nix { }).mkSystem { modules = [ ./my-system.nix ]; }
+#
+# pkgs: a nixpkgs package set for the build machine (x86_64-linux); the systems' user space comes
+# from its pkgsMusl. See docs/nix.md.
+{ pkgs ? import <nixpkgs> { } }:
+let
+  pkgsMusl = pkgs.pkgsMusl;
+  version = "0.1.0";
+
+  # The Rust workspace only: edits elsewhere (docs, nix, tests) do not rebuild the binaries.
+  src = builtins.path {
+    name = "abupdate-src";
+    path = ../.;
+    filter = path: type:
+      let
+        rel = builtins.substring (builtins.stringLength (toString ../.) + 1) (-1) (toString path);
+        top = builtins.head (builtins.split "/" rel);
+        base = baseNameOf path;
+      in
+      builtins.elem top [ "Cargo.toml" "Cargo.lock" "bundle" "builder" "updater" ]
+      && base != "target" && builtins.match "result.*" base == null;
+  };
+
+  # Statically linked, so the same binary runs in any root (and in an initrd if ever needed).
+  abupdate = pkgsMusl.rustPlatform.buildRustPackage {
+    pname = "abupdate";
+    inherit version src;
+    cargoLock.lockFile = ../Cargo.lock;
+    cargoBuildFlags = [ "-p" "abupdate" ];
+    cargoTestFlags = [ "-p" "abupdate" ];
+    # The integration tests build disk images with abbuild and external tools; CI runs them.
+    doCheck = false;
+    RUSTFLAGS = "-C target-feature=+crt-static";
+    meta.mainProgram = "abupdate";
+  };
+
+  # The builder runs in CI, not on devices: built for the build machine, with the programs it calls.
+  abbuild = pkgs.rustPlatform.buildRustPackage {
+    pname = "abbuild";
+    inherit version src;
+    cargoLock.lockFile = ../Cargo.lock;
+    cargoBuildFlags = [ "-p" "abbuild" ];
+    cargoTestFlags = [ "-p" "abbuild" ];
+    doCheck = false;
+    nativeBuildInputs = [ pkgs.makeWrapper ];
+    postInstall = ''
+      wrapProgram $out/bin/abbuild --prefix PATH : ${pkgs.squashfsTools}/bin:${pkgs.qemu-utils or pkgs.qemu}/bin
+    '';
+    meta.mainProgram = "abbuild";
+  };
+
+  mkSystem = import ./system { inherit pkgs abupdate; };
+in
+{
+  inherit abupdate abbuild mkSystem;
+  examples.vps = mkSystem { modules = [ ./examples/vps.nix ]; };
+}

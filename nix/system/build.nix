@@ -1,0 +1,274 @@
+# Turns a merged mkSystem configuration into the toplevel (docs/layout.md) and its parts.
+{ pkgs, pkgsMusl, cfg }:
+let
+  concatLines = builtins.concatStringsSep "\n";
+  concatMapLines = f: l: concatLines (map f l);
+  mapAttrsToList = f: s: map (n: f n s.${n}) (builtins.attrNames s);
+  optional = c: x: if c then [ x ] else [ ];
+  getBin = p: if p ? bin then p.bin else p;
+
+  checkName = what: s:
+    if builtins.match "[A-Za-z0-9._+~-]+" s != null then s
+    else throw "mkSystem: ${what} '${s}' may only contain A-Z a-z 0-9 . _ + ~ -";
+  version = checkName "system.version" cfg.system.version;
+  name = checkName "system.name" cfg.system.name;
+  compatible =
+    if cfg.abupdate.compatible == null
+    then throw "mkSystem: set abupdate.compatible (the image definition's compatible string)"
+    else checkName "abupdate.compatible" cfg.abupdate.compatible;
+
+  kernel = cfg.kernel.package;
+  kernelTarget = pkgs.stdenv.hostPlatform.linux-kernel.target or "bzImage";
+  kver = kernel.modDirVersion;
+
+  # One link per applet, all in bin/, whatever layout the busybox package has.
+  bb = pkgs.runCommand "busybox-applets" { } ''
+    mkdir -p $out/bin
+    for a in $(${pkgsMusl.busybox}/bin/busybox --list); do
+      ln -s ${pkgsMusl.busybox}/bin/busybox $out/bin/$a
+    done
+  '';
+  abupdate = cfg.abupdate.package;
+  sh = "${bb}/bin/sh";
+
+  # --- initrd: the same init script and builder as the fixture --------------------------------
+  e2fs = cfg.initrd.e2fsprogs;
+  initrd = pkgs.runCommand "abinit-initrd-${kver}"
+    {
+      nativeBuildInputs = [ pkgs.zstd ]; # for kernels with .ko.zst modules
+      busybox = "${getBin cfg.initrd.busybox}/bin/busybox";
+      initScript = ../initrd/init.sh;
+      moduleDir = "${kernel}/lib/modules/${kver}";
+      kernelVersion = kver;
+      modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules);
+      extraBins = if e2fs == null then "" else "${getBin e2fs}/bin/mkfs.ext4 ${getBin e2fs}/bin/e2fsck";
+      SOURCE_DATE_EPOCH = "1";
+    } "sh ${../initrd/mkinitrd.sh}";
+
+  # --- the system's programs -------------------------------------------------------------------
+  sw = pkgs.buildEnv {
+    name = "${name}-sw";
+    paths = [ bb abupdate ] ++ optional cfg.ssh.enable cfg.ssh.package ++ cfg.packages;
+    pathsToLink = [ "/bin" "/sbin" ];
+  };
+  path = "${sw}/bin:${sw}/sbin";
+
+  # --- users -----------------------------------------------------------------------------------
+  users = mapAttrsToList
+    (n: u: {
+      name = checkName "user name" n;
+      uid = u.uid or (throw "mkSystem: users.${n}.uid is required");
+      home = u.home or "/data/home/${n}";
+      shell = if (u.shell or null) == null then sh else u.shell;
+      authorizedKeys = u.authorizedKeys or [ ];
+      hashedPassword = u.hashedPassword or null;
+    })
+    cfg.users;
+  passwd = concatMapLines (u: "${u.name}:x:${toString u.uid}:${toString u.uid}:${u.name}:${u.home}:${u.shell}") users;
+  group = concatMapLines (u: "${u.name}:x:${toString u.uid}:") users;
+  # "*": no password can match, but the account is not locked (dropbear refuses locked ones).
+  shadow = concatMapLines (u: "${u.name}:${if u.hashedPassword == null then "*" else u.hashedPassword}:1::::::") users;
+  setupUsers = concatMapLines
+    (u: ''
+      mkdir -p '${u.home}/.ssh'
+      chown ${toString u.uid}:${toString u.uid} '${u.home}' '${u.home}/.ssh'
+      chmod 700 '${u.home}/.ssh'
+      cp ${pkgs.writeText "authorized_keys-${u.name}" (concatLines u.authorizedKeys + "\n")} '${u.home}/.ssh/authorized_keys'
+      chown ${toString u.uid}:${toString u.uid} '${u.home}/.ssh/authorized_keys'
+      chmod 600 '${u.home}/.ssh/authorized_keys'
+    '')
+    users;
+
+  # --- networking ------------------------------------------------------------------------------
+  udhcpcScript = pkgs.writeScript "udhcpc-script" ''
+    #!${sh}
+    # busybox udhcpc hook: $1 is the event, the lease is in the environment.
+    PATH=${path}
+    case "$1" in
+      deconfig)
+        ip -4 addr flush dev "$interface"
+        ip link set "$interface" up
+        ;;
+      bound|renew)
+        ip -4 addr flush dev "$interface"
+        ip addr add "$ip/''${mask:-24}" dev "$interface"
+        for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+        if [ -n "$dns" ]; then
+          : > /run/resolv.conf.new
+          for d in $dns; do echo "nameserver $d" >> /run/resolv.conf.new; done
+          mv /run/resolv.conf.new /run/resolv.conf
+        fi
+        ;;
+    esac
+    exit 0
+  '';
+  staticNet = concatLines (mapAttrsToList
+    (n: i: ''
+      ip link set '${n}' up
+      ip addr add '${i.address}' dev '${n}' || log "cannot set ${i.address} on ${n}"
+      ${if (i.gateway or null) != null then "ip route replace default via '${i.gateway}' dev '${n}' || log 'no route via ${i.gateway}'" else ""}
+    '')
+    cfg.networking.interfaces);
+
+  # --- services (busybox init respawns them) ---------------------------------------------------
+  services =
+    builtins.listToAttrs (map
+      (i: {
+        name = "udhcpc-${i}";
+        value.command = "${bb}/bin/udhcpc -f -S -i ${i} -s ${udhcpcScript}";
+      })
+      cfg.networking.dhcp)
+    // (if cfg.ssh.enable then {
+      sshd.command = "${cfg.ssh.package}/bin/dropbear -F -E -s -p ${toString cfg.ssh.port} -r /var/lib/dropbear/dropbear_ed25519_host_key";
+    } else { })
+    // {
+      syslogd.command = "${bb}/bin/syslogd -n -O /var/log/messages -s 1024 -b 2";
+      klogd.command = "${bb}/bin/klogd -n";
+    }
+    // cfg.services;
+
+  # busybox init runs a command with special characters through /bin/sh, which the root does not
+  # have: every service is a script of its own.
+  serviceScript = n: s: pkgs.writeScript "service-${n}" ''
+    #!${sh}
+    PATH=${path}
+    export PATH
+    exec ${s.command}
+  '';
+
+  inittab = pkgs.writeText "inittab" ''
+    ::sysinit:${boot}
+    ${concatLines (mapAttrsToList (n: s: "::respawn:${serviceScript n s}") services)}
+    ::once:${healthAndMarkGood}
+    ${concatMapLines (t: "${t}::respawn:${bb}/bin/getty -L 115200 ${t} vt100") cfg.consoles}
+    ::ctrlaltdel:${bb}/bin/reboot
+    ::shutdown:${shutdown}
+  '';
+
+  # --- boot, health, shutdown ------------------------------------------------------------------
+  boot = pkgs.writeScript "${name}-boot" ''
+    #!${sh}
+    # busybox init's sysinit: runs once, before the services.
+    PATH=${path}
+    export PATH
+    log() { echo "boot: $*"; }
+    mkdir -p /dev/pts /dev/shm
+    mount -t devpts -o gid=5,mode=0620 devpts /dev/pts
+    mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
+    hostname -F /etc/hostname
+    ip link set lo up
+    slot=$(sed -n 's/^AB_SLOT=//p' /run/abinit/env)
+    log "${name} ${version} on slot $slot"
+    abupdate boot-check
+    log "abupdate boot-check exited with $?"
+    mkdir -p /var/log /var/lib/dropbear /var/empty
+    ${concatMapLines (n: "echo 'nameserver ${n}' >> /run/resolv.conf") cfg.networking.nameservers}
+    ${staticNet}
+    ${setupUsers}
+    ${if cfg.ssh.enable then ''
+      if [ ! -s /var/lib/dropbear/dropbear_ed25519_host_key ]; then
+        log "creating the ssh host key"
+        dropbearkey -t ed25519 -f /var/lib/dropbear/dropbear_ed25519_host_key >/dev/null
+      fi
+    '' else ""}
+  '';
+
+  healthCheck = pkgs.writeScript "health-check" ''
+    #!${sh}
+    PATH=${path}
+    ${cfg.abupdate.healthCheck}
+  '';
+
+  healthAndMarkGood = pkgs.writeScript "${name}-health" ''
+    #!${sh}
+    # busybox init's "once" entry: after the services started. Marks the slot good when the
+    # health check passes; reboots when it does not within the timeout, so that the boot counter
+    # brings the previous slot back after the last try.
+    PATH=${path}
+    export PATH
+    log() { echo "health: $*"; logger -t health "$*" 2>/dev/null; }
+    waited=0
+    until /etc/abupdate/health-check; do
+      if [ "$waited" -ge ${toString cfg.abupdate.healthTimeout} ]; then
+        log "unhealthy after $waited s: not marking this slot good; rebooting"
+        reboot
+        exit 1
+      fi
+      sleep 5
+      waited=$((waited + 5))
+    done
+    abupdate mark-good
+    log "healthy; abupdate mark-good exited with $?"
+  '';
+
+  shutdown = pkgs.writeScript "${name}-shutdown" ''
+    #!${sh}
+    PATH=${path}
+    sync
+    umount /var 2>/dev/null
+    umount /data 2>/dev/null || mount -o remount,ro /data
+    sync
+  '';
+
+  init = pkgs.writeScript "${name}-init" ''
+    #!${sh}
+    # PID 1 after the initrd's switch_root: busybox init with /etc/inittab.
+    PATH=${path}
+    export PATH
+    exec ${bb}/bin/init
+  '';
+
+  # --- etc -------------------------------------------------------------------------------------
+  etcFiles = {
+    "hostname" = cfg.hostname + "\n";
+    "hosts" = "127.0.0.1 localhost\n::1 localhost\n127.0.1.1 ${cfg.hostname}\n";
+    "os-release" = ''
+      NAME="${name}"
+      ID=${name}
+      VERSION_ID=${version}
+      PRETTY_NAME="${name} ${version}"
+    '';
+    "passwd" = passwd + "\n";
+    "group" = group + "\n";
+    "shadow" = shadow + "\n";
+    "shells" = "${sh}\n";
+    "profile" = ''
+      export PATH=${path}
+      export PS1='\u@\h:\w\$ '
+    '';
+    "inittab" = inittab;
+    "abupdate.toml" = ''
+      compatible = "${compatible}"
+      keys = "/etc/abupdate/keys"
+    '';
+    "abupdate/health-check" = healthCheck;
+  } // builtins.listToAttrs (map (k: { name = "abupdate/keys/${baseNameOf k}"; value = k; }) cfg.abupdate.keys)
+  // cfg.etc;
+
+  etc = pkgs.runCommand "${name}-etc" { } ''
+    mkdir -p $out
+    ln -s /run/resolv.conf $out/resolv.conf
+    ln -s /proc/mounts $out/mtab
+    ${concatLines (mapAttrsToList (p: v:
+      # A string is the file's text; a path or a derivation is the file.
+      let src = if builtins.isString v then pkgs.writeText "etc-${baseNameOf p}" v else v;
+      in ''
+        mkdir -p "$out/$(dirname '${p}')"
+        cp -L ${src} "$out/${p}"
+      '') etcFiles)}
+  '';
+
+  toplevel = pkgs.runCommand "abupdate-system-${name}-${version}" { } ''
+    mkdir -p $out
+    cp ${kernel}/${kernelTarget} $out/kernel
+    cp ${initrd}/initrd $out/initrd
+    echo '${builtins.concatStringsSep " " cfg.kernel.params}' > $out/kernel-params
+    cp ${init} $out/init
+    ln -s ${etc} $out/etc
+    ln -s ${sw} $out/sw
+  '';
+in
+{
+  inherit toplevel initrd etc sw kernel;
+  config = cfg;
+}

@@ -1,0 +1,93 @@
+# The options of mkSystem and their defaults (docs/nix.md describes each). Modules override them.
+{ config, pkgs, pkgsMusl, abupdate }:
+{
+  system = {
+    # Names the toplevel store path: abupdate-system-<name>-<version>.
+    name = "abupdate-system";
+    # The system's own version string (etc/os-release VERSION_ID). The bundle's version is what
+    # `abbuild build --version` is given; keep them equal.
+    version = "0";
+  };
+
+  hostname = "abupdate";
+
+  # A getty on each (busybox getty + login): only users with a hashedPassword can log in there.
+  consoles = [ "ttyS0" ];
+
+  kernel = {
+    # A kernel is independent of the C library: the default is nixpkgs' ordinary kernel, from
+    # the binary cache, rather than a rebuild under pkgsMusl. It has the EFI stub, and virtio,
+    # squashfs, overlay and ext4 as modules or built in; the initrd copes with both.
+    package = pkgs.linuxPackages.kernel;
+    # The bootloader entry adds ab.slot= and root=, the image definition its own parameters.
+    params = [ "panic=10" ];
+    # Modules the running system needs (network, ...). The root has no /lib/modules and nothing
+    # loads modules on demand: they are loaded by the initrd, before the switch.
+    modules = [ "virtio_net" ];
+  };
+
+  initrd = {
+    # What the initrd needs to find and mount the slot and the data partition on common VPS and
+    # QEMU hardware (virtio, SCSI, NVMe, SATA).
+    modules = [
+      "virtio_pci" "virtio_blk" "virtio_scsi" "sd_mod" "nvme" "ahci"
+      "squashfs" "ext4" "crc32c_generic" "overlay"
+    ];
+    # Must be statically linked: the initrd has no dynamic loader.
+    busybox = pkgsMusl.busybox.override { enableStatic = true; };
+    # mkfs.ext4 and e2fsck in the initrd (journaled ext4 on data, checked at every boot).
+    # null: busybox mke2fs, which makes ext2.
+    e2fsprogs = pkgs.pkgsStatic.e2fsprogs;
+  };
+
+  # Everything on the system's PATH besides busybox and abupdate.
+  packages = [ ];
+
+  networking = {
+    # Interfaces configured by DHCP (busybox udhcpc, supervised by init).
+    dhcp = [ "eth0" ];
+    # Static configuration: interfaces.<name> = { address = "192.0.2.10/24"; gateway = "192.0.2.1"; }
+    interfaces = { };
+    # Written to /run/resolv.conf (/etc/resolv.conf points there); DHCP replaces it.
+    nameservers = [ ];
+  };
+
+  ssh = {
+    # dropbear; host keys are made on first boot in /var/lib/dropbear (persistent).
+    enable = true;
+    port = 22;
+    package = pkgsMusl.dropbear;
+  };
+
+  # users.<name> = { uid; home; shell; authorizedKeys = [ "ssh-ed25519 ..." ]; hashedPassword; }
+  # Homes are created on the data partition at boot; authorized keys are rewritten from this
+  # configuration at every boot. Without hashedPassword (a crypt(3) hash) a user has no password:
+  # ssh with a key only.
+  users = {
+    root = {
+      uid = 0;
+      home = "/data/root";
+      shell = null; # busybox sh
+      authorizedKeys = [ ];
+    };
+  };
+
+  # services.<name> = { command = "..."; } : respawned by busybox init after the boot script.
+  services = { };
+
+  # etc.<path> = "text" (a string is always the file's text), or a path or derivation (the file).
+  etc = { };
+
+  abupdate = {
+    package = abupdate;
+    # etc/abupdate.toml's compatible string: must equal the image definition's.
+    compatible = null;
+    # Trusted public keys (*.pub files from `abbuild keygen`), installed in /etc/abupdate/keys.
+    keys = [ ];
+    # Shell code that exits 0 when the system is healthy. It runs after the services are
+    # started, retried every 5 s until it passes or healthTimeout seconds have gone by; then the
+    # slot is marked good, or the machine reboots (the boot counter falls back after the tries).
+    healthCheck = "exit 0";
+    healthTimeout = 120;
+  };
+}
