@@ -214,6 +214,10 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
 
     let stem = format!("{}-{}", def.name, version);
     let bundle_path = o.out_dir.join(format!("{stem}.abu"));
+    // Both outputs are made in the work directory and renamed into place at the end, so a
+    // failed build leaves neither.
+    let bundle_tmp = work.path().join("bundle.abu");
+    info!("writing the bundle");
     let manifest = bundle::make(&BundleRequest {
         rootfs: &rootfs,
         kernel: &sys.kernel,
@@ -225,9 +229,8 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
         keys: &o.keys,
         chunk_size: o.chunk_size,
         created: Some(created),
-        out: &bundle_path,
+        out: &bundle_tmp,
     })?;
-    info!("wrote {}", bundle_path.display());
 
     let rootfs_payload = manifest.payload(PayloadKind::Rootfs);
     let info_json = serde_json::to_vec_pretty(&SlotInfo {
@@ -263,6 +266,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
 
     let raw_path = o.out_dir.join(format!("{stem}.img"));
     let raw_tmp = work.path().join("disk.img");
+    info!("writing the disk image");
     write_disk(&raw_tmp, &layout, &rootfs, &contents, image_epoch)?;
     let image = match o.format {
         DiskFormat::Raw => {
@@ -285,6 +289,9 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             out
         }
     };
+    fs::rename(&bundle_tmp, &bundle_path)
+        .with_context(|| format!("renaming to {}", bundle_path.display()))?;
+    info!("wrote {}", bundle_path.display());
     info!("wrote {} ({})", image.display(), disk::describe(&layout));
     Ok(BuildOutputs {
         bundle: bundle_path,

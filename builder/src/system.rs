@@ -42,9 +42,11 @@ pub struct System {
 
 /// The Nix store directory.
 pub fn store_dir() -> PathBuf {
-    std::env::var_os("NIX_STORE_DIR")
+    let dir = std::env::var_os("NIX_STORE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR));
+    // Store paths are compared after canonicalization, so the store's own path must be too.
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// Checks `path` against the toplevel contract and, for a store path, asks Nix for its closure.
