@@ -2,6 +2,7 @@
 //! results checked by independent tools (sfdisk, sgdisk, mtools, fsck.fat, unsquashfs).
 //! Tests that need Nix skip, saying so, when `nix-build` is not installed.
 
+mod api;
 mod disk;
 mod errors;
 mod nix;
