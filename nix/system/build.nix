@@ -93,11 +93,11 @@ let
         ip -4 addr flush dev "$interface"
         ip addr add "$ip/''${mask:-24}" dev "$interface"
         for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
-        if [ -n "$dns" ]; then
-          : > /run/resolv.conf.new
-          for d in $dns; do echo "nameserver $d" >> /run/resolv.conf.new; done
-          mv /run/resolv.conf.new /run/resolv.conf
-        fi
+        # The configured nameservers first, then the lease's.
+        : > /run/resolv.conf.new
+        ${concatMapLines (n: "echo 'nameserver ${n}' >> /run/resolv.conf.new") cfg.networking.nameservers}
+        for d in $dns; do echo "nameserver $d" >> /run/resolv.conf.new; done
+        mv /run/resolv.conf.new /run/resolv.conf
         ;;
     esac
     exit 0
@@ -122,7 +122,10 @@ let
       sshd.command = "${cfg.ssh.package}/bin/dropbear -F -E -s -p ${toString cfg.ssh.port} -r /var/lib/dropbear/dropbear_ed25519_host_key";
     } else { })
     // {
-      syslogd.command = "${bb}/bin/syslogd -n -O /var/log/messages -s 1024 -b 2";
+      syslogd.command =
+        if cfg.logging.persistent
+        then "${bb}/bin/syslogd -n -O /var/log/messages -s ${toString cfg.logging.rotateKiB} -b ${toString cfg.logging.keep}"
+        else "${bb}/bin/syslogd -n -C${toString cfg.logging.rotateKiB}";
       klogd.command = "${bb}/bin/klogd -n";
     }
     // cfg.services;

@@ -72,6 +72,15 @@
     };
   };
 
+  logging = {
+    # busybox syslogd and klogd. persistent: /var/log/messages, rotated at rotateKiB with keep
+    # old files (needs busybox's FEATURE_ROTATE_LOGFILE, on in nixpkgs' busybox). false: a
+    # rotateKiB ring buffer in memory, read with logread.
+    persistent = true;
+    rotateKiB = 1024;
+    keep = 2;
+  };
+
   # services.<name> = { command = "..."; } : respawned by busybox init after the boot script.
   services = { };
 

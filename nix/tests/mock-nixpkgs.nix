@@ -36,10 +36,12 @@ let
   '' { } // { modDirVersion = kver; version = kver; };
 
   # dropbear stand-in: stays up like a daemon and makes a host key file.
+  # (The device's root has no /bin/sh: the scripts name the mock busybox as interpreter.)
   dropbear = drv "dropbear-stub" ''
     mkdir -p $out/bin
-    printf '#!/bin/sh\necho "dropbear stub: $*"\nexec sleep 2147483647\n' > $out/bin/dropbear
-    printf '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -f ] && echo stub-key > "$2"; shift; done\n' > $out/bin/dropbearkey
+    sh="#!${busybox}/bin/busybox sh"
+    printf '%s\necho "dropbear stub: $*"\nexec sleep 2147483647\n' "$sh" > $out/bin/dropbear
+    printf '%s\nwhile [ $# -gt 0 ]; do [ "$1" = -f ] && echo stub-key > "$2"; shift; done\n' "$sh" > $out/bin/dropbearkey
     chmod +x $out/bin/*
   '' { };
 

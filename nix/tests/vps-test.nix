@@ -6,10 +6,12 @@
   system.version = "7";
   consoles = [ "ttyS0" ];
   initrd.e2fsprogs = null;
+  logging.persistent = false; # Debian's busybox (the mock's) has no log rotation
   kernel.params = [ "console=ttyS0" ];
   abupdate.healthCheck = ''
     echo "ABTEST HEALTH-CHECK running"
     exit 0
   '';
-  services.ready.command = "sh -c 'echo ABTEST SERVICES-UP; exec sleep 2147483647'";
+  # Shows on the console what the boot set up, then stays up.
+  services.ready.command = "sh -c 'sleep 15; echo ABTEST SERVICES-UP; cat /run/resolv.conf; ip -4 addr show dev eth0; ip route; ls -l /data/root/.ssh /var/lib/dropbear; ps; logread | tail -n 3; echo ABTEST INFO-END; exec sleep 2147483647'";
 }
