@@ -11,6 +11,7 @@
 //! is specified in `docs/bundle-format.md`; this crate does no device, ESP or Nix work.
 
 pub mod error;
+pub mod fat_time;
 pub mod header;
 pub mod keys;
 pub mod manifest;

@@ -7,7 +7,7 @@ import time
 
 def run(t):
     m = t.machine("1")
-    m.start(media=[t.bundle("qemu-test-broken")])
+    m.start(media=[t.bundle("broken")])
     assert m.wait_ready() == ("a", "1")
     m.run("abupdate apply /dev/vdb", timeout=900)
     start = time.monotonic()

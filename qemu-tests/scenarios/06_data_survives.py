@@ -4,7 +4,7 @@ the update and after a fallback from a broken update."""
 
 def run(t):
     m = t.machine("1")
-    m.start(media=[t.bundle("qemu-test-2"), t.bundle("qemu-test-broken")])
+    m.start(media=[t.bundle("qemu-test-2"), t.bundle("broken")])
     assert m.wait_ready() == ("a", "1")
     m.run("echo precious > /data/keep-me && sync")
     m.run("abupdate apply /dev/vdb", timeout=900)

@@ -23,6 +23,48 @@ type Fs<'d> = fatfs::FileSystem<Window<'d>>;
 /// An open file on the ESP.
 pub type EspFile<'a, 'd> = fatfs::File<'a, Window<'d>>;
 
+/// Timestamps for what we write, from the system clock. fatfs without its `chrono` feature
+/// would write the date 0 (month 0, day 0), and OVMF's FAT driver then refuses to rename the
+/// file: systemd-boot could not count down a new entry's tries, and a broken update would be
+/// retried forever instead of falling back.
+#[derive(Debug)]
+struct SystemClock;
+
+static SYSTEM_CLOCK: SystemClock = SystemClock;
+
+impl SystemClock {
+    fn now() -> abbundle::fat_time::FatTime {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        abbundle::fat_time::from_epoch(secs)
+    }
+}
+
+impl fatfs::TimeProvider for SystemClock {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.get_current_date_time().date
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        let t = Self::now();
+        fatfs::DateTime {
+            date: fatfs::Date {
+                year: t.year,
+                month: t.month,
+                day: t.day,
+            },
+            time: fatfs::Time {
+                hour: t.hour,
+                min: t.min,
+                sec: t.sec,
+                millis: 0,
+            },
+        }
+    }
+}
+
 /// An open ESP.
 pub struct Esp<'d> {
     fs: Fs<'d>,
@@ -33,13 +75,13 @@ impl<'d> Esp<'d> {
     /// Opens the FAT file system of the partition labelled `esp`.
     pub fn open(disk: &'d Disk) -> Result<Esp<'d>> {
         let p = disk.partition("esp")?;
-        let fs = fatfs::FileSystem::new(disk.window(p, true), fatfs::FsOptions::new())
-            .with_context(|| {
-                format!(
-                    "opening the FAT file system of the ESP on {}",
-                    disk.path.display()
-                )
-            })?;
+        let options = fatfs::FsOptions::new().time_provider(&SYSTEM_CLOCK);
+        let fs = fatfs::FileSystem::new(disk.window(p, true), options).with_context(|| {
+            format!(
+                "opening the FAT file system of the ESP on {}",
+                disk.path.display()
+            )
+        })?;
         Ok(Esp { fs, disk })
     }
 
