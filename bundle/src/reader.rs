@@ -164,7 +164,9 @@ fn read_front<R: Read>(
     // Bounded by Header::decode (MAX_MANIFEST_LEN); grown as bytes arrive, so a short
     // hostile file cannot make us allocate the maximum up front.
     let mut manifest = Vec::new();
-    r.by_ref().take(header.manifest_len as u64).read_to_end(&mut manifest)?;
+    r.by_ref()
+        .take(header.manifest_len as u64)
+        .read_to_end(&mut manifest)?;
     if manifest.len() != header.manifest_len as usize {
         return Err(FormatError::Truncated("manifest".to_string()));
     }
