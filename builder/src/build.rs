@@ -204,7 +204,12 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     }
 
     let mut params: Vec<&str> = sys.kernel_params.split_whitespace().collect();
-    params.extend(def.kernel_params.iter().map(String::as_str));
+    // An image parameter the system already has (say console=ttyS0) is not repeated.
+    for p in &def.kernel_params {
+        if !params.contains(&p.as_str()) {
+            params.push(p);
+        }
+    }
     let kernel_params = params.join(" ");
     let build_id = match (&o.build_id, &sys.kind) {
         (Some(id), _) => id.clone(),
