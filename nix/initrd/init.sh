@@ -202,6 +202,19 @@ if command -v e2fsck >/dev/null 2>&1; then
     rc=$?
     [ $rc -lt 4 ] || say "warning: e2fsck -p $datadev exited with $rc; trying to mount anyway"
 fi
+# A partition larger than its filesystem (abupdate grew it to fill a larger disk): grow the
+# filesystem, offline, before mounting it. Superblock at 1024: blocks (lo) at +4, log2(block
+# size / 1024) at +24.
+if command -v resize2fs >/dev/null 2>&1 && has_extfs "$datadev"; then
+    sb32() { dd if="$datadev" bs=1 skip="$1" count=4 2>/dev/null | hexdump -e '1/4 "%u"'; }
+    fsbytes=$(( $(sb32 1028) * (1024 << $(sb32 1048)) ))
+    partbytes=$(( $(cat "/sys/class/block/${datadev#/dev/}/size") * 512 ))
+    if [ $((partbytes - fsbytes)) -ge 8388608 ]; then
+        say "growing the data filesystem from $((fsbytes >> 20)) MiB to its partition's $((partbytes >> 20)) MiB"
+        e2fsck -f -p "$datadev" >/dev/null
+        resize2fs "$datadev" >/dev/null 2>&1 || say "warning: resize2fs $datadev failed; keeping the old size"
+    fi
+fi
 # The ext4 driver mounts ext2 and ext3 too.
 mount -t ext4 -o rw,noatime "$datadev" /sysroot/data ||
     die "cannot mount the data partition $datadev"

@@ -41,7 +41,8 @@ let
       moduleDir = "${kernel}/lib/modules/${kver}";
       kernelVersion = kver;
       modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules);
-      extraBins = if e2fs == null then "" else "${getBin e2fs}/bin/mkfs.ext4 ${getBin e2fs}/bin/e2fsck";
+      extraBins = if e2fs == null then ""
+        else builtins.concatStringsSep " " (map (p: "${getBin e2fs}/bin/${p}") [ "mkfs.ext4" "e2fsck" "resize2fs" ]);
       SOURCE_DATE_EPOCH = "1";
     } "sh ${../initrd/mkinitrd.sh}";
 
@@ -143,7 +144,7 @@ let
     ::sysinit:${boot}
     ${concatLines (mapAttrsToList (n: s: "::respawn:${serviceScript n s}") services)}
     ::once:${healthAndMarkGood}
-    ${concatMapLines (t: "${t}::respawn:${bb}/bin/getty -L 115200 ${t} vt100") cfg.consoles}
+    ${concatMapLines (t: "${t}::respawn:${bb}/bin/getty -l ${bb}/bin/login -L 115200 ${t} vt100") cfg.consoles}
     ::ctrlaltdel:${bb}/bin/reboot
     ::shutdown:${shutdown}
   '';

@@ -35,7 +35,8 @@
     ];
     # Must be statically linked: the initrd has no dynamic loader.
     busybox = pkgsMusl.busybox.override { enableStatic = true; };
-    # mkfs.ext4 and e2fsck in the initrd (journaled ext4 on data, checked at every boot).
+    # mkfs.ext4, e2fsck and resize2fs in the initrd (journaled ext4 on data, checked at every
+    # boot, grown when its partition was grown).
     # null: busybox mke2fs, which makes ext2.
     e2fsprogs = pkgs.pkgsStatic.e2fsprogs;
   };
