@@ -86,6 +86,8 @@ set -- --option sandbox false --option substituters ""
 if [ "$(id -u)" = 0 ]; then
     members=$(getent group nixbld 2>/dev/null | cut -d: -f4)
     [ -n "$members" ] || set -- "$@" --option build-users-group ""
+elif [ ! -S /nix/var/nix/daemon-socket/socket ]; then
+    die "run as root, or start nix-daemon (Debian: apt-get install nix-setup-systemd)"
 fi
 
 set -- "$@" "$repo/nix/fixture" \
