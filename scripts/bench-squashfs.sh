@@ -47,38 +47,40 @@ ln -s content/init "$tree/init"
 files=$(find "$tree" | wc -l)
 echo "tree: ${total} MB, ${files} entries" >&2
 
-now() { date +%s.%N; }
-elapsed() {
-    local t0 t1
+# Prints "wall cpu" seconds of one run (cpu = user + sys of the command and its children,
+# which background load on a shared machine disturbs far less than wall time).
+measure() {
     rm -f "$2"
-    t0=$(now)
-    eval "$1" >/dev/null 2>&1
-    t1=$(now)
-    echo "$t0 $t1" | awk '{print $2-$1}'
+    /usr/bin/time -f '%e %U %S' -o "$work/time" sh -c "$1" >/dev/null 2>&1
+    [ -s "$2" ] || { echo "bench: '$1' made no output" >&2; exit 1; }
+    awk '{print $1, $2 + $3}' "$work/time"
 }
 min() { echo "$1 $2" | awk '{print ($1<$2)?$1:$2}'; }
 
 find "$tree" -type f -exec cat {} + >/dev/null 2>&1 || true
 ours_cmd="SOURCE_DATE_EPOCH=0 '$abbuild' -q rootfs --image '$image' --system '$tree' --out '$work/ours.sqfs'"
 plain_cmd="mksquashfs '$tree' '$work/plain.sqfs' -comp $comp -b ${block}K -noappend -quiet -no-progress"
-ours_t=999999
-plain_t=999999
+ours_t=999999; ours_c=999999; plain_t=999999; plain_c=999999
 for i in $(seq "$runs"); do
     echo "run $i/$runs..." >&2
-    ours_t=$(min "$ours_t" "$(elapsed "$ours_cmd" "$work/ours.sqfs")")
-    plain_t=$(min "$plain_t" "$(elapsed "$plain_cmd" "$work/plain.sqfs")")
+    read -r w c < <(measure "$ours_cmd" "$work/ours.sqfs")
+    ours_t=$(min "$ours_t" "$w"); ours_c=$(min "$ours_c" "$c")
+    read -r w c < <(measure "$plain_cmd" "$work/plain.sqfs")
+    plain_t=$(min "$plain_t" "$w"); plain_c=$(min "$plain_c" "$c")
 done
+load=$(cut -d' ' -f1 /proc/loadavg)
 ours_s=$(stat -c %s "$work/ours.sqfs")
 plain_s=$(stat -c %s "$work/plain.sqfs")
 
-table=$(awk -v ot="$ours_t" -v pt="$plain_t" -v os="$ours_s" -v ps="$plain_s" \
+table=$(awk -v ot="$ours_t" -v pt="$plain_t" -v oc="$ours_c" -v pc="$plain_c" -v os="$ours_s" -v ps="$plain_s" \
     -v mb="$total" -v n="$files" -v comp="$comp" -v block="$block" -v cores="$(nproc)" -v runs="$runs" \
-    -v ver="$(mksquashfs -version | head -1 | cut -d' ' -f3)" 'BEGIN {
-    printf "Tree: %d MB, %d entries; %s, %d KiB blocks, %d cores, mksquashfs %s; best of %d runs.\n\n", mb, n, comp, block, cores, ver, runs
-    print "| build | wall time (s) | image size (bytes) | vs plain mksquashfs |"
-    print "|---|---|---|---|"
-    printf "| plain `mksquashfs` | %.2f | %d | 1.00x time, 100.0%% size |\n", pt, ps
-    printf "| `abbuild rootfs` | %.2f | %d | %.2fx time, %.1f%% size |\n", ot, os, ot/pt, 100*os/ps
+    -v load="$load" -v src="$src" -v ver="$(mksquashfs -version | head -1 | cut -d' ' -f3)" 'BEGIN {
+    printf "Tree: %d MB, %d entries (from %s); %s, %d KiB blocks, %d cores, mksquashfs %s; ", mb, n, src, comp, block, cores, ver
+    printf "best of %d alternating runs; load average %s at the end.\n\n", runs, load
+    print "| build | wall time (s) | CPU time (s) | image size (bytes) | vs plain mksquashfs |"
+    print "|---|---|---|---|---|"
+    printf "| plain `mksquashfs` | %.2f | %.2f | %d | 1.00x wall, 1.00x CPU, 100.0%% size |\n", pt, pc, ps
+    printf "| `abbuild rootfs` | %.2f | %.2f | %d | %.2fx wall, %.2fx CPU, %.1f%% size |\n", ot, oc, os, ot/pt, oc/pc, 100*os/ps
 }')
 echo "$table"
 

@@ -150,3 +150,23 @@ fn bad_image_definition() {
         "{err}"
     );
 }
+
+#[test]
+fn esp_too_small_for_two_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = fake_system(dir.path());
+    fs::write(sys.join("initrd"), noise(17 << 20, 4)).unwrap();
+    let image = dir.path().join("small-esp.toml");
+    fs::write(
+        &image,
+        "name = 'small-esp'\ncompatible = 'x'\ndisk-size = '128MiB'\nesp-size = '34MiB'\nslot-size = '40MiB'\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let err = fails(&mut build_cmd(&image, &sys, &test_key(dir.path()), &out));
+    assert!(
+        err.contains("esp-size is 35651584 bytes") && err.contains("two slots"),
+        "{err}"
+    );
+    assert_no_outputs(&out);
+}
