@@ -127,8 +127,9 @@ wait_label() {
         found=$(find_label "$1" "$2")
         set -- "$1" "$2" $found
         if [ $# -gt 3 ]; then
+            label=$1
             shift 2
-            echo "abinit: FATAL: several partitions are labelled $1: $*; refusing to guess" >&2
+            echo "abinit: several partitions are labelled $label: $*; refusing to guess" >&2
             return 1
         fi
         if [ $# -eq 3 ] && [ -b "/dev/$3" ]; then
@@ -145,7 +146,7 @@ wait_label() {
 }
 
 rootdev=$(wait_label "$rootlabel") ||
-    die "no block device with PARTLABEL=$rootlabel (modules loaded: $(cut -d' ' -f1 /proc/modules | tr '\n' ' '))"
+    die "no single block device with PARTLABEL=$rootlabel (modules loaded: $(cut -d' ' -f1 /proc/modules | tr '\n' ' '))"
 rootsys=$(readlink -f "/sys/class/block/${rootdev#/dev/}")
 disksys=${rootsys%/*}
 disk=/dev/${disksys##*/}
