@@ -57,6 +57,6 @@ let
   mkSystem = import ./system { inherit pkgs abupdate; };
 in
 {
-  inherit abupdate abbuild mkSystem;
+  inherit abupdate abbuild mkSystem src;
   examples.vps = mkSystem { modules = [ ./examples/vps.nix ]; };
 }
