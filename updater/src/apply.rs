@@ -12,6 +12,7 @@
 //!    new slot boot, and systemd-boot prefers it because its version is the highest.
 
 use std::io::Write;
+use std::sync::mpsc;
 
 use abbundle::{BundleReader, Payload, PayloadKind, TrustedKeys, Version};
 use anyhow::{Context, Result};
@@ -72,7 +73,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
 
     let stream = source::open(r.source)?;
-    let mut reader =
+    let reader =
         BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
     reader.check_compatible(compatible)?;
     let m = reader.manifest();
@@ -133,7 +134,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         &esp,
         &part,
         target,
-        &mut reader,
+        reader,
         [&rootfs, &kernel, &initrd],
         &info,
     )
@@ -192,7 +193,7 @@ fn write_slot(
     esp: &Esp,
     part: &Partition,
     target: Slot,
-    reader: &mut BundleReader<Box<dyn std::io::Read>>,
+    reader: BundleReader<Box<dyn std::io::Read + Send>>,
     [rootfs, kernel, initrd]: [&Payload; 3],
     info: &SlotInfo,
 ) -> Result<()> {
@@ -206,41 +207,94 @@ fn write_slot(
     let kernel_path = format!("{target}/vmlinuz");
     let initrd_path = format!("{target}/initrd");
     let mut progress = Progress::new(&format!("slot {target}"), rootfs.size, ctx.quiet);
-    let mut file: Option<EspFile> = None;
-    while let Some(chunk) = reader.next_chunk().context("reading the bundle")? {
-        match chunk.kind {
-            PayloadKind::Rootfs => {
-                disk.write_at(part, chunk.offset, chunk.data)
-                    .with_context(|| format!("writing chunk {} to {}", chunk.index, part.label))?;
-                fault::point("slot write");
-                progress.update(chunk.offset + chunk.data.len() as u64);
-                if chunk.last {
-                    progress.finish();
-                    disk.sync()?;
-                    verify_slot(disk, part, rootfs)?;
-                    info!("slot {target}: {} bytes written and read back", rootfs.size);
-                }
-            }
-            kind @ (PayloadKind::Kernel | PayloadKind::Initrd) => {
-                let path = if kind == PayloadKind::Kernel {
-                    &kernel_path
-                } else {
-                    &initrd_path
-                };
-                if chunk.index == 0 {
-                    file = Some(esp.create(path)?);
-                }
-                let f = file.as_mut().context("payload chunks out of order")?;
-                f.write_all(chunk.data)
-                    .with_context(|| format!("writing {path} on the ESP"))?;
-                if chunk.last {
-                    f.flush()
-                        .with_context(|| format!("flushing {path} on the ESP"))?;
-                    file = None;
-                }
-            }
+    // Three threads, so reading + verifying the bundle, writing the slot and reading it back
+    // overlap (each hashes or waits on I/O): the reader sends verified chunks in buffers from a
+    // small pool; this thread writes them, syncs every segment and hands the segment to the
+    // read-back thread. Memory stays at a few chunk buffers whatever the payload size.
+    let segment = segment_len(rootfs);
+    std::thread::scope(|scope| -> Result<()> {
+        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Msg>(PIPELINE_BUFFERS);
+        let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..PIPELINE_BUFFERS {
+            pool_tx
+                .send(Vec::with_capacity(rootfs.chunk_size as usize))
+                .expect("pool is open");
         }
-    }
+        scope.spawn(move || read_chunks(reader, chunk_tx, pool_rx));
+        let (seg_tx, seg_rx) = mpsc::channel::<(u64, u64)>();
+        let mut readback = Some(scope.spawn(move || verify_segments(disk, part, rootfs, seg_rx)));
+        let mut seg_tx = Some(seg_tx);
+        let mut seg_start = 0u64;
+        let mut file: Option<EspFile> = None;
+        loop {
+            let (kind, index, offset, last, data) = match chunk_rx.recv() {
+                Ok(Msg::Chunk {
+                    kind,
+                    index,
+                    offset,
+                    last,
+                    data,
+                }) => (kind, index, offset, last, data),
+                Ok(Msg::End(Ok(()))) | Err(_) => break,
+                Ok(Msg::End(Err(e))) => {
+                    return Err(anyhow::Error::new(e).context("reading the bundle"))
+                }
+            };
+            match kind {
+                PayloadKind::Rootfs => {
+                    disk.write_at(part, offset, &data)
+                        .with_context(|| format!("writing chunk {index} to {}", part.label))?;
+                    fault::point("slot write");
+                    let end = offset + data.len() as u64;
+                    progress.update(end);
+                    if last || end - seg_start >= segment {
+                        disk.sync()?;
+                        if let Some(tx) = &seg_tx {
+                            // A closed channel means the read-back failed; its error is
+                            // collected below.
+                            let _ = tx.send((seg_start, end));
+                        }
+                        seg_start = end;
+                    }
+                    if last {
+                        progress.finish();
+                        seg_tx = None;
+                        if let Some(h) = readback.take() {
+                            h.join()
+                                .map_err(|_| anyhow::anyhow!("read-back thread panicked"))??;
+                        }
+                        info!("slot {target}: {} bytes written and read back", rootfs.size);
+                    }
+                }
+                kind @ (PayloadKind::Kernel | PayloadKind::Initrd) => {
+                    let path = if kind == PayloadKind::Kernel {
+                        &kernel_path
+                    } else {
+                        &initrd_path
+                    };
+                    if index == 0 {
+                        file = Some(esp.create(path)?);
+                    }
+                    let f = file.as_mut().context("payload chunks out of order")?;
+                    f.write_all(&data)
+                        .with_context(|| format!("writing {path} on the ESP"))?;
+                    if last {
+                        f.flush()
+                            .with_context(|| format!("flushing {path} on the ESP"))?;
+                        file = None;
+                    }
+                }
+            }
+            // Give the buffer back; a closed pool means the reader is done.
+            let _ = pool_tx.send(data);
+        }
+        drop(seg_tx);
+        if let Some(h) = readback.take() {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("read-back thread panicked"))??;
+        }
+        Ok(())
+    })?;
     esp.sync()?;
     let esp_part = disk.partition("esp")?;
     disk.drop_cache(esp_part, esp_part.len);
@@ -267,21 +321,81 @@ fn write_slot(
     Ok(())
 }
 
-/// Reads the slot back from the device (not the page cache) and checks every chunk.
-fn verify_slot(disk: &Disk, part: &Partition, p: &Payload) -> Result<()> {
-    disk.drop_cache(part, p.size);
-    let mut buf = vec![0u8; p.chunk_size as usize];
-    for (i, want) in p.chunks.iter().enumerate() {
-        let len = p.chunk_len(i as u64) as usize;
-        let off = i as u64 * p.chunk_size as u64;
-        disk.read_at(part, off, &mut buf[..len])
-            .with_context(|| format!("reading back {} at {off}", part.label))?;
-        if Sha256::digest(&buf[..len])[..] != want.0 {
-            refuse!(
-                codes::READBACK_MISMATCH,
-                "{} does not read back as written (chunk {i} at offset {off}): the medium may be failing",
-                part.label
-            );
+/// Chunk buffers in flight between the bundle reader and the slot writer.
+const PIPELINE_BUFFERS: usize = 4;
+
+/// A verified chunk (or the end of the bundle) from the reader thread.
+enum Msg {
+    Chunk {
+        kind: PayloadKind,
+        index: u64,
+        offset: u64,
+        last: bool,
+        data: Vec<u8>,
+    },
+    End(std::result::Result<(), abbundle::FormatError>),
+}
+
+/// The reader thread: verified chunks out, in buffers from `pool`.
+fn read_chunks(
+    mut reader: BundleReader<Box<dyn std::io::Read + Send>>,
+    out: mpsc::SyncSender<Msg>,
+    pool: mpsc::Receiver<Vec<u8>>,
+) {
+    loop {
+        let msg = match reader.next_chunk() {
+            Ok(Some(c)) => {
+                let Ok(mut data) = pool.recv() else { return };
+                data.clear();
+                data.extend_from_slice(c.data);
+                Msg::Chunk {
+                    kind: c.kind,
+                    index: c.index,
+                    offset: c.offset,
+                    last: c.last,
+                    data,
+                }
+            }
+            Ok(None) => Msg::End(Ok(())),
+            Err(e) => Msg::End(Err(e)),
+        };
+        let end = matches!(msg, Msg::End(_));
+        if out.send(msg).is_err() || end {
+            return;
+        }
+    }
+}
+
+/// How much of the slot is written between syncs, each synced segment being read back while
+/// the next is written: an eighth of the image, between 8 and 128 MiB, in whole chunks.
+fn segment_len(p: &Payload) -> u64 {
+    let cs = p.chunk_size as u64;
+    (p.size / 8).clamp(8 << 20, 128 << 20).div_ceil(cs) * cs
+}
+
+/// The read-back thread: each synced segment is dropped from the page cache, read from the
+/// device and checked chunk by chunk against the signed manifest.
+fn verify_segments(
+    disk: &Disk,
+    part: &Partition,
+    p: &Payload,
+    segments: mpsc::Receiver<(u64, u64)>,
+) -> Result<()> {
+    let mut buf = crate::direct::AlignedBuf::new(p.chunk_size as usize);
+    let cs = p.chunk_size as u64;
+    for (start, end) in segments {
+        for i in start / cs..end.div_ceil(cs) {
+            let len = p.chunk_len(i) as usize;
+            let off = i * cs;
+            disk.read_from_device(part, off, &mut buf, len)
+                .with_context(|| format!("reading back {} at {off}", part.label))?;
+            if Sha256::digest(&buf.as_slice()[..len])[..] != p.chunks[i as usize].0 {
+                refuse!(
+                    codes::READBACK_MISMATCH,
+                    "{} does not read back as written (chunk {i} at offset {off}): the medium may be failing",
+                    part.label
+                );
+            }
         }
     }
     Ok(())

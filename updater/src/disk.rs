@@ -37,6 +37,8 @@ pub struct Partition {
 pub struct Disk {
     pub path: PathBuf,
     file: File,
+    /// The same disk opened with `O_DIRECT` for read-back checks, if supported.
+    direct: Option<File>,
     pub size: u64,
     pub sector_size: u64,
     pub is_block_device: bool,
@@ -73,6 +75,7 @@ impl Disk {
         })?;
         Ok(Disk {
             path: path.to_path_buf(),
+            direct: crate::direct::open(path),
             file,
             size,
             sector_size,
@@ -105,15 +108,18 @@ impl Disk {
         }
     }
 
-    /// A read/write/seek window onto `p`, counting its writes as fault-injection points
-    /// when `faults` is set.
-    pub fn window(&self, p: &Partition, faults: bool) -> Window<'_> {
+    /// A read/write/seek window onto `p`, with a write-back block cache if `cache` is given.
+    pub fn window(
+        &self,
+        p: &Partition,
+        cache: Option<std::rc::Rc<std::cell::RefCell<BlockCache>>>,
+    ) -> Window<'_> {
         Window {
             file: &self.file,
             start: p.start,
             len: p.len,
             pos: 0,
-            faults,
+            cache,
         }
     }
 
@@ -129,6 +135,33 @@ impl Disk {
         self.file.read_exact_at(buf, p.start + offset)
     }
 
+    /// Reads `len` bytes at `offset` inside `p` from the device itself: with `O_DIRECT`
+    /// where supported (`offset` must then be aligned, `buf` an aligned buffer of at least `len`
+    /// rounded up), else after dropping the range from the page cache.
+    pub fn read_from_device(
+        &self,
+        p: &Partition,
+        offset: u64,
+        buf: &mut crate::direct::AlignedBuf,
+        len: usize,
+    ) -> io::Result<()> {
+        let align = crate::direct::ALIGN as u64;
+        let rounded = (len as u64).div_ceil(align) * align;
+        match &self.direct {
+            Some(d) if offset & (align - 1) == 0 && offset + rounded <= p.len => {
+                check_range(p, offset, rounded)?;
+                d.read_exact_at(
+                    &mut buf.as_mut_slice()[..rounded as usize],
+                    p.start + offset,
+                )
+            }
+            _ => {
+                self.drop_cache_range(p, offset, len as u64);
+                self.read_at(p, offset, &mut buf.as_mut_slice()[..len])
+            }
+        }
+    }
+
     /// Makes everything written so far durable (fdatasync; on a block device this also flushes
     /// the drive's write cache). A fault-injection point.
     pub fn sync(&self) -> Result<()> {
@@ -142,12 +175,17 @@ impl Disk {
     /// Drops cached pages of a range, so the next read comes from the device and a read-back
     /// check tests what was stored, not what is still in memory. Advisory: errors are ignored.
     pub fn drop_cache(&self, p: &Partition, len: u64) {
+        self.drop_cache_range(p, 0, len)
+    }
+
+    /// [`Disk::drop_cache`] for `len` bytes at `offset` inside `p`.
+    pub fn drop_cache_range(&self, p: &Partition, offset: u64, len: u64) {
         use std::os::fd::AsRawFd;
         // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
         unsafe {
             libc::posix_fadvise(
                 self.file.as_raw_fd(),
-                p.start as libc::off_t,
+                (p.start + offset) as libc::off_t,
                 len as libc::off_t,
                 libc::POSIX_FADV_DONTNEED,
             );
@@ -168,13 +206,95 @@ fn check_range(p: &Partition, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Block size of the ESP cache.
+const BLOCK: u64 = 4096;
+/// Most blocks the ESP cache holds (1 MiB); past that, dirty blocks are written out.
+const CACHE_BLOCKS: usize = 256;
+
+/// A write-back cache of the ESP's blocks. The FAT driver reads and writes in sectors (FAT
+/// entries of 4 bytes, 512-byte clusters): through the cache, its reads of the FAT are served
+/// from memory and its writes reach the disk as a few large writes at each sync.
+///
+/// Power-cut semantics are those of the kernel's page cache, which reorders writes between
+/// two syncs anyway: only what was written before a [`Window::flush_cache`] + `fdatasync` is
+/// known to be on the disk, in any order. The ESP code therefore orders what matters with syncs
+/// (data before the directory entry that points to it; new entry before removing the old).
+#[derive(Default)]
+pub struct BlockCache {
+    blocks: std::collections::BTreeMap<u64, (Box<[u8]>, bool)>,
+}
+
+impl BlockCache {
+    fn block<'c>(
+        &'c mut self,
+        file: &File,
+        start: u64,
+        len: u64,
+        idx: u64,
+    ) -> io::Result<&'c mut (Box<[u8]>, bool)> {
+        match self.blocks.entry(idx) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let mut b = vec![0u8; BLOCK as usize].into_boxed_slice();
+                let off = idx * BLOCK;
+                let n = BLOCK.min(len.saturating_sub(off)) as usize;
+                file.read_exact_at(&mut b[..n], start + off)?;
+                Ok(e.insert((b, false)))
+            }
+        }
+    }
+
+    /// Writes dirty blocks out (contiguous runs as one write each, every write a
+    /// fault-injection point) and empties the cache.
+    fn flush(&mut self, file: &File, start: u64, len: u64) -> io::Result<()> {
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        let mut next = u64::MAX;
+        let write_run = |run: &mut Vec<u8>, at: u64| -> io::Result<()> {
+            if !run.is_empty() {
+                file.write_all_at(run, start + at)?;
+                fault::point("esp write");
+                run.clear();
+            }
+            Ok(())
+        };
+        for (&idx, (data, dirty)) in &self.blocks {
+            if !*dirty {
+                continue;
+            }
+            let off = idx * BLOCK;
+            let n = BLOCK.min(len - off) as usize;
+            if off != next || run.len() >= 1 << 20 {
+                write_run(&mut run, run_start)?;
+                run_start = off;
+            }
+            run.extend_from_slice(&data[..n]);
+            next = off + n as u64;
+        }
+        write_run(&mut run, run_start)?;
+        self.blocks.clear();
+        Ok(())
+    }
+}
+
 /// A bounded window onto one partition, for the FAT driver: it cannot touch anything else.
+/// With a cache (the ESP), writes are held in memory until [`Window::flush_cache`].
 pub struct Window<'a> {
     file: &'a File,
     start: u64,
     len: u64,
     pos: u64,
-    faults: bool,
+    cache: Option<std::rc::Rc<std::cell::RefCell<BlockCache>>>,
+}
+
+impl Window<'_> {
+    /// Writes out what the cache holds (no-op without a cache). Callers sync afterwards.
+    pub fn flush_cache(&self) -> io::Result<()> {
+        match &self.cache {
+            Some(c) => c.borrow_mut().flush(self.file, self.start, self.len),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Read for Window<'_> {
@@ -183,9 +303,23 @@ impl Read for Window<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
+        let Some(cache) = &self.cache else {
+            let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
+            self.pos += n as u64;
+            return Ok(n);
+        };
+        let mut c = cache.borrow_mut();
+        // Large reads (file contents) of blocks not in the cache go straight to the disk.
+        let idx = self.pos / BLOCK;
+        let in_block = (self.pos % BLOCK) as usize;
+        let take = n.min(BLOCK as usize - in_block);
+        let b = c.block(self.file, self.start, self.len, idx)?;
+        buf[..take].copy_from_slice(&b.0[in_block..in_block + take]);
+        self.pos += take as u64;
+        if c.blocks.len() > CACHE_BLOCKS {
+            c.flush(self.file, self.start, self.len)?;
+        }
+        Ok(take)
     }
 }
 
@@ -201,12 +335,23 @@ impl Write for Window<'_> {
                 "write past the end of the partition",
             ));
         }
-        self.file.write_all_at(&buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        if self.faults {
-            fault::point("esp write");
+        let Some(cache) = &self.cache else {
+            self.file.write_all_at(&buf[..n], self.start + self.pos)?;
+            self.pos += n as u64;
+            return Ok(n);
+        };
+        let mut c = cache.borrow_mut();
+        let idx = self.pos / BLOCK;
+        let in_block = (self.pos % BLOCK) as usize;
+        let take = n.min(BLOCK as usize - in_block);
+        let b = c.block(self.file, self.start, self.len, idx)?;
+        b.0[in_block..in_block + take].copy_from_slice(&buf[..take]);
+        b.1 = true;
+        self.pos += take as u64;
+        if c.blocks.len() > CACHE_BLOCKS {
+            c.flush(self.file, self.start, self.len)?;
         }
-        Ok(n)
+        Ok(take)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -14,7 +14,10 @@ use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use crate::bootentries::{is_entry_file, BootEntry, ENTRIES_DIR};
-use crate::disk::{Disk, Window};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::disk::{BlockCache, Disk, Window};
 
 /// Largest entry or info file we read: they are a few hundred bytes.
 const MAX_SMALL_FILE: u64 = 64 * 1024;
@@ -69,6 +72,8 @@ impl fatfs::TimeProvider for SystemClock {
 pub struct Esp<'d> {
     fs: Fs<'d>,
     disk: &'d Disk,
+    /// A second handle on the partition, sharing the FAT driver's block cache, to flush it.
+    flusher: Window<'d>,
 }
 
 impl<'d> Esp<'d> {
@@ -76,13 +81,19 @@ impl<'d> Esp<'d> {
     pub fn open(disk: &'d Disk) -> Result<Esp<'d>> {
         let p = disk.partition("esp")?;
         let options = fatfs::FsOptions::new().time_provider(&SYSTEM_CLOCK);
-        let fs = fatfs::FileSystem::new(disk.window(p, true), options).with_context(|| {
-            format!(
-                "opening the FAT file system of the ESP on {}",
-                disk.path.display()
-            )
-        })?;
-        Ok(Esp { fs, disk })
+        let cache = Rc::new(RefCell::new(BlockCache::default()));
+        let fs = fatfs::FileSystem::new(disk.window(p, Some(cache.clone())), options)
+            .with_context(|| {
+                format!(
+                    "opening the FAT file system of the ESP on {}",
+                    disk.path.display()
+                )
+            })?;
+        Ok(Esp {
+            fs,
+            disk,
+            flusher: disk.window(p, Some(cache)),
+        })
     }
 
     /// Every `*.conf` in `loader/entries`, with its contents.
@@ -202,15 +213,17 @@ impl<'d> Esp<'d> {
         }
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable: writes out the block cache, then syncs.
     pub fn sync(&self) -> Result<()> {
+        self.flusher.flush_cache().context("writing the ESP")?;
         self.disk.sync().context("syncing the ESP")
     }
 
     /// Writes the FAT's bookkeeping (FSInfo, clean flag) and syncs.
     pub fn close(self) -> Result<()> {
-        let disk = self.disk;
+        let (disk, flusher) = (self.disk, self.flusher);
         self.fs.unmount().context("closing the ESP's file system")?;
+        flusher.flush_cache().context("writing the ESP")?;
         disk.sync().context("syncing the ESP")
     }
 }

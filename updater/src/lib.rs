@@ -8,6 +8,7 @@ pub mod bootentries;
 pub mod cli;
 pub mod codes;
 pub mod config;
+pub mod direct;
 pub mod disk;
 pub mod entries;
 pub mod esp;

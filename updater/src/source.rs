@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 const READ_BUFFER: usize = 512 * 1024;
 
 /// Opens `source` as a byte stream of the bundle.
-pub fn open(source: &str) -> Result<Box<dyn Read>> {
+pub fn open(source: &str) -> Result<Box<dyn Read + Send>> {
     if source.starts_with("http://") || source.starts_with("https://") {
         return open_url(source);
     }
@@ -21,10 +21,14 @@ pub fn open(source: &str) -> Result<Box<dyn Read>> {
     let meta = file
         .metadata()
         .with_context(|| format!("inspecting {source}"))?;
-    let mut r = BufReader::with_capacity(READ_BUFFER, file);
     if !meta.file_type().is_block_device() {
-        return Ok(Box::new(r));
+        // Bypass the page cache for bundle files where possible: the bundle is read once.
+        if let Some(direct) = crate::direct::open(std::path::Path::new(source)) {
+            return Ok(Box::new(crate::direct::DirectReader::new(direct)));
+        }
+        return Ok(Box::new(BufReader::with_capacity(READ_BUFFER, file)));
     }
+    let mut r = BufReader::with_capacity(READ_BUFFER, file);
     // A bundle on a block device is followed by whatever else the device holds: stop at the
     // length its header states (the header is checked again by the bundle reader).
     let mut head = [0u8; HEADER_LEN];
@@ -36,7 +40,7 @@ pub fn open(source: &str) -> Result<Box<dyn Read>> {
 }
 
 #[cfg(feature = "http")]
-fn open_url(url: &str) -> Result<Box<dyn Read>> {
+fn open_url(url: &str) -> Result<Box<dyn Read + Send>> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(30))
         .timeout_read(std::time::Duration::from_secs(60))
@@ -52,6 +56,6 @@ fn open_url(url: &str) -> Result<Box<dyn Read>> {
 }
 
 #[cfg(not(feature = "http"))]
-fn open_url(url: &str) -> Result<Box<dyn Read>> {
+fn open_url(url: &str) -> Result<Box<dyn Read + Send>> {
     anyhow::bail!("{url}: this abupdate was built without HTTP support (feature 'http')")
 }

@@ -8,7 +8,8 @@ use crate::util::*;
 
 #[test]
 fn v2_then_v3_onto_a_v1_image() {
-    let env = Env::new();
+    // On a disk file system, so O_DIRECT bundle reads and read-back are used.
+    let env = Env::on_disk();
     let v1 = env.build("2026.11.1", 1, 64 * 1024);
     let v2 = env.build("2026.11.2", 2, 64 * 1024);
     let v3 = env.build("2026.11.3", 3, 64 * 1024);

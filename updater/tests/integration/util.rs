@@ -52,16 +52,26 @@ pub struct Build {
 }
 
 impl Env {
+    /// On a tmpfs when there is one: the tests sync often, and what they check does not
+    /// depend on the syncs reaching a disk. (tmpfs has no O_DIRECT: the buffered paths.)
     pub fn new() -> Env {
-        // On a tmpfs when there is one: the tests sync often, and what they check does not
-        // depend on the syncs reaching a disk.
         let shm = Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .unwrap();
+        Env::in_dir(
+            if shm.is_dir() {
+                tempfile::tempdir_in(shm)
+            } else {
+                tempfile::tempdir()
+            }
+            .unwrap(),
+        )
+    }
+
+    /// In the default temporary directory (a disk file system: the O_DIRECT paths).
+    pub fn on_disk() -> Env {
+        Env::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Env {
         let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
         fs::write(dir.path().join("test-only.key"), key.to_line()).unwrap();
         fs::create_dir_all(dir.path().join("keys")).unwrap();
