@@ -33,12 +33,14 @@ pub enum Command {
     /// Example:
     ///   abbuild bundle --rootfs root.squashfs --kernel bzImage --initrd initrd \
     ///     --compatible vps-x86_64 --version 2026.11.22.1 --key ci.key --out v1.abu
+    #[command(verbatim_doc_comment)]
     Bundle(BundleArgs),
     /// Build a signed bundle and a bootable disk image from a system
     ///
     /// Writes OUT_DIR/NAME-VERSION.abu and OUT_DIR/NAME-VERSION.img. Example:
     ///   abbuild build --image images/vps.toml --system ./result \
     ///     --version 2026.11.22.1 --key ci.key --out-dir out
+    #[command(verbatim_doc_comment)]
     Build(BuildArgs),
     /// Pack a system's root filesystem into a squashfs image, nothing else
     ///
