@@ -23,7 +23,7 @@ pub fn from_epoch(epoch: u64) -> FatTime {
     let t = epoch.clamp(MIN, MAX);
     let (days, secs) = (t / 86_400, t % 86_400);
     // Walk whole years, then months: at most 128 + 12 steps, and obviously right.
-    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let (mut year, mut left) = (1970u64, days);
     loop {
         let len = if leap(year) { 366 } else { 365 };
