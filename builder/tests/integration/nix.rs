@@ -144,7 +144,7 @@ fn store_path_closure_becomes_the_root() {
     );
 
     // And a second build of the same store path gives the same bytes.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let out2 = dir.path().join("out2");
     ok(&mut build_cmd(
         &repo_file("images/qemu-test.toml"),

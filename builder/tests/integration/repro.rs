@@ -11,7 +11,8 @@ fn same_input_same_bytes() {
     let one = tempfile::tempdir().unwrap();
     let (bundle1, image1) = build_fake(one.path());
     // Different mtimes and inode order in the input, another output directory.
-    std::thread::sleep(Duration::from_millis(1100));
+    // More than FAT's two-second time resolution, so a clock leaking into the ESP would show.
+    std::thread::sleep(Duration::from_millis(2100));
     let two = tempfile::tempdir().unwrap();
     let (bundle2, image2) = build_fake(two.path());
     assert!(
