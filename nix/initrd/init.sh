@@ -5,6 +5,7 @@
 # Contract (docs/layout.md, docs/nix.md):
 #   kernel command line:  ab.slot=<a|b> root=PARTLABEL=root-<a|b> [panic=N]
 #                         optional: abinit.timeout=<seconds to wait for devices, default 30>
+#                                   abinit.watchdog=<reboot if not done after this, default 300, 0: off>
 #                                   abinit.debug (trace this script on the console)
 #   /etc/abinit/modules   kernel modules to insmod, one path per line, dependencies first
 #                         (computed from modules.dep when the initrd is built)
@@ -54,12 +55,14 @@ fi
 slot=
 root=
 timeout=30
+watchdog=300
 panic_set=
 for word in $(cat /proc/cmdline); do
     case "$word" in
         ab.slot=*) slot=${word#ab.slot=} ;;
         root=*) root=${word#root=} ;;
         abinit.timeout=*) timeout=${word#abinit.timeout=} ;;
+        abinit.watchdog=*) watchdog=${word#abinit.watchdog=} ;;
         abinit.debug) set -x ;;
         panic=*) panic_set=1 ;;
     esac
@@ -75,6 +78,25 @@ esac
 case "$timeout" in
     ''|*[!0-9]*) die "abinit.timeout=$timeout is not a number of seconds" ;;
 esac
+case "$watchdog" in
+    ''|*[!0-9]*) die "abinit.watchdog=$watchdog is not a number of seconds" ;;
+esac
+# A step that hangs (a device that never answers, ...) must not hang the boot forever: reboot
+# after $watchdog seconds, so that the boot counter counts this try too. 0 disables it.
+watchdog_pid=
+if [ "$watchdog" -gt 0 ]; then
+    (
+        # Stopped before the switch: take the sleep along, so nothing of the initrd lingers.
+        trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+        sleep "$watchdog" &
+        sleeper=$!
+        wait "$sleeper"
+        echo "abinit: FATAL: not done after $watchdog s (abinit.watchdog); rebooting"
+        sync
+        echo b > /proc/sysrq-trigger
+    ) &
+    watchdog_pid=$!
+fi
 case "$root" in
     PARTLABEL=*) rootlabel=${root#PARTLABEL=} ;;
     "") die "no root= on the kernel command line" ;;
@@ -242,6 +264,7 @@ for m in dev proc sys run; do
     mount --move "/$m" "/sysroot/$m" || die "cannot move /$m into the new root"
 done
 say "switching to slot $slot: $init"
+[ -z "$watchdog_pid" ] || kill "$watchdog_pid" 2>/dev/null
 trap - EXIT
 exec switch_root /sysroot "$init"
 # Only reached if exec itself failed; switch_root exits non-zero on its own errors, which
