@@ -176,3 +176,59 @@ fn vps_definition_builds_a_10gb_image() {
     assert_eq!(partition(&image, "root-b").1, 2 << 30);
     fsck_esp(&image, dir.path());
 }
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn kernel_mounts_slot_a() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, image) = build_fake(dir.path());
+    let (off, _) = partition(&image, "root-a");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "squashfs", "-o"])
+        .arg(format!("loop,ro,offset={off}"))
+        .arg(&image)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    if !status.status.success() {
+        eprintln!(
+            "skipping: cannot loop-mount here (needs root and loop devices): {}",
+            String::from_utf8_lossy(&status.stderr).trim()
+        );
+        return;
+    }
+    let _guard = Mount(mnt.clone());
+    use std::os::unix::fs::MetadataExt;
+    // Hard links have the right link count, and `..` leads back up (squashfs-ng got both wrong).
+    let motd = fs::metadata(mnt.join("etc/motd")).unwrap();
+    assert_eq!(motd.nlink(), 2);
+    assert_eq!(
+        motd.ino(),
+        fs::metadata(mnt.join("etc/motd.link")).unwrap().ino()
+    );
+    // readdir's `..` carries the parent inode squashfs stores (path walks never read it).
+    let listing = stdout(Command::new("ls").arg("-ai").arg(mnt.join("etc")));
+    let root_ino = fs::metadata(&mnt).unwrap().ino();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [root_ino.to_string().as_str(), ".."]),
+        "{listing}"
+    );
+    assert_eq!(fs::read(mnt.join("etc/motd")).unwrap(), b"hello\n");
+    assert_eq!(
+        fs::read_link(mnt.join("init")).unwrap(),
+        std::path::Path::new("bin/tool")
+    );
+}
