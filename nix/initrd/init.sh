@@ -121,7 +121,7 @@ if [ -f /etc/abinit/modules ]; then
         name=${name%%.ko*}
         name=$(echo "$name" | tr - _)
         [ -d "/sys/module/$name" ] && continue
-        out=$(insmod "/lib/modules/$kver/$mod" 2>&1) || say "warning: insmod $mod failed: $out"
+        out=$(insmod "/lib/modules/$kver/$mod" 2>&1) || say "warning: module $name not loaded: ${out##*: }"
     done < /etc/abinit/modules
 fi
 
