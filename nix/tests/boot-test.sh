@@ -5,7 +5,7 @@
 #
 #   nix/tests/boot-test.sh fixture   # scripts/build-fixture.sh, expects "ABTEST READY slot=a version=..."
 #   nix/tests/boot-test.sh mock      # mkSystem (examples/vps.nix + tests/vps-test.nix) built against
-#                                    # tests/mock-nixpkgs.nix, with user networking: expects the
+#                                    # tests/mock-nixpkgs, with user networking: expects the
 #                                    # DHCP lease, the health check and mark-good
 #
 # Needs (Debian): nix-bin busybox-static linux-image-amd64 qemu-system-x86 squashfs-tools gdisk,

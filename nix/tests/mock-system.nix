@@ -4,7 +4,7 @@
 # "bootable" is the example VPS system adjusted to what the mock can really run (see vps-test.nix).
 { abupdate ? null, kernelVersion ? null }:
 let
-  pkgs = import ./mock-nixpkgs.nix { inherit abupdate kernelVersion; };
+  pkgs = import ./mock-nixpkgs { inherit abupdate kernelVersion; };
   ab = import ../default.nix { inherit pkgs; };
 in
 {

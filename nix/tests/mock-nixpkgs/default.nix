@@ -1,14 +1,19 @@
 # A stand-in for nixpkgs with only the attributes nix/default.nix and nix/system use, made from
 # files of the build host (Debian: busybox-static, linux-image-amd64) and a static abupdate.
 # It lets Debian's Nix 2.8 evaluate AND build mkSystem's toplevel without nixpkgs, so that the
-# production boot scripts can be booted in QEMU (see docs/nix.md, "Checking mkSystem without
-# nixpkgs"). It is not nixpkgs: packages that are not needed for a boot are empty stubs, the
+# production boot scripts can be booted in QEMU (see docs/nix.md, "Evaluating
+# mkSystem"). It is not nixpkgs: packages that are not needed for a boot are empty stubs, the
 # kernel's modules are a symlink into the host's /lib/modules, and everything builds with
 # sandbox = false only.
-{ abupdate ? null # a static abupdate binary (absolute path string)
-, kernelVersion ? null
-}:
+# Arguments: abupdate (a static abupdate binary, absolute path string; default
+# $ABUPDATE_STATIC), kernelVersion; anything else (`system` when imported as nixpkgs) is ignored.
+args@{ kernelVersion ? null, ... }:
 let
+  envAbupdate = builtins.getEnv "ABUPDATE_STATIC";
+  abupdate =
+    if (args.abupdate or null) != null then args.abupdate
+    else if envAbupdate != "" then envAbupdate
+    else null;
   system = "x86_64-linux";
   hostPath = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
   drv = name: script: env: builtins.derivation ({
