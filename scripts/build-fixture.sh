@@ -22,7 +22,7 @@ die() {
     exit 1
 }
 usage() {
-    sed -n '/^# usage:/,/^# Defaults/p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '/^# usage:/,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2
 }
 
