@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::bootentries::{EntryFile, EntryName, Slot};
 use crate::codes;
+use crate::direct::AlignedBuf;
 use crate::disk::{Disk, Partition};
 use crate::esp::{entry_path, Esp, EspFile};
 use crate::progress::Progress;
@@ -214,10 +215,15 @@ fn write_slot(
     let segment = segment_len(rootfs);
     std::thread::scope(|scope| -> Result<()> {
         let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Msg>(PIPELINE_BUFFERS);
-        let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+        let (pool_tx, pool_rx) = mpsc::channel::<AlignedBuf>();
+        let buf_len = [rootfs, kernel, initrd]
+            .iter()
+            .map(|p| p.chunk_size)
+            .max()
+            .unwrap_or(0);
         for _ in 0..PIPELINE_BUFFERS {
             pool_tx
-                .send(Vec::with_capacity(rootfs.chunk_size as usize))
+                .send(AlignedBuf::new(buf_len as usize))
                 .expect("pool is open");
         }
         scope.spawn(move || read_chunks(reader, chunk_tx, pool_rx));
@@ -227,14 +233,15 @@ fn write_slot(
         let mut seg_start = 0u64;
         let mut file: Option<EspFile> = None;
         loop {
-            let (kind, index, offset, last, data) = match chunk_rx.recv() {
+            let (kind, index, offset, last, data, len) = match chunk_rx.recv() {
                 Ok(Msg::Chunk {
                     kind,
                     index,
                     offset,
                     last,
                     data,
-                }) => (kind, index, offset, last, data),
+                    len,
+                }) => (kind, index, offset, last, data, len),
                 Ok(Msg::End(Ok(()))) | Err(_) => break,
                 Ok(Msg::End(Err(e))) => {
                     return Err(anyhow::Error::new(e).context("reading the bundle"))
@@ -242,13 +249,17 @@ fn write_slot(
             };
             match kind {
                 PayloadKind::Rootfs => {
-                    disk.write_at(part, offset, &data)
+                    disk.write_at(part, offset, &data.as_slice()[..len])
                         .with_context(|| format!("writing chunk {index} to {}", part.label))?;
                     fault::point("slot write");
-                    let end = offset + data.len() as u64;
+                    let end = offset + len as u64;
                     progress.update(end);
                     if last || end - seg_start >= segment {
-                        disk.sync()?;
+                        // Start writing the segment out; the read-back thread waits for it.
+                        disk.start_writeback(part, seg_start, end - seg_start);
+                        if last {
+                            disk.sync()?;
+                        }
                         if let Some(tx) = &seg_tx {
                             // A closed channel means the read-back failed; its error is
                             // collected below.
@@ -276,7 +287,7 @@ fn write_slot(
                         file = Some(esp.create(path)?);
                     }
                     let f = file.as_mut().context("payload chunks out of order")?;
-                    f.write_all(&data)
+                    f.write_all(&data.as_slice()[..len])
                         .with_context(|| format!("writing {path} on the ESP"))?;
                     if last {
                         f.flush()
@@ -331,7 +342,8 @@ enum Msg {
         index: u64,
         offset: u64,
         last: bool,
-        data: Vec<u8>,
+        data: AlignedBuf,
+        len: usize,
     },
     End(std::result::Result<(), abbundle::FormatError>),
 }
@@ -340,20 +352,21 @@ enum Msg {
 fn read_chunks(
     mut reader: BundleReader<Box<dyn std::io::Read + Send>>,
     out: mpsc::SyncSender<Msg>,
-    pool: mpsc::Receiver<Vec<u8>>,
+    pool: mpsc::Receiver<AlignedBuf>,
 ) {
     loop {
         let msg = match reader.next_chunk() {
             Ok(Some(c)) => {
                 let Ok(mut data) = pool.recv() else { return };
-                data.clear();
-                data.extend_from_slice(c.data);
+                let len = c.data.len();
+                data.as_mut_slice()[..len].copy_from_slice(c.data);
                 Msg::Chunk {
                     kind: c.kind,
                     index: c.index,
                     offset: c.offset,
                     last: c.last,
                     data,
+                    len,
                 }
             }
             Ok(None) => Msg::End(Ok(())),
@@ -366,36 +379,48 @@ fn read_chunks(
     }
 }
 
-/// How much of the slot is written between syncs, each synced segment being read back while
-/// the next is written: an eighth of the image, between 8 and 128 MiB, in whole chunks.
+/// How much of the slot is handed to the read-back thread at a time: an eighth of the image,
+/// between 1 and 32 MiB, in whole chunks (the read-back trails the writes by about that much).
 fn segment_len(p: &Payload) -> u64 {
     let cs = p.chunk_size as u64;
-    (p.size / 8).clamp(8 << 20, 128 << 20).div_ceil(cs) * cs
+    (p.size / 8).clamp(1 << 20, 32 << 20).div_ceil(cs) * cs
 }
 
-/// The read-back thread: each synced segment is dropped from the page cache, read from the
-/// device and checked chunk by chunk against the signed manifest.
+/// Size of each read-back read: large, so the device streams (whole chunks).
+const READBACK_IO: u64 = 2 << 20;
+
+/// The read-back thread: waits until each segment is written out, reads it from the device
+/// (`O_DIRECT`, or after dropping it from the page cache) and checks every chunk against the
+/// signed manifest.
 fn verify_segments(
     disk: &Disk,
     part: &Partition,
     p: &Payload,
     segments: mpsc::Receiver<(u64, u64)>,
 ) -> Result<()> {
-    let mut buf = crate::direct::AlignedBuf::new(p.chunk_size as usize);
     let cs = p.chunk_size as u64;
+    let io = READBACK_IO.max(cs) / cs * cs;
+    let mut buf = AlignedBuf::new(io as usize);
     for (start, end) in segments {
-        for i in start / cs..end.div_ceil(cs) {
-            let len = p.chunk_len(i) as usize;
-            let off = i * cs;
-            disk.read_from_device(part, off, &mut buf, len)
-                .with_context(|| format!("reading back {} at {off}", part.label))?;
-            if Sha256::digest(&buf.as_slice()[..len])[..] != p.chunks[i as usize].0 {
-                refuse!(
-                    codes::READBACK_MISMATCH,
-                    "{} does not read back as written (chunk {i} at offset {off}): the medium may be failing",
-                    part.label
-                );
+        disk.wait_writeback(part, start, end - start);
+        let mut pos = start;
+        while pos < end {
+            let n = io.min(end - pos);
+            disk.read_from_device(part, pos, &mut buf, n as usize)
+                .with_context(|| format!("reading back {} at {pos}", part.label))?;
+            for i in pos / cs..(pos + n).div_ceil(cs) {
+                let len = p.chunk_len(i) as usize;
+                let at = (i * cs - pos) as usize;
+                if Sha256::digest(&buf.as_slice()[at..at + len])[..] != p.chunks[i as usize].0 {
+                    refuse!(
+                        codes::READBACK_MISMATCH,
+                        "{} does not read back as written (chunk {i} at offset {}): the medium may be failing",
+                        part.label,
+                        i * cs
+                    );
+                }
             }
+            pos += n;
         }
     }
     Ok(())

@@ -39,8 +39,14 @@ impl AlignedBuf {
 /// Opens `path` read-only with `O_DIRECT`, if the file system supports it (probed with one
 /// aligned read).
 pub fn open(path: &Path) -> Option<File> {
+    open_rw(path, false)
+}
+
+/// Opens `path` with `O_DIRECT`, read-write if `write`, if the file system supports it.
+pub fn open_rw(path: &Path, write: bool) -> Option<File> {
     let f = OpenOptions::new()
         .read(true)
+        .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()?;
@@ -60,7 +66,7 @@ pub struct DirectReader {
 }
 
 /// Size of each read: large, so the device streams.
-const READ_SIZE: usize = 1 << 20;
+const READ_SIZE: usize = 2 << 20;
 
 impl DirectReader {
     pub fn new(file: File) -> DirectReader {
