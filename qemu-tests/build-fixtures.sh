@@ -26,9 +26,11 @@ if [ ! -f "$out/keys/test.key" ]; then
 fi
 
 system() { # version broken -> prints the toplevel store path (docs/nix.md: the fixture)
-  nix-build --option sandbox false nix/fixture --argstr version "$1" --argstr broken "$2" \
-    --argstr abupdate "$abupdate_static" --argstr pubkey "$out/keys/test.pub" \
-    --out-link "$out/system-$1" 2>"$out/nix-build-$1.log" || { cat "$out/nix-build-$1.log"; exit 1; }
+  local flags=()
+  [ "$2" = true ] && flags+=(--broken)
+  bash scripts/build-fixture.sh --version "$1" "${flags[@]}" --abupdate "$abupdate_static" \
+    --pubkey "$out/keys/test.pub" --out-link "$out/system-$1" 2>"$out/nix-build-$1.log" \
+    || { cat "$out/nix-build-$1.log"; exit 1; }
 }
 
 for v in 1 2 3 4; do
