@@ -371,6 +371,7 @@ impl Write for Window<'_> {
         let Some(cache) = &self.cache else {
             self.file.write_all_at(&buf[..n], self.start + self.pos)?;
             self.pos += n as u64;
+            fault::point("esp write");
             return Ok(n);
         };
         let mut c = cache.borrow_mut();
