@@ -10,7 +10,15 @@ use anyhow::{Context, Result};
 
 /// Read buffer for bundle sources: a few chunks' worth keeps syscalls and TCP reads out of the
 /// profile while memory stays small and constant.
-const READ_BUFFER: usize = 512 * 1024;
+const READ_BUFFER: usize = 2 << 20;
+
+fn advise_sequential(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise takes a descriptor and integers; it is advice, errors are ignored.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
 
 /// Opens `source` as a byte stream of the bundle.
 pub fn open(source: &str) -> Result<Box<dyn Read + Send>> {
@@ -22,12 +30,12 @@ pub fn open(source: &str) -> Result<Box<dyn Read + Send>> {
         .metadata()
         .with_context(|| format!("inspecting {source}"))?;
     if !meta.file_type().is_block_device() {
-        // Bypass the page cache for bundle files where possible: the bundle is read once.
-        if let Some(direct) = crate::direct::open(std::path::Path::new(source)) {
-            return Ok(Box::new(crate::direct::DirectReader::new(direct)));
-        }
+        // Read ahead: the bundle is read once, front to back. (Buffered reads with kernel
+        // read-ahead were clearly faster here than O_DIRECT reads one buffer at a time.)
+        advise_sequential(&file);
         return Ok(Box::new(BufReader::with_capacity(READ_BUFFER, file)));
     }
+    advise_sequential(&file);
     let mut r = BufReader::with_capacity(READ_BUFFER, file);
     // A bundle on a block device is followed by whatever else the device holds: stop at the
     // length its header states (the header is checked again by the bundle reader).

@@ -137,3 +137,47 @@ pub fn rename_like_systemd_boot(disk: &std::path::Path, from: &str, to: &str) {
         .unwrap();
     assert!(st.success());
 }
+
+/// `apply http://...`: the bundle streams from a (one-request, test-only) HTTP server.
+#[test]
+fn apply_from_http() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = std::fs::read(&v2.bundle).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+    });
+    let url = format!("http://127.0.0.1:{port}/v2.abu");
+    ok(&env.abupdate(&disk, &["apply", &url]));
+    server.join().unwrap();
+    assert_eq!(
+        partition_sha256(
+            &disk,
+            "root-b",
+            v2.manifest.payload(PayloadKind::Rootfs).size
+        ),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+    assert_eq!(
+        mdir(&disk, "loader/entries"),
+        ["slot-a.conf", "slot-b+3.conf"]
+    );
+}
