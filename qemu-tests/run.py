@@ -74,6 +74,7 @@ def main():
     files = sorted(f for f in os.listdir(os.path.join(here, "scenarios")) if f.endswith(".py"))
     if args.scenarios:
         files = [f for f in files if f[:-3] in args.scenarios or f[:2] in args.scenarios]
+    harness.kvm_works()  # probe once, before any timing starts
     passed, failed, rows = 0, 0, []
     logs = os.path.join(args.artifacts, "logs")
     for f in files:
