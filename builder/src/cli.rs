@@ -11,12 +11,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "abbuild", version, help_expected = true, max_term_width = 80)]
 pub struct Cli {
-    /// More log output (-v: debug, -vv: trace)
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
-    /// Only print errors
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub verbosity: abbundle::cli::Verbosity,
     #[command(subcommand)]
     pub command: Command,
 }

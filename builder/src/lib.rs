@@ -10,7 +10,6 @@ pub mod esp;
 pub mod image_def;
 pub mod inspect;
 pub mod keygen;
-pub mod logging;
 pub mod squashfs;
 pub mod system;
 

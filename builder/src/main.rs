@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() {
     let cli = abbuild::cli::Cli::parse();
-    abbuild::logging::init(cli.verbose, cli.quiet);
+    cli.verbosity.init_logging();
     if let Err(e) = abbuild::run(cli) {
         eprintln!("abbuild: error: {e:#}");
         std::process::exit(abbuild::exit_code(&e));

@@ -21,12 +21,8 @@ pub struct Cli {
     /// Directory of trusted public keys (*.pub); default from the config
     #[arg(long, global = true)]
     pub keys: Option<PathBuf>,
-    /// More log output (-v: debug, -vv: trace)
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
-    /// Only print errors
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub verbosity: abbundle::cli::Verbosity,
     #[command(subcommand)]
     pub command: Command,
 }

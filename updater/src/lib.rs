@@ -14,7 +14,6 @@ pub mod entries;
 pub mod esp;
 pub mod fault;
 pub mod lock;
-pub mod logging;
 pub mod progress;
 pub mod slots;
 pub mod source;
@@ -46,7 +45,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         config_path: cli.config.clone(),
         keys,
         disk: cli.disk.clone(),
-        quiet: cli.quiet,
+        quiet: cli.verbosity.quiet,
     };
     match cli.command {
         cli::Command::Verify(a) => verify::run(&a, &ctx.keys, &ctx.config),

@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() {
     let cli = abupdate::cli::Cli::parse();
-    abupdate::logging::init(cli.verbose, cli.quiet);
+    cli.verbosity.init_logging();
     if let Err(e) = abupdate::run(cli) {
         eprintln!("abupdate: error: {e:#}");
         std::process::exit(abupdate::exit_code(&e));
