@@ -127,31 +127,18 @@ impl TimeProvider for FixedTime {
 /// Converts seconds since the epoch (UTC) to a FAT date and time, clamped to FAT's range
 /// (1980 to 2107; two-second resolution).
 pub fn fat_time(epoch: u64) -> DateTime {
-    const MIN: u64 = 315_532_800; // 1980-01-01
-    const MAX: u64 = 4_354_819_198; // 2107-12-31 23:59:58
-    let t = epoch.clamp(MIN, MAX);
-    let (days, secs) = ((t / 86_400) as i64, t % 86_400);
-    // Days to civil date: Howard Hinnant's algorithm (public domain, "chrono-Compatible
-    // Low-Level Date Algorithms").
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = abbundle::fat_time::from_epoch(epoch);
     DateTime {
         date: Date {
-            year: year as u16,
-            month: month as u16,
-            day: day as u16,
+            year: t.year,
+            month: t.month,
+            day: t.day,
         },
         time: Time {
-            hour: (secs / 3600) as u16,
-            min: (secs / 60 % 60) as u16,
-            sec: (secs % 60 / 2 * 2) as u16,
+            hour: t.hour,
+            min: t.min,
+            // FAT stores two-second steps.
+            sec: t.sec / 2 * 2,
             millis: 0,
         },
     }
