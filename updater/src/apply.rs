@@ -232,6 +232,9 @@ fn write_slot(
         let mut seg_tx = Some(seg_tx);
         let mut seg_start = 0u64;
         let mut file: Option<EspFile> = None;
+        let batch_cap = write_batch(rootfs);
+        let mut batch = AlignedBuf::new(batch_cap);
+        let (mut batch_start, mut batch_len) = (0u64, 0usize);
         loop {
             let (kind, index, offset, last, data, len) = match chunk_rx.recv() {
                 Ok(Msg::Chunk {
@@ -249,12 +252,22 @@ fn write_slot(
             };
             match kind {
                 PayloadKind::Rootfs => {
-                    disk.write_at(part, offset, &data.as_slice()[..len])
-                        .with_context(|| format!("writing chunk {index} to {}", part.label))?;
-                    fault::point("slot write");
+                    // Chunks are gathered into one large write (whole chunks, aligned).
+                    if batch_len == 0 {
+                        batch_start = offset;
+                    }
+                    batch.as_mut_slice()[batch_len..batch_len + len]
+                        .copy_from_slice(&data.as_slice()[..len]);
+                    batch_len += len;
                     let end = offset + len as u64;
+                    if last || batch_len + rootfs.chunk_size as usize > batch_cap {
+                        disk.write_to_device(part, batch_start, &mut batch, batch_len)
+                            .with_context(|| format!("writing chunk {index} to {}", part.label))?;
+                        fault::point("slot write");
+                        batch_len = 0;
+                    }
                     progress.update(end);
-                    if last || end - seg_start >= segment {
+                    if batch_len == 0 && (last || end - seg_start >= segment) {
                         // Start writing the segment out; the read-back thread waits for it.
                         disk.start_writeback(part, seg_start, end - seg_start);
                         if last {
@@ -384,6 +397,13 @@ fn read_chunks(
 fn segment_len(p: &Payload) -> u64 {
     let cs = p.chunk_size as u64;
     (p.size / 8).clamp(1 << 20, 32 << 20).div_ceil(cs) * cs
+}
+
+/// Size of each slot write: 2 MiB (large writes let the device stream), but at least 8 writes
+/// per image so small images still get written in several steps; whole chunks.
+fn write_batch(p: &Payload) -> usize {
+    let cs = p.chunk_size as u64;
+    ((p.size / 8).clamp(cs, 2 << 20) / cs * cs) as usize
 }
 
 /// Size of each read-back read: large, so the device streams (whole chunks).

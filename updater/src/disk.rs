@@ -135,6 +135,29 @@ impl Disk {
         self.file.read_exact_at(buf, p.start + offset)
     }
 
+    /// Writes the first `len` bytes of `buf` at `offset` inside `p`, bypassing the page cache
+    /// (`O_DIRECT`) where supported: the write is rounded up to whole blocks, padded with
+    /// zeros (the partition is block-aligned; bytes past the image are not part of it).
+    pub fn write_to_device(
+        &self,
+        p: &Partition,
+        offset: u64,
+        buf: &mut crate::direct::AlignedBuf,
+        len: usize,
+    ) -> io::Result<()> {
+        let align = crate::direct::ALIGN as u64;
+        let rounded = (len as u64).div_ceil(align) * align;
+        match &self.direct {
+            Some(d) if offset & (align - 1) == 0 && offset + rounded <= p.len => {
+                check_range(p, offset, rounded)?;
+                let s = buf.as_mut_slice();
+                s[len..rounded as usize].fill(0);
+                d.write_all_at(&s[..rounded as usize], p.start + offset)
+            }
+            _ => self.write_at(p, offset, &buf.as_slice()[..len]),
+        }
+    }
+
     /// Starts writing out a range of `p` (asynchronously, `sync_file_range`).
     pub fn start_writeback(&self, p: &Partition, offset: u64, len: u64) {
         self.sync_range(p, offset, len, libc::SYNC_FILE_RANGE_WRITE);
