@@ -5,6 +5,7 @@
 mod api;
 mod disk;
 mod errors;
+mod keys_bundle;
 mod nix;
 mod repro;
 mod util;
