@@ -35,17 +35,19 @@ printf 'compatible = "bench"\nkeys = "%s"\nstate-file = "%s/state.json"\n' "$wor
 : >"$work/cmdline" # no ab.slot=: the disk is not the booted one
 export ABUPDATE_CMDLINE=$work/cmdline ABUPDATE_LOCK=$work/lock
 
-# make_disk PATH SLOT_MIB: a GPT disk following docs/layout.md, slot a holding version 1.
+# make_disk PATH SLOT_MIB: a GPT disk following docs/layout.md, slot a holding version 1
+# (8 MiB kernel, 16 MiB initrd: the bundle's are the same size).
 make_disk() {
   local img=$1 slot=$2
   rm -f "$img"
-  truncate -s $((1 + 64 + 2 * slot + 8 + 1))M "$img"
+  truncate -s $((1 + 256 + 2 * slot + 8 + 1))M "$img"
   # (sgdisk -q writes nothing: keep it verbose and silence it)
-  sgdisk -n1:1M:+64M -c1:esp -t1:EF00 -n2:0:+"${slot}"M -c2:root-a -t2:8304 \
+  sgdisk -n1:1M:+256M -c1:esp -t1:EF00 -n2:0:+"${slot}"M -c2:root-a -t2:8304 \
     -n3:0:+"${slot}"M -c3:root-b -t3:8304 -n4:0:0 -c4:data -t4:8300 "$img" >/dev/null
   local esp=$work/esp.fat
-  rm -f "$esp" && truncate -s 64M "$esp"
-  mkfs.vfat -F 32 -n ESP "$esp" >/dev/null
+  # As abbuild makes it for images/vps.toml: 256 MiB of FAT32 with 2 KiB clusters.
+  rm -f "$esp" && truncate -s 256M "$esp"
+  mkfs.vfat -F 32 -s 4 -S 512 -n ESP "$esp" >/dev/null
   mmd -i "$esp" ::/loader ::/loader/entries ::/a ::/b
   printf 'timeout 0\n' | mcopy -i "$esp" - ::/loader/loader.conf
   mcopy -i "$esp" "$work/kernel" ::/a/vmlinuz
@@ -96,7 +98,7 @@ for size in "${sizes[@]}"; do
   # abupdate onto a loop device.
   cp --sparse=always "$work/base.img" "$work/loop.img"
   loop=$(losetup -f --show -P "$work/loop.img")
-  fresh_loop() { dd if="$work/base.img" of="$loop" bs=1M count=66 conv=fsync status=none; }
+  fresh_loop() { dd if="$work/base.img" of="$loop" bs=1M count=258 conv=fsync status=none; }
   read -r t r < <(run fresh_loop "$abupdate" -q --config "$work/abupdate.toml" --disk "$loop" apply "$work/b.abu")
   row "$size" "abupdate apply" "loop device" "$t" "$r" "$bytes"
 

@@ -216,27 +216,24 @@ fn write_slot(
     std::thread::scope(|scope| -> Result<()> {
         let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Msg>(PIPELINE_BUFFERS);
         let (pool_tx, pool_rx) = mpsc::channel::<AlignedBuf>();
-        let buf_len = [rootfs, kernel, initrd]
+        // Each buffer carries a run of whole chunks of one payload: for the slot, one large write.
+        let buf_len = [kernel, initrd]
             .iter()
-            .map(|p| p.chunk_size)
-            .max()
-            .unwrap_or(0);
+            .map(|p| p.chunk_size as usize)
+            .fold(write_batch(rootfs), usize::max);
         for _ in 0..PIPELINE_BUFFERS {
             pool_tx
-                .send(AlignedBuf::new(buf_len as usize))
+                .send(AlignedBuf::new(buf_len))
                 .expect("pool is open");
         }
-        scope.spawn(move || read_chunks(reader, chunk_tx, pool_rx));
+        scope.spawn(move || read_chunks(reader, chunk_tx, pool_rx, buf_len));
         let (seg_tx, seg_rx) = mpsc::channel::<(u64, u64)>();
         let mut readback = Some(scope.spawn(move || verify_segments(disk, part, rootfs, seg_rx)));
         let mut seg_tx = Some(seg_tx);
         let mut seg_start = 0u64;
         let mut file: Option<EspFile> = None;
-        let batch_cap = write_batch(rootfs);
-        let mut batch = AlignedBuf::new(batch_cap);
-        let (mut batch_start, mut batch_len) = (0u64, 0usize);
         loop {
-            let (kind, index, offset, last, data, len) = match chunk_rx.recv() {
+            let (kind, index, offset, last, mut data, len) = match chunk_rx.recv() {
                 Ok(Msg::Chunk {
                     kind,
                     index,
@@ -252,22 +249,12 @@ fn write_slot(
             };
             match kind {
                 PayloadKind::Rootfs => {
-                    // Chunks are gathered into one large write (whole chunks, aligned).
-                    if batch_len == 0 {
-                        batch_start = offset;
-                    }
-                    batch.as_mut_slice()[batch_len..batch_len + len]
-                        .copy_from_slice(&data.as_slice()[..len]);
-                    batch_len += len;
+                    disk.write_to_device(part, offset, &mut data, len)
+                        .with_context(|| format!("writing chunk {index} to {}", part.label))?;
+                    fault::point("slot write");
                     let end = offset + len as u64;
-                    if last || batch_len + rootfs.chunk_size as usize > batch_cap {
-                        disk.write_to_device(part, batch_start, &mut batch, batch_len)
-                            .with_context(|| format!("writing chunk {index} to {}", part.label))?;
-                        fault::point("slot write");
-                        batch_len = 0;
-                    }
                     progress.update(end);
-                    if batch_len == 0 && (last || end - seg_start >= segment) {
+                    if last || end - seg_start >= segment {
                         // Start writing the segment out; the read-back thread waits for it.
                         disk.start_writeback(part, seg_start, end - seg_start);
                         if last {
@@ -345,8 +332,8 @@ fn write_slot(
     Ok(())
 }
 
-/// Chunk buffers in flight between the bundle reader and the slot writer.
-const PIPELINE_BUFFERS: usize = 4;
+/// Buffers (runs of chunks, up to 2 MiB) in flight between the bundle reader and the writer.
+const PIPELINE_BUFFERS: usize = 3;
 
 /// A verified chunk (or the end of the bundle) from the reader thread.
 enum Msg {
@@ -366,28 +353,66 @@ fn read_chunks(
     mut reader: BundleReader<Box<dyn std::io::Read + Send>>,
     out: mpsc::SyncSender<Msg>,
     pool: mpsc::Receiver<AlignedBuf>,
+    cap: usize,
 ) {
+    // The run being filled: kind, first chunk index, offset, buffer, bytes in it.
+    let mut run: Option<(PayloadKind, u64, u64, AlignedBuf, usize)> = None;
     loop {
-        let msg = match reader.next_chunk() {
-            Ok(Some(c)) => {
-                let Ok(mut data) = pool.recv() else { return };
-                let len = c.data.len();
-                data.as_mut_slice()[..len].copy_from_slice(c.data);
-                Msg::Chunk {
-                    kind: c.kind,
-                    index: c.index,
-                    offset: c.offset,
+        let chunk = match reader.next_chunk() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = out.send(Msg::End(Err(e)));
+                return;
+            }
+        };
+        let Some(c) = chunk else {
+            let _ = out.send(Msg::End(Ok(())));
+            return;
+        };
+        let len = c.data.len();
+        if run
+            .as_ref()
+            .is_some_and(|r| r.0 != c.kind || r.4 + len > cap)
+        {
+            // Unreachable in practice (a run ends at its payload's last chunk), kept for safety.
+            let (kind, index, offset, data, len) = run.take().expect("checked");
+            if out
+                .send(Msg::Chunk {
+                    kind,
+                    index,
+                    offset,
+                    last: false,
+                    data,
+                    len,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        if run.is_none() {
+            let Ok(buf) = pool.recv() else { return };
+            run = Some((c.kind, c.index, c.offset, buf, 0));
+        }
+        let r = run.as_mut().expect("just set");
+        r.3.as_mut_slice()[r.4..r.4 + len].copy_from_slice(c.data);
+        r.4 += len;
+        // Send when the next chunk would not fit, or at the payload's end.
+        if c.last || r.4 + len > cap {
+            let (kind, index, offset, data, len) = run.take().expect("just set");
+            if out
+                .send(Msg::Chunk {
+                    kind,
+                    index,
+                    offset,
                     last: c.last,
                     data,
                     len,
-                }
+                })
+                .is_err()
+            {
+                return;
             }
-            Ok(None) => Msg::End(Ok(())),
-            Err(e) => Msg::End(Err(e)),
-        };
-        let end = matches!(msg, Msg::End(_));
-        if out.send(msg).is_err() || end {
-            return;
         }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 /// Read buffer for bundle sources: a few chunks' worth keeps syscalls and TCP reads out of the
 /// profile while memory stays small and constant.
-const READ_BUFFER: usize = 2 << 20;
+const READ_BUFFER: usize = 1 << 20;
 
 fn advise_sequential(file: &File) {
     use std::os::fd::AsRawFd;
