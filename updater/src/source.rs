@@ -32,8 +32,9 @@ pub fn open(source: &str) -> Result<Box<dyn Read + Send>> {
     if !meta.file_type().is_block_device() {
         // Read ahead: the bundle is read once, front to back. (Buffered reads with kernel
         // read-ahead were clearly faster here than O_DIRECT reads one buffer at a time.)
+        // No BufReader: the bundle reader reads whole chunks, straight from the page cache.
         advise_sequential(&file);
-        return Ok(Box::new(BufReader::with_capacity(READ_BUFFER, file)));
+        return Ok(Box::new(file));
     }
     advise_sequential(&file);
     let mut r = BufReader::with_capacity(READ_BUFFER, file);
