@@ -8,6 +8,7 @@ packages=(
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi linux-image-amd64 busybox-static
   nix-bin squashfs-tools mtools dosfstools fdisk gdisk e2fsprogs util-linux kmod
   cpio gzip zstd xz-utils openssl time python3
+  musl-tools
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -20,7 +21,8 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# abupdate runs on devices as a static musl binary.
+# abupdate runs on devices as a static musl binary (musl-tools: musl-gcc for ring, the TLS
+# library behind https:// sources).
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
