@@ -19,9 +19,9 @@ cargo build -q --release -p abbuild
 abupdate=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/abupdate
 abbuild=$CARGO_TARGET_DIR/release/abbuild
 work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
-loop=""
+loops=()
 cleanup() {
-  [[ -n $loop ]] && losetup -d "$loop" 2>/dev/null || true
+  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,8 +56,17 @@ make_disk() {
     mcopy -i "$esp" - ::/loader/entries/slot-a.conf
   dd if="$esp" of="$img" bs=1M seek=1 conv=notrunc status=none
 }
-# part_dev IMG_OR_LOOP N: the byte offset of partition N (from sgdisk).
+# part_offset IMG N / part_size IMG N: partition N's byte offset and size (from sgdisk).
 part_offset() { sgdisk -i "$2" "$1" | awk '/First sector/ {print $3 * 512}'; }
+part_size() { sgdisk -i "$2" "$1" | awk '/Partition size/ {print $3 * 512}'; }
+# Partition block devices of a loop device, made as loop devices of their own: containers
+# often have no udev to create /dev/loopNpM nodes (a write there would land in a plain file).
+part_loop() {
+  local l
+  l=$(losetup -f --show -o "$(part_offset "$1" "$2")" --sizelimit "$(part_size "$1" "$2")" "$1")
+  loops+=("$l")
+  echo "$l"
+}
 
 median() { sort -n | sed -n 2p; }
 # run PREP_FN CMD...: runs PREP_FN (untimed) then CMD, 3 times; prints "median_s peak_rss_kib".
@@ -97,7 +106,11 @@ for size in "${sizes[@]}"; do
 
   # abupdate onto a loop device.
   cp --sparse=always "$work/base.img" "$work/loop.img"
-  loop=$(losetup -f --show -P "$work/loop.img")
+  loop=$(losetup -f --show "$work/loop.img")
+  loops+=("$loop")
+  slot_a=$(part_loop "$work/loop.img" 2)
+  slot_b=$(part_loop "$work/loop.img" 3)
+  loops+=("$slot_a" "$slot_b")
   fresh_loop() { dd if="$work/base.img" of="$loop" bs=1M count=258 conv=fsync status=none; }
   read -r t r < <(run fresh_loop "$abupdate" -q --config "$work/abupdate.toml" --disk "$loop" apply "$work/b.abu")
   row "$size" "abupdate apply" "loop device" "$t" "$r" "$bytes"
@@ -107,7 +120,7 @@ for size in "${sizes[@]}"; do
   nothing() { :; }
   read -r t r < <(run fresh_file dd if="$work/rootfs" of="$work/disk.img" bs=4M oflag=direct,seek_bytes seek="$off" conv=fsync,notrunc status=none)
   row "$size" "dd bs=4M oflag=direct conv=fsync" "image file" "$t" "$r" "$bytes"
-  read -r t r < <(run nothing dd if="$work/rootfs" of="${loop}p3" bs=4M oflag=direct conv=fsync status=none)
+  read -r t r < <(run nothing dd if="$work/rootfs" of="$slot_b" bs=4M oflag=direct conv=fsync status=none)
   row "$size" "dd bs=4M oflag=direct conv=fsync" "loop device" "$t" "$r" "$bytes"
 
   read -r t r < <(run nothing openssl dgst -sha256 "$work/rootfs")
@@ -115,7 +128,7 @@ for size in "${sizes[@]}"; do
 
   # RAUC: plain bundle, raw slot on the same loop device.
   if command -v rauc >/dev/null; then
-    if out=$(bash scripts/rauc-bench/run.sh "$work" "$work/rootfs" "$loop" 2>"$work/rauc.err"); then
+    if out=$(bash scripts/rauc-bench/run.sh "$work" "$work/rootfs" "$slot_a" "$slot_b" 2>"$work/rauc.err"); then
       read -r t r <<<"$out"
       row "$size" "rauc install (plain bundle, service)" "loop device" "$t" "$r" "$bytes"
     else
@@ -123,8 +136,8 @@ for size in "${sizes[@]}"; do
       cat "$work/rauc.err" >&2
     fi
   fi
-  losetup -d "$loop"
-  loop=""
+  for l in "$slot_a" "$slot_b" "$loop"; do losetup -d "$l"; done
+  loops=()
   rm -f "$work/rootfs" "$work/b.abu" "$work/disk.img" "$work/loop.img"
 done
 

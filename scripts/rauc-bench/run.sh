@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # RAUC side of scripts/bench-apply.sh: builds a plain RAUC bundle holding ROOTFS as the image of
 # a raw slot, then installs it 3 times through `rauc service` (on a private D-Bus session bus)
-# into partition 3 of LOOP (slot B; slot A, partition 2, is "booted").
-# Usage: run.sh WORKDIR ROOTFS LOOPDEV  -> prints "median_seconds peak_rss_kib" on stdout,
+# into the raw slot B (slot A is "booted"), both block devices.
+# Usage: run.sh WORKDIR ROOTFS SLOT_A_DEV SLOT_B_DEV  -> prints "median_seconds peak_rss_kib" on stdout,
 # where the time is the `rauc install` client's wall time (it returns when the service is done)
 # and the RSS is the service's peak (VmHWM), since the service does the work.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$1/rauc
 rootfs=$2
-loop=$3
+slot_a=$3
+slot_b=$4
 mkdir -p "$work"
 if [[ ! -f $work/ca.key ]]; then
   openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
@@ -31,7 +32,7 @@ filename=rootfs.img
 EOM
 rauc bundle --cert="$work/ca.pem" --key="$work/ca.key" "$work/bundle-in" "$work/bundle.raucb" >/dev/null
 rm -f "$work/bundle-in/rootfs.img"
-sed -e "s|@WORK@|$work|g" -e "s|@LOOP@|$loop|g" -e "s|@HERE@|$here|g" \
+sed -e "s|@WORK@|$work|g" -e "s|@SLOT_A@|$slot_a|g" -e "s|@SLOT_B@|$slot_b|g" -e "s|@HERE@|$here|g" \
   "$here/system.conf.in" >"$work/system.conf"
 
 times=()

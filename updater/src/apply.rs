@@ -52,6 +52,14 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         );
     }
     let part = disk.partition(target.partition_label())?.clone();
+    if disk.is_block_device {
+        if let Some(user) = slots::partition_in_use(&disk.path, part.number) {
+            refuse!(
+                codes::TARGET_RUNNING,
+                "slot {target}'s partition is in use: {user}; nothing was changed"
+            );
+        }
+    }
     if let Some(a) = active.filter(|&a| a != target) {
         let (av, tv) = (view.slot(a), view.slot(target));
         if tv.state == SlotState::Good && av.state != SlotState::Good {

@@ -240,6 +240,55 @@ pub fn open(disk_arg: Option<&Path>, read_only: bool) -> Result<(Disk, Option<Sl
     Ok((disk, running))
 }
 
+/// If `disk` is a block device, whether its partition number `number` is mounted or held by
+/// another device (device-mapper, loop): returns what uses it. The partition is found in sysfs,
+/// or by the kernel's naming (`sda3`, `nvme0n1p3`, `loop0p3`) in /dev; mounts are compared by
+/// device number (`/proc/self/mountinfo`), so any name of the device matches.
+pub fn partition_in_use(disk: &Path, number: u32) -> Option<String> {
+    let name = fs::canonicalize(disk)
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .to_string();
+    let from_sysfs = fs::read_dir(Path::new("/sys/class/block").join(&name))
+        .ok()
+        .and_then(|d| {
+            d.flatten().find_map(|e| {
+                let n = fs::read_to_string(e.path().join("partition")).ok()?;
+                (n.trim() == number.to_string())
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+        });
+    let sep = if name.ends_with(|c: char| c.is_ascii_digit()) {
+        "p"
+    } else {
+        ""
+    };
+    let part = from_sysfs.unwrap_or_else(|| format!("{name}{sep}{number}"));
+    let dev = format!("/dev/{part}");
+    let rdev = fs::metadata(&dev).ok()?.rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let want = format!("{major}:{minor}");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(m) = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some(want.as_str()))
+    {
+        return Some(format!(
+            "{dev} is mounted on {}",
+            m.split_whitespace().nth(4).unwrap_or("?")
+        ));
+    }
+    let held: Vec<String> = fs::read_dir(Path::new("/sys/class/block").join(&part).join("holders"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (!held.is_empty()).then(|| format!("{dev} is in use by {}", held.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
