@@ -20,5 +20,10 @@ if [ -x qemu-tests/run.sh ] && [ "${SKIP_QEMU:-0}" != 1 ]; then
   bash qemu-tests/run.sh
 fi
 
+echo "== crash consistency (abupdate, power cut after every write and sync)"
+cargo test -p abupdate --features fault-injection --test integration crash -- --nocapture 2>&1 \
+  | grep -E "cut points|test result|panicked|FAILED" || true
+test "${PIPESTATUS[0]}" -eq 0
+
 echo "== cargo test"
 cargo test --workspace
