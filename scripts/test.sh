@@ -21,9 +21,13 @@ if [ -x qemu-tests/run.sh ] && [ "${SKIP_QEMU:-0}" != 1 ]; then
 fi
 
 echo "== crash consistency (abupdate, power cut after every write and sync)"
-cargo test -p abupdate --features fault-injection --test integration crash -- --nocapture 2>&1 \
-  | grep -E "cut points|test result|panicked|FAILED" || true
-test "${PIPESTATUS[0]}" -eq 0
+mkdir -p out
+if ! cargo test -p abupdate --features fault-injection --test integration crash -- --nocapture \
+  > out/crash-test.log 2>&1; then
+  tail -n 60 out/crash-test.log
+  exit 1
+fi
+grep -E "^crash: |test result" out/crash-test.log
 
 echo "== cargo test"
 cargo test --workspace
