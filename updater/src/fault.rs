@@ -35,6 +35,19 @@ mod imp {
         }
     }
 
+    /// With `ABUPDATE_FAULT_LYING_MEDIUM=1`, flips one bit of the first slot write after it
+    /// was verified: a medium that does not store what it is given. The read-back must notice.
+    pub fn lying_medium(buf: &mut [u8]) {
+        static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if std::env::var_os("ABUPDATE_FAULT_LYING_MEDIUM").is_some()
+            && !DONE.swap(true, Ordering::SeqCst)
+        {
+            if let Some(b) = buf.get_mut(buf.len() / 2) {
+                *b ^= 1;
+            }
+        }
+    }
+
     pub fn report() {
         if std::env::var_os("ABUPDATE_FAULT_AFTER").is_some() {
             eprintln!("abupdate-fault-points={}", COUNT.load(Ordering::SeqCst));
@@ -43,12 +56,17 @@ mod imp {
 }
 
 #[cfg(feature = "fault-injection")]
-pub use imp::{point, report, EXIT};
+pub use imp::{lying_medium, point, report, EXIT};
 
 /// A point where a power cut is simulated in fault-injection builds.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_what: &str) {}
+
+/// Corrupts a slot write after verification (fault-injection builds only).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn lying_medium(_buf: &mut [u8]) {}
 
 /// Prints the number of points passed (fault-injection builds only).
 #[cfg(not(feature = "fault-injection"))]

@@ -260,3 +260,25 @@ fn power_cut_after_every_write_and_sync() {
     );
     assert!(points > 100, "too few injection points: {points}");
 }
+
+/// A medium that does not store what it was given (one bit flipped in the first slot write,
+/// after the bytes were verified): the read-back refuses the slot, no entry is written for
+/// it, and the running slot's entry is untouched.
+#[test]
+fn read_back_catches_a_lying_medium() {
+    let env = Env::new();
+    let v1 = env.build("1", 1, 64 * 1024);
+    let v2 = env.build("2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let out = env
+        .cmd(&disk, None, &["apply", v2.bundle.to_str().unwrap()])
+        .env("ABUPDATE_FAULT_LYING_MEDIUM", "1")
+        .output()
+        .unwrap();
+    let err = fails(&out, codes::READBACK_MISMATCH);
+    assert!(err.contains("does not read back as written"), "{err}");
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+    // The same apply without the fault succeeds: the refusal came from the flipped bit.
+    ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
+}
