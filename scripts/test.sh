@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+mkdir -p out
+rm -f out/qemu-tests.log out/crash-test.log out/cargo-test.log
 
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
@@ -17,7 +19,8 @@ bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 
 if [ -x qemu-tests/run.sh ] && [ "${SKIP_QEMU:-0}" != 1 ]; then
   echo "== qemu scenarios"
-  bash qemu-tests/run.sh
+  mkdir -p out
+  bash qemu-tests/run.sh | tee out/qemu-tests.log
 fi
 
 echo "== crash consistency (abupdate, power cut after every write and sync)"
@@ -30,4 +33,13 @@ fi
 grep -E "^crash: |test result" out/crash-test.log
 
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee out/cargo-test.log
+
+# One closing line for everything above: cargo's test counts, the crash test and the QEMU
+# scenarios (whose runners print their own "N passed, M failed" lines).
+read -r passed failed < <(
+  { grep -hE '^test result:' out/cargo-test.log out/crash-test.log | awk '{print $4, $6}'
+    grep -hE '^qemu: [0-9]+ passed, [0-9]+ failed' out/qemu-tests.log 2>/dev/null | awk '{print $2, $4}'
+  } | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+echo "all: $passed passed, $failed failed"
+test "$failed" -eq 0
