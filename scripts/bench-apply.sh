@@ -3,10 +3,16 @@
 # image file and onto a loop device, side by side in one run with
 #   - dd bs=4M oflag=direct conv=fsync of the same payload onto the same slot,
 #   - openssl dgst -sha256 of the payload,
+#   - the same dd followed by an O_DIRECT read of the slot (the I/O an apply cannot avoid:
+#     read the payload, write it, read it back), as a floor,
 #   - RAUC 1.8 installing a plain bundle with the same image into a raw slot on the loop device
 #     (`rauc service` under dbus-run-session, bootloader=custom; set-up in scripts/rauc-bench/).
-# Prints a markdown table. Needs root (losetup), mtools, gdisk, dosfstools, rauc, dbus.
+# Every tool runs once per round, rounds interleaved, so a slow spell of the (shared, virtual)
+# machine hits all tools alike; the page cache is dropped before each run.
+# Prints a markdown table and the goal ratios. Needs root (losetup), mtools, gdisk, dosfstools,
+# rauc, dbus.
 # Usage: sudo bash scripts/bench-apply.sh [SIZES_MIB...]   (default: 100 1024)
+#        BENCH_ROUNDS=N (default 5) sets the number of rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -68,29 +74,51 @@ part_loop() {
   echo "$l"
 }
 
-median() { sort -n | sed -n 2p; }
-# run PREP_FN CMD...: runs PREP_FN (untimed) then CMD, 3 times; prints "median_s peak_rss_kib".
-run() {
-  local prep=$1 times=() rss=0 out
-  shift
-  for _ in 1 2 3; do
-    $prep
-    sync
-    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-    /usr/bin/time -o "$work/time" -f "%e %M" "$@" >"$work/out" 2>&1 || { cat "$work/out" >&2; return 1; }
-    out=$(tail -n1 "$work/time")
-    times+=("${out% *}")
-    ((${out#* } > rss)) && rss=${out#* }
-  done
-  printf '%s %s\n' "$(printf '%s\n' "${times[@]}" | median)" "$rss"
+rounds=${BENCH_ROUNDS:-5}
+# median of the numbers on stdin
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# timed CMD...: drops the page cache, runs CMD; prints "seconds peak_rss_kib".
+timed() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  /usr/bin/time -o "$work/time" -f "%e %M" "$@" >"$work/out" 2>&1 || { cat "$work/out" >&2; return 1; }
+  tail -n1 "$work/time"
 }
 
-rows=()
-row() { # SIZE TOOL TARGET SECONDS RSS_KIB BYTES
-  rows+=("$(awk -v s="$1" -v tool="$2" -v tgt="$3" -v t="$4" -v r="$5" -v b="$6" 'BEGIN {
-    printf "| %d MiB | %s | %s | %.2f | %.0f | %.1f |", s, tool, tgt, t, b / t / 1e6, r / 1024 }')")
+# The tools, each one run: prints "seconds peak_rss_kib". $size, $bytes, $off, $loop, $slot_b
+# are set per payload size below.
+fresh_file() { cp --sparse=always "$work/base.img" "$work/disk.img"; }
+fresh_loop() { dd if="$work/base.img" of="$loop" bs=1M count=258 conv=fsync status=none; }
+apply() { timed "$abupdate" -q --config "$work/abupdate.toml" --disk "$1" apply "$work/b.abu"; }
+t_apply_file() { fresh_file && apply "$work/disk.img"; }
+t_apply_loop() { fresh_loop && apply "$loop"; }
+t_dd_file() { fresh_file && timed dd if="$work/rootfs" of="$work/disk.img" bs=4M oflag=direct,seek_bytes seek="$off" conv=fsync,notrunc status=none; }
+t_dd_loop() { timed dd if="$work/rootfs" of="$slot_b" bs=4M oflag=direct conv=fsync status=none; }
+t_floor_file() {
+  fresh_file && timed bash -c "dd if='$work/rootfs' of='$work/disk.img' bs=4M oflag=direct,seek_bytes seek=$off conv=fsync,notrunc status=none &&
+    dd if='$work/disk.img' of=/dev/null bs=4M iflag=direct,skip_bytes,count_bytes skip=$off count=$bytes status=none"
 }
+t_floor_loop() {
+  timed bash -c "dd if='$work/rootfs' of='$slot_b' bs=4M oflag=direct conv=fsync status=none &&
+    dd if='$slot_b' of=/dev/null bs=4M iflag=direct,count_bytes count=$bytes status=none"
+}
+t_openssl() { timed openssl dgst -sha256 "$work/rootfs"; }
+t_rauc() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  bash scripts/rauc-bench/run.sh once "$work"
+}
+tools=(apply_file apply_loop dd_file dd_loop floor_file floor_loop openssl)
+declare -A label=(
+  [apply_file]="abupdate apply|image file" [apply_loop]="abupdate apply|loop device"
+  [dd_file]="dd bs=4M oflag=direct conv=fsync|image file" [dd_loop]="dd bs=4M oflag=direct conv=fsync|loop device"
+  [floor_file]="the same dd, then an O_DIRECT read of the slot|image file"
+  [floor_loop]="the same dd, then an O_DIRECT read of the slot|loop device"
+  [openssl]="openssl dgst -sha256|(payload file)" [rauc]="rauc install (plain bundle, service)|loop device"
+)
 
+table=()
+goals=()
 for size in "${sizes[@]}"; do
   slot=$((size + size / 16 + 16))
   head -c "${size}M" /dev/urandom >"$work/rootfs"
@@ -98,49 +126,55 @@ for size in "${sizes[@]}"; do
   "$abbuild" -q bundle --rootfs "$work/rootfs" --kernel "$work/kernel" --initrd "$work/initrd" \
     --compatible bench --version 2 --key "$work/keys/bench.key" --out "$work/b.abu"
   make_disk "$work/base.img" "$slot"
-
-  # abupdate onto an image file.
-  fresh_file() { cp --sparse=always "$work/base.img" "$work/disk.img"; }
-  read -r t r < <(run fresh_file "$abupdate" -q --config "$work/abupdate.toml" --disk "$work/disk.img" apply "$work/b.abu")
-  row "$size" "abupdate apply" "image file" "$t" "$r" "$bytes"
-
-  # abupdate onto a loop device.
+  off=$(part_offset "$work/base.img" 3)
   cp --sparse=always "$work/base.img" "$work/loop.img"
   loop=$(losetup -f --show "$work/loop.img")
   loops+=("$loop")
   slot_a=$(part_loop "$work/loop.img" 2)
   slot_b=$(part_loop "$work/loop.img" 3)
-  loops+=("$slot_a" "$slot_b")
-  fresh_loop() { dd if="$work/base.img" of="$loop" bs=1M count=258 conv=fsync status=none; }
-  read -r t r < <(run fresh_loop "$abupdate" -q --config "$work/abupdate.toml" --disk "$loop" apply "$work/b.abu")
-  row "$size" "abupdate apply" "loop device" "$t" "$r" "$bytes"
-
-  # dd of the payload onto slot b, both targets.
-  off=$(part_offset "$work/base.img" 3)
-  nothing() { :; }
-  read -r t r < <(run fresh_file dd if="$work/rootfs" of="$work/disk.img" bs=4M oflag=direct,seek_bytes seek="$off" conv=fsync,notrunc status=none)
-  row "$size" "dd bs=4M oflag=direct conv=fsync" "image file" "$t" "$r" "$bytes"
-  read -r t r < <(run nothing dd if="$work/rootfs" of="$slot_b" bs=4M oflag=direct conv=fsync status=none)
-  row "$size" "dd bs=4M oflag=direct conv=fsync" "loop device" "$t" "$r" "$bytes"
-
-  read -r t r < <(run nothing openssl dgst -sha256 "$work/rootfs")
-  row "$size" "openssl dgst -sha256" "(payload file)" "$t" "$r" "$bytes"
-
-  # RAUC: plain bundle, raw slot on the same loop device.
+  run_tools=("${tools[@]}")
   if command -v rauc >/dev/null; then
-    if out=$(bash scripts/rauc-bench/run.sh "$work" "$work/rootfs" "$slot_a" "$slot_b" 2>"$work/rauc.err"); then
-      read -r t r <<<"$out"
-      row "$size" "rauc install (plain bundle, service)" "loop device" "$t" "$r" "$bytes"
-    else
-      echo "rauc failed:" >&2
-      cat "$work/rauc.err" >&2
-    fi
+    bash scripts/rauc-bench/run.sh prepare "$work" "$work/rootfs" "$slot_a" "$slot_b"
+    run_tools+=(rauc)
   fi
+
+  declare -A times=() rss=()
+  for round in $(seq "$rounds"); do
+    echo "${size} MiB: round $round of $rounds" >&2
+    for t in "${run_tools[@]}"; do
+      out=$("t_$t") || { echo "$t failed" >&2; exit 1; }
+      read -r s r <<<"$out"
+      times[$t]+="$s "
+      ((r > ${rss[$t]:-0})) && rss[$t]=$r
+    done
+  done
+
+  declare -A med=()
+  for t in "${run_tools[@]}"; do
+    med[$t]=$(printf '%s\n' ${times[$t]} | median)
+    range=$(printf '%s\n' ${times[$t]} | sort -n | sed -n '1p;$p' | paste -sd-)
+    table+=("$(awk -v s="$size" -v l="${label[$t]}" -v t="${med[$t]}" -v g="$range" -v r="${rss[$t]}" -v b="$bytes" 'BEGIN {
+      split(l, p, "|"); printf "| %d MiB | %s | %s | %.2f | %s | %.0f | %.1f |", s, p[1], p[2], t, g, b / t / 1e6, r / 1024 }')")
+  done
+  # Throughput ratios (a time ratio inverted): above 1 means abupdate is faster.
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", b / a }'; }
+  slower() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
+  for tgt in file loop; do
+    a=${med[apply_$tgt]}
+    line="- ${size} MiB, ${label[apply_$tgt]#*|}: $(ratio "$a" "$(slower "${med[dd_$tgt]}" "${med[openssl]}")") of the slower of dd and openssl (goal 0.7x)"
+    line+=", $(ratio "$a" "${med[floor_$tgt]}") of the write + read-back floor"
+    [[ $tgt == loop && -n ${med[rauc]:-} ]] && line+=", $(ratio "$a" "${med[rauc]}") of RAUC (goal 2x)"
+    goals+=("$line")
+  done
+  unset times rss med
+
   for l in "$slot_a" "$slot_b" "$loop"; do losetup -d "$l"; done
   loops=()
   rm -f "$work/rootfs" "$work/b.abu" "$work/disk.img" "$work/loop.img"
 done
 
-echo "| payload | tool | target | median time (s) | throughput (MB/s) | peak RSS (MiB) |"
-echo "|---|---|---|---:|---:|---:|"
-printf '%s\n' "${rows[@]}"
+echo "| payload | tool | target | median time (s) | range (s) | throughput (MB/s) | peak RSS (MiB) |"
+echo "|---|---|---|---:|---|---:|---:|"
+printf '%s\n' "${table[@]}"
+echo
+printf '%s\n' "${goals[@]}"

@@ -236,7 +236,7 @@ fn write_slot(
         }
         scope.spawn(move || read_chunks(reader, chunk_tx, pool_rx, buf_len));
         let (seg_tx, seg_rx) = mpsc::channel::<Segment>();
-        let mut readback = Some(scope.spawn(move || verify_segments(disk, part, rootfs, seg_rx)));
+        let readback = scope.spawn(move || verify_segments(disk, part, rootfs, seg_rx));
         let mut seg_tx = Some(seg_tx);
         let mut seg_start = 0u64;
         let mut seg_sums = Vec::new();
@@ -288,12 +288,8 @@ fn write_slot(
                     }
                     if last {
                         progress.finish();
+                        // The read-back finishes while the boot files are written.
                         seg_tx = None;
-                        if let Some(h) = readback.take() {
-                            h.join()
-                                .map_err(|_| anyhow::anyhow!("read-back thread panicked"))??;
-                        }
-                        info!("slot {target}: {} bytes written and read back", rootfs.size);
                     }
                 }
                 kind @ (PayloadKind::Kernel | PayloadKind::Initrd) => {
@@ -319,10 +315,10 @@ fn write_slot(
             let _ = pool_tx.send(data);
         }
         drop(seg_tx);
-        if let Some(h) = readback.take() {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("read-back thread panicked"))??;
-        }
+        readback
+            .join()
+            .map_err(|_| anyhow::anyhow!("read-back thread panicked"))??;
+        info!("slot {target}: {} bytes written and read back", rootfs.size);
         Ok(())
     })?;
     esp.sync()?;

@@ -7,7 +7,7 @@
 //! header CRC, the partition array CRC, and partitions that fit the disk.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::codes::{self, Refusal};
 use crate::fault;
+use crate::window::{BlockCache, Window};
 
 /// Largest partition array we read (128 entries of 128 bytes is the usual 16 KiB).
 const MAX_ARRAY_BYTES: u64 = 1 << 20;
@@ -114,13 +115,7 @@ impl Disk {
         p: &Partition,
         cache: Option<std::rc::Rc<std::cell::RefCell<BlockCache>>>,
     ) -> Window<'_> {
-        Window {
-            file: &self.file,
-            start: p.start,
-            len: p.len,
-            pos: 0,
-            cache,
-        }
+        Window::new(&self.file, p.start, p.len, cache)
     }
 
     /// Writes `data` at `offset` inside partition `p`.
@@ -260,180 +255,6 @@ fn check_range(p: &Partition, offset: u64, len: u64) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Block size of the ESP cache.
-const BLOCK: u64 = 4096;
-/// Most blocks the ESP cache holds (1 MiB); past that, dirty blocks are written out.
-const CACHE_BLOCKS: usize = 256;
-
-/// A write-back cache of the ESP's blocks. The FAT driver reads and writes in sectors (FAT
-/// entries of 4 bytes, 512-byte clusters): through the cache, its reads of the FAT are served
-/// from memory and its writes reach the disk as a few large writes at each sync.
-///
-/// Power-cut semantics are those of the kernel's page cache, which reorders writes between
-/// two syncs anyway: only what was written before a [`Window::flush_cache`] + `fdatasync` is
-/// known to be on the disk, in any order. The ESP code therefore orders what matters with syncs
-/// (data before the directory entry that points to it; new entry before removing the old).
-#[derive(Default)]
-pub struct BlockCache {
-    blocks: std::collections::BTreeMap<u64, (Box<[u8]>, bool)>,
-}
-
-impl BlockCache {
-    fn block<'c>(
-        &'c mut self,
-        file: &File,
-        start: u64,
-        len: u64,
-        idx: u64,
-    ) -> io::Result<&'c mut (Box<[u8]>, bool)> {
-        match self.blocks.entry(idx) {
-            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let mut b = vec![0u8; BLOCK as usize].into_boxed_slice();
-                let off = idx * BLOCK;
-                let n = BLOCK.min(len.saturating_sub(off)) as usize;
-                file.read_exact_at(&mut b[..n], start + off)?;
-                Ok(e.insert((b, false)))
-            }
-        }
-    }
-
-    /// Writes dirty blocks out (contiguous runs as one write each, every write a
-    /// fault-injection point) and empties the cache.
-    fn flush(&mut self, file: &File, start: u64, len: u64) -> io::Result<()> {
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = 0u64;
-        let mut next = u64::MAX;
-        let write_run = |run: &mut Vec<u8>, at: u64| -> io::Result<()> {
-            if !run.is_empty() {
-                file.write_all_at(run, start + at)?;
-                fault::point("esp write");
-                run.clear();
-            }
-            Ok(())
-        };
-        for (&idx, (data, dirty)) in &self.blocks {
-            if !*dirty {
-                continue;
-            }
-            let off = idx * BLOCK;
-            let n = BLOCK.min(len - off) as usize;
-            if off != next || run.len() >= 1 << 20 {
-                write_run(&mut run, run_start)?;
-                run_start = off;
-            }
-            run.extend_from_slice(&data[..n]);
-            next = off + n as u64;
-        }
-        write_run(&mut run, run_start)?;
-        self.blocks.clear();
-        Ok(())
-    }
-}
-
-/// A bounded window onto one partition, for the FAT driver: it cannot touch anything else.
-/// With a cache (the ESP), writes are held in memory until [`Window::flush_cache`].
-pub struct Window<'a> {
-    file: &'a File,
-    start: u64,
-    len: u64,
-    pos: u64,
-    cache: Option<std::rc::Rc<std::cell::RefCell<BlockCache>>>,
-}
-
-impl Window<'_> {
-    /// Writes out what the cache holds (no-op without a cache). Callers sync afterwards.
-    pub fn flush_cache(&self) -> io::Result<()> {
-        match &self.cache {
-            Some(c) => c.borrow_mut().flush(self.file, self.start, self.len),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Read for Window<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        let Some(cache) = &self.cache else {
-            let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-            self.pos += n as u64;
-            return Ok(n);
-        };
-        let mut c = cache.borrow_mut();
-        // Large reads (file contents) of blocks not in the cache go straight to the disk.
-        let idx = self.pos / BLOCK;
-        let in_block = (self.pos % BLOCK) as usize;
-        let take = n.min(BLOCK as usize - in_block);
-        let b = c.block(self.file, self.start, self.len, idx)?;
-        buf[..take].copy_from_slice(&b.0[in_block..in_block + take]);
-        self.pos += take as u64;
-        if c.blocks.len() > CACHE_BLOCKS {
-            c.flush(self.file, self.start, self.len)?;
-        }
-        Ok(take)
-    }
-}
-
-impl Write for Window<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the partition",
-            ));
-        }
-        let Some(cache) = &self.cache else {
-            self.file.write_all_at(&buf[..n], self.start + self.pos)?;
-            self.pos += n as u64;
-            fault::point("esp write");
-            return Ok(n);
-        };
-        let mut c = cache.borrow_mut();
-        let idx = self.pos / BLOCK;
-        let in_block = (self.pos % BLOCK) as usize;
-        let take = n.min(BLOCK as usize - in_block);
-        let b = c.block(self.file, self.start, self.len, idx)?;
-        b.0[in_block..in_block + take].copy_from_slice(&buf[..take]);
-        b.1 = true;
-        self.pos += take as u64;
-        if c.blocks.len() > CACHE_BLOCKS {
-            c.flush(self.file, self.start, self.len)?;
-        }
-        Ok(take)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Window<'_> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(n) if n <= self.len => {
-                self.pos = n;
-                Ok(n)
-            }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek outside the partition",
-            )),
-        }
-    }
 }
 
 /// Reads the primary GPT, or the backup if the primary is damaged. Tries 512- and

@@ -17,7 +17,8 @@ use crate::bootentries::{is_entry_file, BootEntry, ENTRIES_DIR};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::disk::{BlockCache, Disk, Window};
+use crate::disk::Disk;
+use crate::window::{BlockCache, Window};
 
 /// Largest entry or info file we read: they are a few hundred bytes.
 const MAX_SMALL_FILE: u64 = 64 * 1024;

@@ -19,6 +19,7 @@ pub mod slots;
 pub mod source;
 pub mod status;
 pub mod verify;
+pub mod window;
 
 use std::path::PathBuf;
 
