@@ -7,9 +7,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use abbundle::{Manifest, PayloadKind, SecretKey, Version};
+use abbundle::slot::{self, SlotInfo};
+use abbundle::{Manifest, SecretKey, Version};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use tracing::info;
 
 use crate::bundle::{self, BundleRequest};
@@ -93,30 +93,6 @@ pub struct BuildOutputs {
     pub image_def: ImageDef,
     /// The disk's partition table (offsets in the raw image).
     pub layout: Layout,
-}
-
-/// `X/info.json` on the ESP: what a slot holds (`docs/layout.md`).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SlotInfo<'a> {
-    pub version: &'a str,
-    pub compatible: &'a str,
-    pub build_id: &'a str,
-    pub rootfs_size: u64,
-    pub rootfs_sha256: String,
-    pub created: u64,
-}
-
-/// The boot entry for a slot (`docs/layout.md`); `params` are the bundle's kernel_params.
-pub fn boot_entry(slot: &str, version: &str, params: &str) -> String {
-    let mut options = format!("ab.slot={slot} root=PARTLABEL=root-{slot}");
-    if !params.is_empty() {
-        options.push(' ');
-        options.push_str(params);
-    }
-    format!(
-        "title abupdate slot {slot}, {version}\nsort-key abupdate\nversion {version}\nlinux /{slot}/vmlinuz\ninitrd /{slot}/initrd\noptions {options}\n"
-    )
 }
 
 /// `SOURCE_DATE_EPOCH`, if set.
@@ -237,15 +213,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
         out: &bundle_tmp,
     })?;
 
-    let rootfs_payload = manifest.payload(PayloadKind::Rootfs);
-    let info_json = serde_json::to_vec_pretty(&SlotInfo {
-        version: version.as_str(),
-        compatible: &def.compatible,
-        build_id: &build_id,
-        rootfs_size: rootfs_payload.size,
-        rootfs_sha256: rootfs_payload.sha256.to_string(),
-        created,
-    })?;
+    let info_json = serde_json::to_vec_pretty(&SlotInfo::of(&manifest))?;
     let contents = Contents {
         dirs: ["EFI", "EFI/BOOT", "loader", "loader/entries", "a", "b"]
             .map(String::from)
@@ -264,7 +232,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             ("a/info.json".into(), Source::Bytes(info_json)),
             (
                 "loader/entries/slot-a.conf".into(),
-                Source::Bytes(boot_entry("a", version.as_str(), &kernel_params).into_bytes()),
+                Source::Bytes(slot::boot_entry("a", version.as_str(), &kernel_params).into_bytes()),
             ),
         ],
     };
@@ -397,19 +365,5 @@ fn copy_sparse(src: &mut File, dst: &mut File) -> io::Result<()> {
                 dst.write_all(block)?;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_text() {
-        assert_eq!(
-            boot_entry("a", "2026.11.22.1", "console=ttyS0 panic=5"),
-            "title abupdate slot a, 2026.11.22.1\nsort-key abupdate\nversion 2026.11.22.1\nlinux /a/vmlinuz\ninitrd /a/initrd\n\
-             options ab.slot=a root=PARTLABEL=root-a console=ttyS0 panic=5\n"
-        );
     }
 }

@@ -18,6 +18,7 @@ pub mod header;
 pub mod keys;
 pub mod manifest;
 pub mod reader;
+pub mod slot;
 pub mod version;
 pub mod writer;
 

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::bootentries::{EntryFile, EntryName, Slot};
+use crate::bootentries::{EntryName, Slot};
 use crate::codes;
 use crate::direct::AlignedBuf;
 use crate::disk::{Disk, Partition};
@@ -81,7 +81,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let keys = TrustedKeys::load_dir(&ctx.keys)
         .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
 
-    let stream = source::open(r.source)?;
+    let stream = source::open(r.source, ctx.config.ca_file.as_deref())?;
     let reader =
         BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
     reader.check_compatible(compatible)?;
@@ -90,14 +90,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let rootfs = m.payload(PayloadKind::Rootfs).clone();
     let kernel = m.payload(PayloadKind::Kernel).clone();
     let initrd = m.payload(PayloadKind::Initrd).clone();
-    let info = SlotInfo {
-        version: version.to_string(),
-        compatible: m.compatible.clone(),
-        build_id: m.build_id.clone(),
-        rootfs_size: rootfs.size,
-        rootfs_sha256: rootfs.sha256.to_string(),
-        created: m.created,
-    };
+    let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
     if let Some(a) = active.filter(|&a| a != target) {
         if let Some(installed) = view
@@ -149,7 +142,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     )
     .and_then(|()| {
         let name = EntryName::trying(target, ctx.config.boot_tries);
-        let contents = EntryFile::for_slot(target, version.as_str(), &kernel_params).format();
+        let contents = abbundle::slot::boot_entry(target.name(), version.as_str(), &kernel_params);
         write_entry(&esp, &disk, &name.file_name(), &contents)
     });
     if let Err(e) = written {

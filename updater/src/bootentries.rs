@@ -27,7 +27,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 /// The `sort-key` every entry written by abbuild and abupdate carries (docs/layout.md).
-pub const SORT_KEY: &str = "abupdate";
+pub use abbundle::slot::SORT_KEY;
 /// Directory of the entries on the ESP.
 pub const ENTRIES_DIR: &str = "loader/entries";
 
@@ -196,23 +196,13 @@ pub struct EntryFile {
 }
 
 impl EntryFile {
-    /// The entry abupdate writes for `slot` holding `version`.
+    /// The entry abupdate writes for `slot` holding `version` (`abbundle::slot::boot_entry`).
     pub fn for_slot(slot: Slot, version: &str, kernel_params: &str) -> EntryFile {
-        let mut options = format!("ab.slot={slot} root=PARTLABEL={}", slot.partition_label());
-        if !kernel_params.trim().is_empty() {
-            options.push(' ');
-            options.push_str(kernel_params.trim());
-        }
-        EntryFile {
-            title: Some(format!("abupdate slot {slot}, {version}")),
-            sort_key: Some(SORT_KEY.to_string()),
-            version: Some(version.to_string()),
-            linux: Some(format!("/{slot}/vmlinuz")),
-            initrd: vec![format!("/{slot}/initrd")],
-            options: vec![options],
-            machine_id: None,
-            efi: None,
-        }
+        EntryFile::parse(&abbundle::slot::boot_entry(
+            slot.name(),
+            version,
+            kernel_params,
+        ))
     }
 
     /// Parses like systemd-boot: one `key value` per line, `#` comments, blank lines skipped;

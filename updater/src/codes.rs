@@ -27,6 +27,8 @@ pub const NOT_BOOTED_FROM_SLOT: i32 = 38;
 pub const NO_ENTRY: i32 = 39;
 /// No compatible string is configured, so no bundle can be checked against one.
 pub const NOT_CONFIGURED: i32 = 40;
+/// The bundle could not be fetched from its URL: network, HTTP or TLS (certificate) error.
+pub const SOURCE_UNAVAILABLE: i32 = 41;
 
 /// A refusal or failure with a documented exit code and a one-line message.
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 //! keys = "/etc/abupdate/keys"          # trusted public keys (*.pub)
 //! boot-tries = 3                       # tries a new slot gets before the fallback
 //! state-file = "/data/abupdate/state.json"   # written by boot-check, read by status
+//! ca-file = "/etc/abupdate/ca.pem"     # optional: trust only these CAs for https:// sources
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct Config {
     pub boot_tries: u32,
     /// Where `boot-check` records what booted (on the persistent data partition).
     pub state_file: PathBuf,
+    /// PEM certificates that https:// update servers are checked against, instead of the
+    /// Mozilla roots built into abupdate (for an update server with a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -37,6 +41,7 @@ impl Default for Config {
             keys: PathBuf::from("/etc/abupdate/keys"),
             boot_tries: 3,
             state_file: PathBuf::from("/data/abupdate/state.json"),
+            ca_file: None,
         }
     }
 }

@@ -140,17 +140,25 @@ impl Disk {
         buf: &mut crate::direct::AlignedBuf,
         len: usize,
     ) -> io::Result<()> {
+        match self.direct_span(p, offset, len) {
+            Some((d, rounded)) => {
+                let s = buf.as_mut_slice();
+                s[len..rounded].fill(0);
+                d.write_all_at(&s[..rounded], p.start + offset)
+            }
+            None => self.write_at(p, offset, &buf.as_slice()[..len]),
+        }
+    }
+
+    /// The `O_DIRECT` handle and `len` rounded up to whole blocks, if a transfer of `len`
+    /// bytes at `offset` inside `p` can bypass the page cache: supported, aligned on the disk,
+    /// and inside the partition once rounded.
+    fn direct_span(&self, p: &Partition, offset: u64, len: usize) -> Option<(&File, usize)> {
         let align = crate::direct::ALIGN as u64;
         let rounded = (len as u64).div_ceil(align) * align;
-        match &self.direct {
-            Some(d) if offset & (align - 1) == 0 && offset + rounded <= p.len => {
-                check_range(p, offset, rounded)?;
-                let s = buf.as_mut_slice();
-                s[len..rounded as usize].fill(0);
-                d.write_all_at(&s[..rounded as usize], p.start + offset)
-            }
-            _ => self.write_at(p, offset, &buf.as_slice()[..len]),
-        }
+        let d = self.direct.as_ref()?;
+        let inside = offset.checked_add(rounded).is_some_and(|end| end <= p.len);
+        ((p.start + offset).is_multiple_of(align) && inside).then_some((d, rounded as usize))
     }
 
     /// Starts writing out a range of `p` (asynchronously, `sync_file_range`).
@@ -196,17 +204,11 @@ impl Disk {
         buf: &mut crate::direct::AlignedBuf,
         len: usize,
     ) -> io::Result<()> {
-        let align = crate::direct::ALIGN as u64;
-        let rounded = (len as u64).div_ceil(align) * align;
-        match &self.direct {
-            Some(d) if offset & (align - 1) == 0 && offset + rounded <= p.len => {
-                check_range(p, offset, rounded)?;
-                d.read_exact_at(
-                    &mut buf.as_mut_slice()[..rounded as usize],
-                    p.start + offset,
-                )
+        match self.direct_span(p, offset, len) {
+            Some((d, rounded)) => {
+                d.read_exact_at(&mut buf.as_mut_slice()[..rounded], p.start + offset)
             }
-            _ => {
+            None => {
                 self.drop_cache_range(p, offset, len as u64);
                 self.read_at(p, offset, &mut buf.as_mut_slice()[..len])
             }

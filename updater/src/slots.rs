@@ -11,7 +11,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::bootentries::{self, BootEntry, EntryName, EntryState, Slot};
 use crate::codes;
@@ -106,17 +105,7 @@ fn same_device(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// `X/info.json` on the ESP: what a slot holds (docs/layout.md).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct SlotInfo {
-    pub version: String,
-    pub compatible: String,
-    pub build_id: String,
-    pub rootfs_size: u64,
-    pub rootfs_sha256: String,
-    pub created: u64,
-}
+pub use abbundle::slot::SlotInfo;
 
 /// A slot's state as its boot entries tell it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

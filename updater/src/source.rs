@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read};
 use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
 
 use abbundle::{Header, HEADER_LEN};
 use anyhow::{Context, Result};
@@ -20,10 +21,11 @@ fn advise_sequential(file: &File) {
     }
 }
 
-/// Opens `source` as a byte stream of the bundle.
-pub fn open(source: &str) -> Result<Box<dyn Read + Send>> {
+/// Opens `source` as a byte stream of the bundle. `ca_file`: PEM certificates that https://
+/// servers are checked against instead of the built-in Mozilla roots (a private update server).
+pub fn open(source: &str, ca_file: Option<&Path>) -> Result<Box<dyn Read + Send>> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        return open_url(source);
+        return open_url(source, ca_file);
     }
     let file = File::open(source).with_context(|| format!("opening {source}"))?;
     let meta = file
@@ -49,22 +51,58 @@ pub fn open(source: &str) -> Result<Box<dyn Read + Send>> {
 }
 
 #[cfg(feature = "http")]
-fn open_url(url: &str) -> Result<Box<dyn Read + Send>> {
-    let agent = ureq::AgentBuilder::new()
+fn open_url(url: &str, ca_file: Option<&Path>) -> Result<Box<dyn Read + Send>> {
+    use crate::codes::{self, Refusal};
+    let mut agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(30))
-        .timeout_read(std::time::Duration::from_secs(60))
-        .build();
-    let resp = agent
-        .get(url)
-        .call()
-        .map_err(|e| anyhow::anyhow!("fetching {url}: {e}"))?;
+        .timeout_read(std::time::Duration::from_secs(60));
+    if let Some(ca) = ca_file {
+        agent = with_roots(agent, ca)?;
+    }
+    let resp = agent.build().get(url).call().map_err(|e| {
+        let hint = if e.to_string().contains("certificate") {
+            " (a server with a private CA needs ca-file in the config)"
+        } else {
+            ""
+        };
+        Refusal::new(
+            codes::SOURCE_UNAVAILABLE,
+            format!("fetching {url}: {e}{hint}; nothing was changed"),
+        )
+    })?;
     Ok(Box::new(BufReader::with_capacity(
         READ_BUFFER,
         resp.into_reader(),
     )))
 }
 
+/// Trusts only the certificates in the PEM file `ca` for https://.
+#[cfg(feature = "https")]
+fn with_roots(agent: ureq::AgentBuilder, ca: &Path) -> Result<ureq::AgentBuilder> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let what = || format!("reading CA certificates from {}", ca.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(what)? {
+        roots.add(cert.with_context(what)?).with_context(what)?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("{}: no certificates in it", ca.display());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("setting up TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(agent.tls_config(std::sync::Arc::new(tls)))
+}
+
+#[cfg(all(feature = "http", not(feature = "https")))]
+fn with_roots(_: ureq::AgentBuilder, _: &Path) -> Result<ureq::AgentBuilder> {
+    anyhow::bail!("ca-file is set, but this abupdate was built without https (feature 'https')")
+}
+
 #[cfg(not(feature = "http"))]
-fn open_url(url: &str) -> Result<Box<dyn Read + Send>> {
+fn open_url(url: &str, _: Option<&Path>) -> Result<Box<dyn Read + Send>> {
     anyhow::bail!("{url}: this abupdate was built without HTTP support (feature 'http')")
 }
