@@ -128,6 +128,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
         cmd::require_program("qemu-img", "install qemu-utils, or use --format raw")?;
     }
     let sys = system::resolve(&o.system)?;
+    sys.check_updater_config(&def.compatible, def.boot_tries)?;
     let layout = Layout::compute(&def)?;
     let esp_part = layout.partition(ESP_LABEL).clone();
     let slot_a = layout.partition(ROOT_A_LABEL).clone();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cmd;
 
@@ -109,6 +109,47 @@ pub fn resolve(path: &Path) -> Result<System> {
         kernel_params,
         has_etc,
     })
+}
+
+impl System {
+    /// Checks the system's `etc/abupdate.toml` against the image definition: a device whose
+    /// compatible string differs from its image's refuses every update built for it, and one
+    /// whose `boot-tries` differs gives new slots other tries than the image says.
+    pub fn check_updater_config(&self, compatible: &str, boot_tries: u32) -> Result<()> {
+        let path = self.path.join("etc/abupdate.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warn!(
+                    "{} has no etc/abupdate.toml: the device needs one (with compatible = \"{compatible}\") before abupdate can install updates",
+                    self.path.display()
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let t: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let theirs = t.get("compatible").and_then(|v| v.as_str());
+        if theirs != Some(compatible) {
+            bail!(
+                "{} says compatible = {}, the image definition says \"{compatible}\": the device would refuse every update of this image",
+                path.display(),
+                theirs.map_or("(nothing)".into(), |c| format!("\"{c}\""))
+            );
+        }
+        // abupdate's default when the key is absent (updater/src/config.rs).
+        let tries = t.get("boot-tries").map_or(Some(3), |v| v.as_integer());
+        if tries != Some(i64::from(boot_tries)) {
+            bail!(
+                "{} gives new slots boot-tries = {}, the image definition says {boot_tries}",
+                path.display(),
+                t.get("boot-tries")
+                    .map_or("3 (the default)".into(), |v| v.to_string())
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The closure of a store path: every store path it references, directly or not, sorted.

@@ -26,7 +26,7 @@ pub use error::FormatError;
 pub use header::{Header, HEADER_LEN, MAGIC};
 pub use keys::{KeyId, PublicKey, SecretKey, Signer, TrustedKeys};
 pub use manifest::{Digest, Manifest, Payload, PayloadKind};
-pub use reader::{BundleReader, Chunk};
+pub use reader::{BundleReader, Chunk, ChunkInfo};
 pub use version::Version;
 pub use writer::{write_bundle, BundleInput, PayloadInput};
 

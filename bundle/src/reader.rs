@@ -26,6 +26,17 @@ pub struct Chunk<'a> {
     pub last: bool,
 }
 
+/// Where a chunk read by [`BundleReader::next_chunk_into`] belongs; its bytes are the first
+/// `len` of the caller's buffer, already checked against the signed chunk table.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkInfo {
+    pub kind: PayloadKind,
+    pub index: u64,
+    pub offset: u64,
+    pub len: usize,
+    pub last: bool,
+}
+
 /// A signature entry as stored: key id and ed25519 signature.
 pub type SignatureEntry = (KeyId, [u8; 64]);
 
@@ -99,24 +110,56 @@ impl<R: Read> BundleReader<R> {
         let Some(p) = self.manifest.payloads.get(self.payload) else {
             return Ok(None);
         };
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(p.chunk_size as usize, 0);
+        let read = self.next_chunk_into(&mut buf);
+        self.buf = buf;
+        Ok(read?.map(|c| Chunk {
+            kind: c.kind,
+            index: c.index,
+            offset: c.offset,
+            data: &self.buf[..c.len],
+            last: c.last,
+        }))
+    }
+
+    /// The payload and length of the chunk [`BundleReader::next_chunk_into`] reads next, or
+    /// `None` at the end of the bundle.
+    pub fn upcoming(&self) -> Option<(PayloadKind, usize)> {
+        let p = self.manifest.payloads.get(self.payload)?;
+        Some((p.kind, p.chunk_len(self.chunk) as usize))
+    }
+
+    /// [`BundleReader::next_chunk`], reading the chunk into the front of `out` (which must
+    /// hold it) instead of an internal buffer: the caller saves a copy.
+    pub fn next_chunk_into(&mut self, out: &mut [u8]) -> Result<Option<ChunkInfo>, FormatError> {
+        let Some(p) = self.manifest.payloads.get(self.payload) else {
+            return Ok(None);
+        };
         if self.chunk == 0 {
             skip_padding(&mut self.inner, &mut self.pos, p.offset)?;
         }
         let index = self.chunk;
         let len = p.chunk_len(index) as usize;
-        self.buf.resize(len, 0);
+        assert!(out.len() >= len, "chunk buffer too small");
+        let data = &mut out[..len];
         let section = format!("{} payload", p.kind);
-        read_exact(&mut self.inner, &mut self.buf, &section)?;
+        read_exact(&mut self.inner, data, &section)?;
         self.pos += len as u64;
-        if Sha256::digest(&self.buf)[..] != p.chunks[index as usize].0 {
+        if Sha256::digest(&*data)[..] != p.chunks[index as usize].0 {
             return Err(FormatError::ChunkHashMismatch {
                 payload: p.kind.to_string(),
                 index,
             });
         }
-        let kind = p.kind;
-        let last = index + 1 == p.chunks.len() as u64;
-        if last {
+        let info = ChunkInfo {
+            kind: p.kind,
+            index,
+            offset: index * p.chunk_size as u64,
+            len,
+            last: index + 1 == p.chunks.len() as u64,
+        };
+        if info.last {
             self.payload += 1;
             self.chunk = 0;
             if self.payload == self.manifest.payloads.len() {
@@ -125,13 +168,7 @@ impl<R: Read> BundleReader<R> {
         } else {
             self.chunk += 1;
         }
-        Ok(Some(Chunk {
-            kind,
-            index,
-            offset: index * p.chunk_size as u64,
-            data: &self.buf,
-            last,
-        }))
+        Ok(Some(info))
     }
 
     /// Reads and verifies everything that is left.

@@ -244,6 +244,7 @@ let
     "abupdate.toml" = ''
       compatible = "${compatible}"
       keys = "/etc/abupdate/keys"
+      boot-tries = ${toString cfg.abupdate.bootTries}
     '';
     "abupdate/health-check" = healthCheck;
   } // builtins.listToAttrs (map (k: { name = "abupdate/keys/${baseNameOf k}"; value = k; }) cfg.abupdate.keys)

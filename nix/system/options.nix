@@ -92,6 +92,9 @@
     package = abupdate;
     # etc/abupdate.toml's compatible string: must equal the image definition's.
     compatible = null;
+    # Boots a newly installed slot gets before the fallback: must equal the image definition's
+    # boot-tries (abbuild checks both this and compatible).
+    bootTries = 3;
     # Trusted public keys (*.pub files from `abbuild keygen`), installed in /etc/abupdate/keys.
     keys = [ ];
     # Shell code that exits 0 when the system is healthy. It runs after the services are

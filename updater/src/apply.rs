@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::sync::mpsc;
 
-use abbundle::{BundleReader, Payload, PayloadKind, TrustedKeys, Version};
+use abbundle::{BundleReader, ChunkInfo, Payload, PayloadKind, TrustedKeys, Version};
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
@@ -356,71 +356,71 @@ enum Msg {
     End(std::result::Result<(), abbundle::FormatError>),
 }
 
-/// The reader thread: verified chunks out, in buffers from `pool`.
+/// A run of verified chunks of one payload being gathered in one buffer.
+struct Run {
+    /// The first chunk's place (set once it is read).
+    first: Option<ChunkInfo>,
+    buf: AlignedBuf,
+    len: usize,
+}
+
+/// The reader thread: verified chunks out, read straight into buffers from `pool` and
+/// gathered into runs of up to `cap` bytes of one payload.
 fn read_chunks(
     mut reader: BundleReader<Box<dyn std::io::Read + Send>>,
     out: mpsc::SyncSender<Msg>,
     pool: mpsc::Receiver<AlignedBuf>,
     cap: usize,
 ) {
-    // The run being filled: kind, first chunk index, offset, buffer, bytes in it.
-    let mut run: Option<(PayloadKind, u64, u64, AlignedBuf, usize)> = None;
+    // Hands a run to the writer; false once the writer is gone.
+    let send = |run: Run, last: bool| -> bool {
+        let first = run.first.expect("a run holds a chunk");
+        out.send(Msg::Chunk {
+            kind: first.kind,
+            index: first.index,
+            offset: first.offset,
+            last,
+            data: run.buf,
+            len: run.len,
+        })
+        .is_ok()
+    };
+    let mut run: Option<Run> = None;
     loop {
-        let chunk = match reader.next_chunk() {
-            Ok(c) => c,
+        let Some((kind, len)) = reader.upcoming() else {
+            let _ = out.send(Msg::End(Ok(())));
+            return;
+        };
+        // Runs end at their payload's last chunk or when the next chunk would not fit (below),
+        // so this only guards the buffer's bounds.
+        if run
+            .as_ref()
+            .is_some_and(|r| r.first.is_some_and(|f| f.kind != kind) || r.len + len > cap)
+            && !send(run.take().expect("checked"), false)
+        {
+            return;
+        }
+        if run.is_none() {
+            let Ok(buf) = pool.recv() else { return };
+            run = Some(Run {
+                first: None,
+                buf,
+                len: 0,
+            });
+        }
+        let r = run.as_mut().expect("just set");
+        let c = match reader.next_chunk_into(&mut r.buf.as_mut_slice()[r.len..]) {
+            Ok(Some(c)) => c,
+            Ok(None) => unreachable!("upcoming() promised a chunk"),
             Err(e) => {
                 let _ = out.send(Msg::End(Err(e)));
                 return;
             }
         };
-        let Some(c) = chunk else {
-            let _ = out.send(Msg::End(Ok(())));
+        r.first.get_or_insert(c);
+        r.len += c.len;
+        if (c.last || r.len + c.len > cap) && !send(run.take().expect("just set"), c.last) {
             return;
-        };
-        let len = c.data.len();
-        if run
-            .as_ref()
-            .is_some_and(|r| r.0 != c.kind || r.4 + len > cap)
-        {
-            // Unreachable in practice (a run ends at its payload's last chunk), kept for safety.
-            let (kind, index, offset, data, len) = run.take().expect("checked");
-            if out
-                .send(Msg::Chunk {
-                    kind,
-                    index,
-                    offset,
-                    last: false,
-                    data,
-                    len,
-                })
-                .is_err()
-            {
-                return;
-            }
-        }
-        if run.is_none() {
-            let Ok(buf) = pool.recv() else { return };
-            run = Some((c.kind, c.index, c.offset, buf, 0));
-        }
-        let r = run.as_mut().expect("just set");
-        r.3.as_mut_slice()[r.4..r.4 + len].copy_from_slice(c.data);
-        r.4 += len;
-        // Send when the next chunk would not fit, or at the payload's end.
-        if c.last || r.4 + len > cap {
-            let (kind, index, offset, data, len) = run.take().expect("just set");
-            if out
-                .send(Msg::Chunk {
-                    kind,
-                    index,
-                    offset,
-                    last: c.last,
-                    data,
-                    len,
-                })
-                .is_err()
-            {
-                return;
-            }
         }
     }
 }

@@ -170,3 +170,30 @@ fn esp_too_small_for_two_slots() {
     );
     assert_no_outputs(&out);
 }
+
+/// A system whose etc/abupdate.toml disagrees with the image definition would refuse every
+/// update (compatible) or count tries differently (boot-tries): refused before any work.
+#[test]
+fn updater_config_disagrees_with_the_image() {
+    for (config, want) in [
+        ("compatible = \"other\"\n", "compatible = \"other\""),
+        ("keys = \"/k\"\n", "compatible = (nothing)"),
+        (
+            "compatible = \"qemu-test\"\nboot-tries = 5\n",
+            "boot-tries = 5, the image definition says 3",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = fake_system(dir.path());
+        fs::write(sys.join("etc/abupdate.toml"), config).unwrap();
+        let out = dir.path().join("out");
+        let err = fails(&mut build_cmd(
+            &repo_file("images/qemu-test.toml"),
+            &sys,
+            &test_key(dir.path()),
+            &out,
+        ));
+        assert!(err.contains(want), "{config:?}: {err}");
+        assert_no_outputs(&out);
+    }
+}
