@@ -171,16 +171,17 @@ fn apply_from_http() {
     let url = format!("http://127.0.0.1:{port}/v2.abu");
     ok(&env.abupdate(&disk, &["apply", &url]));
     server.join().unwrap();
+    assert_installed_in_b(&disk, &v2);
+}
+
+/// Slot b holds `b`'s root image and boots next, on trial.
+fn assert_installed_in_b(disk: &Path, b: &Build) {
     assert_eq!(
-        partition_sha256(
-            &disk,
-            "root-b",
-            v2.manifest.payload(PayloadKind::Rootfs).size
-        ),
-        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+        partition_sha256(disk, "root-b", b.manifest.payload(PayloadKind::Rootfs).size),
+        payload_sha(&b.manifest, PayloadKind::Rootfs)
     );
     assert_eq!(
-        mdir(&disk, "loader/entries"),
+        mdir(disk, "loader/entries"),
         ["slot-a.conf", "slot-b+3.conf"]
     );
 }
@@ -325,18 +326,7 @@ fn apply_from_https_with_a_private_ca() {
         )
         .unwrap();
         ok(&env.abupdate_cfg(&cfg, &disk, &["apply", &url]));
-        assert_eq!(
-            partition_sha256(
-                &disk,
-                "root-b",
-                v2.manifest.payload(PayloadKind::Rootfs).size
-            ),
-            payload_sha(&v2.manifest, PayloadKind::Rootfs)
-        );
-        assert_eq!(
-            mdir(&disk, "loader/entries"),
-            ["slot-a.conf", "slot-b+3.conf"]
-        );
+        assert_installed_in_b(&disk, &v2);
     });
     let _ = server.kill();
     let _ = server.wait();
