@@ -64,6 +64,19 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         );
     }
     write_atomic(&ctx.config.state_file, &serde_json::to_vec_pretty(&record)?)?;
+    if ctx.config.grow_data {
+        // Not a reason to fail the boot: the machine runs, with the old size.
+        match crate::grow::data_partition(&disk.path) {
+            Ok(Some(g)) if g.new_len > g.old_len => info!(
+                "grew the data partition from {} to {} MiB to fill the disk; its file system grows at the next boot",
+                g.old_len >> 20,
+                g.new_len >> 20
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("not growing the data partition: {e:#}"),
+        }
+    }
+    crate::fault::report();
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! boot-tries = 3                       # tries a new slot gets before the fallback
 //! state-file = "/data/abupdate/state.json"   # written by boot-check, read by status
 //! ca-file = "/etc/abupdate/ca.pem"     # optional: trust only these CAs for https:// sources
+//! grow-data = true                     # boot-check grows the data partition to fill the disk
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub struct Config {
     /// PEM certificates that https:// update servers are checked against, instead of the
     /// Mozilla roots built into abupdate (for an update server with a private CA).
     pub ca_file: Option<PathBuf>,
+    /// Whether `boot-check` grows the data partition (the last one) to fill a disk that is
+    /// larger than the image.
+    pub grow_data: bool,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             boot_tries: 3,
             state_file: PathBuf::from("/data/abupdate/state.json"),
             ca_file: None,
+            grow_data: true,
         }
     }
 }

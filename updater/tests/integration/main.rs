@@ -5,5 +5,6 @@ mod apply;
 mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod grow;
 mod refusals;
 mod util;
