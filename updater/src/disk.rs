@@ -1,10 +1,5 @@
-//! The disk: an image file or a block device, its GPT (read-only), and bounded windows onto
-//! its partitions.
-//!
-//! The GPT is parsed here rather than with the `gpt` crate: reading is all the updater does
-//! with it (an update never changes the partition table), the format is small
-//! (UEFI 2.10, section 5.3), and a reader of our own checks exactly what we rely on: the
-//! header CRC, the partition array CRC, and partitions that fit the disk.
+//! The disk: an image file or a block device, its partitions (from the GPT, `gpt.rs`; an update
+//! never changes the table, only `grow.rs` does), and bounded windows onto its partitions.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -16,10 +11,6 @@ use anyhow::{bail, Context, Result};
 use crate::codes::{self, Refusal};
 use crate::fault;
 use crate::window::{BlockCache, Window};
-
-/// Largest partition array we read (128 entries of 128 bytes is the usual 16 KiB).
-const MAX_ARRAY_BYTES: u64 = 1 << 20;
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 
 /// One GPT partition.
 #[derive(Clone, Debug)]
@@ -68,7 +59,7 @@ impl Disk {
         let size = file
             .seek(SeekFrom::End(0))
             .with_context(|| format!("sizing {}", path.display()))?;
-        let (sector_size, partitions) = read_gpt(&file, size).map_err(|e| {
+        let (sector_size, partitions) = crate::gpt::read(&file, size).map_err(|e| {
             anyhow::Error::new(Refusal::new(
                 codes::BAD_DISK,
                 format!("{}: no valid GPT: {e}", path.display()),
@@ -194,9 +185,9 @@ impl Disk {
         }
     }
 
-    /// Reads `len` bytes at `offset` inside `p` from the device itself: with `O_DIRECT`
-    /// where supported (`offset` must then be aligned, `buf` an aligned buffer of at least `len`
-    /// rounded up), else after dropping the range from the page cache.
+    /// Reads `len` bytes at `offset` inside `p` from the device itself: with `O_DIRECT` where
+    /// supported and aligned (`buf` must hold `len` rounded up to whole blocks), else after
+    /// dropping the range from the page cache.
     pub fn read_from_device(
         &self,
         p: &Partition,
@@ -257,97 +248,6 @@ fn check_range(p: &Partition, offset: u64, len: u64) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Reads the primary GPT, or the backup if the primary is damaged. Tries 512- and
-/// 4096-byte sectors.
-fn read_gpt(file: &File, size: u64) -> std::result::Result<(u64, Vec<Partition>), String> {
-    let mut errors = Vec::new();
-    for ss in [512u64, 4096] {
-        if size < ss * 3 {
-            continue;
-        }
-        let last_lba = size / ss - 1;
-        for lba in [1, last_lba] {
-            match read_table(file, size, ss, lba) {
-                Ok(parts) => return Ok((ss, parts)),
-                Err(e) => errors.push(format!("{ss}-byte sectors, LBA {lba}: {e}")),
-            }
-        }
-    }
-    Err(errors
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "disk too small".into()))
-}
-
-fn read_table(
-    file: &File,
-    size: u64,
-    ss: u64,
-    lba: u64,
-) -> std::result::Result<Vec<Partition>, String> {
-    let mut h = vec![0u8; ss as usize];
-    file.read_exact_at(&mut h, lba * ss)
-        .map_err(|e| e.to_string())?;
-    if &h[0..8] != GPT_SIGNATURE {
-        return Err("no GPT signature".into());
-    }
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let header_size = u32_at(&h, 12) as usize;
-    if !(92..=ss as usize).contains(&header_size) {
-        return Err(format!("bad header size {header_size}"));
-    }
-    let mut copy = h[..header_size].to_vec();
-    copy[16..20].fill(0);
-    if crc32fast::hash(&copy) != u32_at(&h, 16) {
-        return Err("header checksum mismatch".into());
-    }
-    if u64_at(&h, 24) != lba {
-        return Err("header is not where it says it is".into());
-    }
-    let array_lba = u64_at(&h, 72);
-    let count = u32_at(&h, 80) as u64;
-    let entry_size = u32_at(&h, 84) as u64;
-    if entry_size < 128 || entry_size & 7 != 0 || count * entry_size > MAX_ARRAY_BYTES {
-        return Err(format!(
-            "bad partition array ({count} entries of {entry_size} bytes)"
-        ));
-    }
-    let mut array = vec![0u8; (count * entry_size) as usize];
-    let array_off = array_lba.checked_mul(ss).ok_or("bad array offset")?;
-    if array_off + array.len() as u64 > size {
-        return Err("partition array outside the disk".into());
-    }
-    file.read_exact_at(&mut array, array_off)
-        .map_err(|e| e.to_string())?;
-    if crc32fast::hash(&array) != u32_at(&h, 88) {
-        return Err("partition array checksum mismatch".into());
-    }
-    let mut parts = Vec::new();
-    for i in 0..count {
-        let e = &array[(i * entry_size) as usize..((i + 1) * entry_size) as usize];
-        if e[0..16].iter().all(|&b| b == 0) {
-            continue;
-        }
-        let (first, last) = (u64_at(e, 32), u64_at(e, 40));
-        if last < first || (last + 1).checked_mul(ss).is_none_or(|end| end > size) {
-            return Err(format!("partition {} lies outside the disk", i + 1));
-        }
-        let units: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        parts.push(Partition {
-            number: i as u32 + 1,
-            label: String::from_utf16_lossy(&units),
-            start: first * ss,
-            len: (last - first + 1) * ss,
-        });
-    }
-    Ok(parts)
 }
 
 #[cfg(test)]

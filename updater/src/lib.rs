@@ -13,6 +13,7 @@ pub mod disk;
 pub mod entries;
 pub mod esp;
 pub mod fault;
+pub mod gpt;
 pub mod grow;
 pub mod lock;
 pub mod progress;
