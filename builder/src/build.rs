@@ -188,6 +188,12 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
         }
     }
     let kernel_params = params.join(" ");
+    slot::check_kernel_params(&kernel_params).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (from the system's kernel-params or kernel-params in image {})",
+            def.name
+        )
+    })?;
     let build_id = match (&o.build_id, &sys.kind) {
         (Some(id), _) => id.clone(),
         (None, system::SystemKind::StorePath { .. }) => sys.path.to_string_lossy().into_owned(),

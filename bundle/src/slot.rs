@@ -38,6 +38,27 @@ impl SlotInfo {
     }
 }
 
+/// Kernel parameters the device sets itself for each slot: a bundle that carried them could
+/// make the kernel mount one slot while `ab.slot=` (what status, mark-good and the initrd go
+/// by) names the other.
+pub const RESERVED_KERNEL_PARAMS: [&str; 2] = ["ab.slot=", "root="];
+
+/// Checks a bundle's kernel parameters: none may set what the device sets per slot
+/// ([`RESERVED_KERNEL_PARAMS`]). Returns the offending parameter's message.
+pub fn check_kernel_params(params: &str) -> Result<(), String> {
+    for word in params.split_whitespace() {
+        if let Some(r) = RESERVED_KERNEL_PARAMS
+            .iter()
+            .find(|r| word.starts_with(**r))
+        {
+            return Err(format!(
+                "kernel parameter '{word}' is not allowed: abupdate sets {r} for each slot itself"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The boot entry of `slot` (`a` or `b`) holding `version`, as a systemd-boot entry file;
 /// `kernel_params` are the bundle's, appended to the options.
 pub fn boot_entry(slot: &str, version: &str, kernel_params: &str) -> String {
@@ -70,5 +91,19 @@ mod tests {
              options ab.slot=b root=PARTLABEL=root-b console=ttyS0 quiet\n"
         );
         assert!(boot_entry("a", "1", "").ends_with("options ab.slot=a root=PARTLABEL=root-a\n"));
+    }
+
+    #[test]
+    fn reserved_kernel_params() {
+        assert!(check_kernel_params("console=ttyS0 quiet rootwait").is_ok());
+        assert!(check_kernel_params("").is_ok());
+        for bad in [
+            "ab.slot=a",
+            "quiet root=/dev/sda1",
+            "root=PARTLABEL=root-b x",
+        ] {
+            let e = check_kernel_params(bad).unwrap_err();
+            assert!(e.contains("is not allowed"), "{bad}: {e}");
+        }
     }
 }

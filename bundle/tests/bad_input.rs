@@ -342,6 +342,7 @@ fn assemble(manifest: &str, payloads: &[&[u8]], key: &SecretKey) -> Vec<u8> {
 }
 
 fn hand_manifest(
+    kernel_params: &str,
     chunk_size: u32,
     sizes: [usize; 3],
     offsets: [u64; 3],
@@ -362,7 +363,8 @@ fn hand_manifest(
         })
         .collect();
     format!(
-        r#"{{"format":1,"compatible":"test-board","version":"7","build_id":"","created":0,"kernel_params":"","payloads":[{}]}}"#,
+        r#"{{"format":1,"compatible":"test-board","version":"7","build_id":"","created":0,"kernel_params":"{}","payloads":[{}]}}"#,
+        kernel_params,
         payloads.join(",")
     )
 }
@@ -375,10 +377,20 @@ fn chunk_hashes(p: &[u8], chunk: usize) -> Vec<String> {
 
 /// Builds a hand-made bundle whose manifest length is stable (offsets depend on it).
 fn hand_bundle(chunk_size: u32, table_chunk: usize, payloads: [&[u8]; 3]) -> Vec<u8> {
+    hand_bundle_with_params("", chunk_size, table_chunk, payloads)
+}
+
+fn hand_bundle_with_params(
+    kernel_params: &str,
+    chunk_size: u32,
+    table_chunk: usize,
+    payloads: [&[u8]; 3],
+) -> Vec<u8> {
     let mut offsets = [0u64; 3];
     let mut m = String::new();
     for _ in 0..4 {
         m = hand_manifest(
+            kernel_params,
             chunk_size,
             payloads.map(|p| p.len()),
             offsets,
@@ -420,4 +432,23 @@ fn signed_but_invalid_manifests_are_refused() {
     // Not JSON at all.
     let b = assemble("not json", &[&r, &k, &i], &test_key());
     assert!(read_all(&b, &trusted(), "test-board").is_err());
+}
+
+#[test]
+fn kernel_params_that_name_a_slot_or_root_are_refused() {
+    let (r, k, i) = (data(10_000, 4), data(5000, 5), data(4096, 6));
+    let ok = hand_bundle_with_params("console=ttyS0 quiet", 4096, 4096, [&r, &k, &i]);
+    read_all(&ok, &trusted(), "test-board").unwrap();
+    // Signed by a trusted key, and still refused: the device sets these per slot.
+    for params in [
+        "quiet ab.slot=b",
+        "root=/dev/sda2",
+        "console=ttyS0 root=PARTLABEL=root-a",
+    ] {
+        let b = hand_bundle_with_params(params, 4096, 4096, [&r, &k, &i]);
+        match read_all(&b, &trusted(), "test-board") {
+            Err(FormatError::BadManifest(m)) => assert!(m.contains("not allowed"), "{m}"),
+            other => panic!("{params}: {:?}", other.map(|_| ())),
+        }
+    }
 }

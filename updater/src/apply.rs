@@ -41,6 +41,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let (disk, running) = slots::open(ctx.disk.as_deref(), false)?;
     let esp = Esp::open(&disk)?;
     let view = slots::view(&esp)?;
+    // Not booted from this disk: the slot that would boot next stands in for the running one.
     let active = running.or(view.next.as_ref().map(|n| n.0));
     let target = r
         .slot
@@ -60,16 +61,31 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             );
         }
     }
-    if let Some(a) = active.filter(|&a| a != target) {
-        let (av, tv) = (view.slot(a), view.slot(target));
-        if tv.state == SlotState::Good && av.state != SlotState::Good {
-            refuse!(
-                codes::NO_FALLBACK,
-                "slot {target} is the only good slot and slot {a} is not marked good yet \
-                 ({}); run 'abupdate mark-good' first; nothing was changed",
-                av.state.name()
-            );
-        }
+    // The slot that stays as the fallback while the new one is tried. Whichever slot is
+    // replaced, and whether or not this disk is the booted one, the disk must keep a slot that
+    // boots, and a good one if it has one now (the target loses its entry at step 1).
+    let keep = target.other();
+    let (kv, tv) = (view.slot(keep), view.slot(target));
+    if tv.state == SlotState::Good && kv.state != SlotState::Good {
+        refuse!(
+            codes::NO_FALLBACK,
+            "slot {target} is the only good slot and slot {keep} is {}; {}; nothing was changed",
+            kv.state.name(),
+            if running == Some(keep) {
+                "run 'abupdate mark-good' first"
+            } else {
+                "an install there would leave no good slot to fall back to"
+            }
+        );
+    }
+    if !entries::bootable(&esp, &view, keep) {
+        refuse!(
+            codes::NO_FALLBACK,
+            "slot {keep}{} has no boot entry that can boot ({}), so slot {target} would have nothing to fall back to; \
+             nothing was changed",
+            if running == Some(keep) { ", the running slot," } else { "" },
+            kv.state.name()
+        );
     }
     let Some(compatible) = ctx.config.compatible.as_deref() else {
         refuse!(
@@ -92,19 +108,22 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let initrd = m.payload(PayloadKind::Initrd).clone();
     let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
-    if let Some(a) = active.filter(|&a| a != target) {
-        if let Some(installed) = view
-            .slot(a)
-            .version
-            .as_deref()
-            .and_then(|v| v.parse::<Version>().ok())
-        {
-            if version <= installed && !r.allow_downgrade {
-                refuse!(
+    // Compared with the slot that stays: systemd-boot boots the higher version, so an older
+    // bundle would not boot next without demoting that slot (what --allow-downgrade does).
+    if let Some(installed) = kv.version.as_deref() {
+        if !r.allow_downgrade {
+            match installed.parse::<Version>() {
+                Ok(installed) if version <= installed => refuse!(
                     codes::DOWNGRADE_REFUSED,
-                    "bundle version {version} is not newer than {installed} in slot {a}; \
+                    "bundle version {version} is not newer than {installed} in slot {keep}; \
                      use --allow-downgrade to install it anyway; nothing was changed"
-                );
+                ),
+                Ok(_) => {}
+                Err(_) => refuse!(
+                    codes::DOWNGRADE_REFUSED,
+                    "slot {keep} holds version '{installed}', which cannot be compared with {version}; \
+                     use --allow-downgrade to install it anyway; nothing was changed"
+                ),
             }
         }
     }
@@ -433,10 +452,11 @@ fn segment_len(p: &Payload) -> u64 {
 }
 
 /// Size of each slot write: 2 MiB (large writes let the device stream), but at least 8 writes
-/// per image so small images still get written in several steps; whole chunks.
+/// per image so small images still get written in several steps; whole chunks, at least one.
 fn write_batch(p: &Payload) -> usize {
     let cs = p.chunk_size as u64;
-    ((p.size / 8).clamp(cs, 2 << 20) / cs * cs) as usize
+    // At least one chunk: chunks may be larger than 2 MiB (up to the format's 4 MiB).
+    ((p.size / 8).min(2 << 20) / cs).max(1) as usize * cs as usize
 }
 
 /// Size of each read-back read: large, so the device streams (whole chunks).

@@ -81,7 +81,7 @@ pub fn demote(esp: &Esp, view: &View, slot: Slot) -> Result<()> {
 
 /// Whether `slot` can serve as the machine's boot target: it has an entry with tries left
 /// (or none counted) whose kernel exists.
-fn bootable(esp: &Esp, view: &View, slot: Slot) -> bool {
+pub fn bootable(esp: &Esp, view: &View, slot: Slot) -> bool {
     view.slot(slot).entries.iter().any(|e| {
         e.counter.is_none_or(|c| c.left > 0)
             && e.contents.linux.as_deref().is_some_and(|p| esp.exists(p))

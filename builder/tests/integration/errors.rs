@@ -197,3 +197,26 @@ fn updater_config_disagrees_with_the_image() {
         assert_no_outputs(&out);
     }
 }
+
+/// `ab.slot=` and `root=` are set per slot by the device; a system or image that sets them
+/// would make the kernel mount one slot while status and mark-good act on the other.
+#[test]
+fn kernel_params_that_set_the_slot_or_root() {
+    for params in ["quiet root=/dev/sda2", "ab.slot=b"] {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = fake_system(dir.path());
+        fs::write(sys.join("kernel-params"), params).unwrap();
+        let out = dir.path().join("out");
+        let err = fails(&mut build_cmd(
+            &repo_file("images/qemu-test.toml"),
+            &sys,
+            &test_key(dir.path()),
+            &out,
+        ));
+        assert!(
+            err.contains("is not allowed") && err.contains("kernel-params"),
+            "{params}: {err}"
+        );
+        assert_no_outputs(&out);
+    }
+}

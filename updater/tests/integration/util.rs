@@ -367,3 +367,32 @@ pub fn copy_image(img: &Path, to: &Path) {
         .unwrap();
     assert!(st.success());
 }
+
+/// Writes `data` as `path` on the ESP with mtools (replacing it), or removes it if `None`:
+/// damage or state no abupdate would make, for tests of what it does with it.
+pub fn mput(img: &Path, path: &str, data: Option<&[u8]>) {
+    let spec = esp_spec(img);
+    let target = format!("::/{path}");
+    let out = match data {
+        Some(d) => {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("f");
+            fs::write(&src, d).unwrap();
+            Command::new("mcopy")
+                .args(["-o", "-i", &spec])
+                .arg(&src)
+                .arg(&target)
+                .output()
+                .unwrap()
+        }
+        None => Command::new("mdel")
+            .args(["-i", &spec, &target])
+            .output()
+            .unwrap(),
+    };
+    assert!(
+        out.status.success(),
+        "mtools {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
