@@ -26,7 +26,7 @@ use crate::disk::{Disk, Partition};
 use crate::esp::{entry_path, Esp, EspFile};
 use crate::progress::Progress;
 use crate::slots::{self, SlotInfo, SlotState};
-use crate::{entries, fault, lock, refuse, source, Context as Ctx};
+use crate::{entries, fatsweep, fault, lock, refuse, source, Context as Ctx};
 
 /// What `apply` was asked to do.
 pub struct Request<'a> {
@@ -39,7 +39,7 @@ pub struct Request<'a> {
 pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let _lock = lock::acquire()?;
     let (disk, running) = slots::open(ctx.disk.as_deref(), false)?;
-    let esp = Esp::open(&disk)?;
+    let mut esp = Esp::open(&disk)?;
     let view = slots::view(&esp)?;
     // Not booted from this disk: the slot that would boot next stands in for the running one.
     let active = running.or(view.next.as_ref().map(|n| n.0));
@@ -136,6 +136,15 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             part.len
         );
     }
+    let info_json = serde_json::to_vec_pretty(&info)?;
+    let lost = fatsweep::find(&disk)?;
+    check_esp_space(
+        &esp,
+        &view,
+        target,
+        [kernel.size, initrd.size, info_json.len() as u64],
+        &lost,
+    )?;
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {
@@ -149,6 +158,13 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
 
     // From here on the disk changes. A failure leaves the running slot and its entry as they
     // were; the target slot has no entry and cannot boot.
+    if !lost.is_empty() {
+        // Clusters an interrupted write left allocated go back first (outside the FAT
+        // driver, so it is closed meanwhile and counts the free clusters afresh).
+        esp.close()?;
+        fatsweep::free(&disk, &lost)?;
+        esp = Esp::open(&disk)?;
+    }
     let written = write_slot(
         ctx,
         &disk,
@@ -157,7 +173,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         target,
         reader,
         [&rootfs, &kernel, &initrd],
-        &info,
+        &info_json,
     )
     .and_then(|()| {
         let name = EntryName::trying(target, ctx.config.boot_tries);
@@ -165,6 +181,16 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         write_entry(&esp, &disk, &name.file_name(), &contents)
     });
     if let Err(e) = written {
+        // The target's boot files go, so a failed write (say, a full ESP) keeps no clusters,
+        // and the file system is closed cleanly (FSInfo, no dirty flag).
+        let removed = SlotFiles::of(target)
+            .all()
+            .iter()
+            .try_for_each(|p| esp.remove(p))
+            .and_then(|()| esp.close());
+        if let Err(re) = removed {
+            warn!("could not remove slot {target}'s boot files after the failure: {re:#}");
+        }
         return Err(e.context(format!(
             "installing into slot {target} failed: slot {target} has no boot entry and will not boot; \
              the running system and its boot entry are untouched"
@@ -216,7 +242,7 @@ fn write_slot(
     target: Slot,
     reader: BundleReader<Box<dyn std::io::Read + Send>>,
     [rootfs, kernel, initrd]: [&Payload; 3],
-    info: &SlotInfo,
+    info_json: &[u8],
 ) -> Result<()> {
     let view = slots::view(esp)?;
     for e in &view.slot(target).entries {
@@ -225,8 +251,8 @@ fn write_slot(
     }
     esp.sync()?;
 
-    let kernel_path = format!("{target}/vmlinuz");
-    let initrd_path = format!("{target}/initrd");
+    let files = SlotFiles::of(target);
+    let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
     let mut progress = Progress::new(&format!("slot {target}"), rootfs.size, ctx.quiet);
     // Three threads, so reading + verifying the bundle, writing the slot and reading it back
     // overlap (each hashes or waits on I/O): the reader sends verified chunks in buffers from a
@@ -306,9 +332,9 @@ fn write_slot(
                 }
                 kind @ (PayloadKind::Kernel | PayloadKind::Initrd) => {
                     let path = if kind == PayloadKind::Kernel {
-                        &kernel_path
+                        kernel_path
                     } else {
-                        &initrd_path
+                        initrd_path
                     };
                     if index == 0 {
                         file = Some(esp.create(path)?);
@@ -336,7 +362,7 @@ fn write_slot(
     esp.sync()?;
     let esp_part = disk.partition("esp")?;
     disk.drop_cache(esp_part, esp_part.len);
-    for (path, p) in [(&kernel_path, kernel), (&initrd_path, initrd)] {
+    for (path, p) in [(kernel_path, kernel), (initrd_path, initrd)] {
         let (hash, len) = esp.hash_file(path)?;
         if hash != p.sha256.0 || len != p.size {
             refuse!(
@@ -345,17 +371,73 @@ fn write_slot(
             );
         }
     }
-    let json = serde_json::to_vec_pretty(info)?;
-    let info_path = format!("{target}/info.json");
-    esp.write_file(&info_path, &json)?;
+    let info_path = &files.info;
+    esp.write_file(info_path, info_json)?;
     esp.sync()?;
-    if esp.read_small(&info_path)?.as_deref() != Some(&json[..]) {
+    if esp.read_small(info_path)?.as_deref() != Some(info_json) {
         refuse!(
             codes::READBACK_MISMATCH,
             "{info_path} on the ESP does not read back as written"
         );
     }
     info!("slot {target}: kernel, initrd and info.json written to the ESP");
+    Ok(())
+}
+
+/// The files a slot keeps on the ESP.
+struct SlotFiles {
+    kernel: String,
+    initrd: String,
+    info: String,
+}
+
+impl SlotFiles {
+    fn of(slot: Slot) -> SlotFiles {
+        SlotFiles {
+            kernel: format!("{slot}/vmlinuz"),
+            initrd: format!("{slot}/initrd"),
+            info: format!("{slot}/info.json"),
+        }
+    }
+
+    fn all(&self) -> [&String; 3] {
+        [&self.kernel, &self.initrd, &self.info]
+    }
+}
+
+/// Refuses (before anything is written) unless the target's new boot files (`sizes`: kernel,
+/// initrd, info.json) and its entry fit on the ESP, counting what replacing the target's old
+/// files and entries and giving back `lost` clusters frees.
+fn check_esp_space(
+    esp: &Esp,
+    view: &slots::View,
+    target: Slot,
+    sizes: [u64; 3],
+    lost: &fatsweep::Lost,
+) -> Result<()> {
+    let (cluster, free) = esp.space()?;
+    let clusters = |len: u64| len.div_ceil(cluster);
+    let files = SlotFiles::of(target);
+    let mut freed = lost.clusters();
+    for p in files.all() {
+        freed += clusters(esp.file_len(p)?);
+    }
+    for e in &view.slot(target).entries {
+        freed += clusters(e.text.len() as u64);
+    }
+    // The entry, a directory that may have to be made, and one cluster for a directory that
+    // grows by an entry.
+    let missing_dir = u64::from(!esp.dir_exists(target.name()));
+    let need = sizes.iter().map(|&s| clusters(s)).sum::<u64>() + 1 + missing_dir + 1;
+    if need > free + freed {
+        refuse!(
+            codes::ESP_FULL,
+            "slot {target}'s kernel, initrd and boot entry need {} KiB on the ESP, which has {} KiB \
+             free counting slot {target}'s old files; nothing was changed",
+            need * cluster / 1024,
+            (free + freed) * cluster / 1024
+        );
+    }
     Ok(())
 }
 

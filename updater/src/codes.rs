@@ -30,6 +30,10 @@ pub const NOT_CONFIGURED: i32 = 40;
 /// The bundle could not be fetched from its URL: network, HTTP or TLS (certificate) error.
 pub const SOURCE_UNAVAILABLE: i32 = 41;
 
+/// The slot's kernel, initrd and boot entry do not fit on the ESP, even after its old files
+/// (and clusters lost to an earlier interrupted write) are given back.
+pub const ESP_FULL: i32 = 43;
+
 /// A refusal or failure with a documented exit code and a one-line message.
 #[derive(Debug)]
 pub struct Refusal {

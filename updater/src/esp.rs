@@ -218,6 +218,33 @@ impl<'d> Esp<'d> {
         }
     }
 
+    /// The size of a cluster and how many are free.
+    pub fn space(&self) -> Result<(u64, u64)> {
+        let st = self
+            .fs
+            .stats()
+            .context("counting the ESP's free clusters")?;
+        Ok((st.cluster_size() as u64, st.free_clusters() as u64))
+    }
+
+    /// The length of the file at `path`, 0 if there is none.
+    pub fn file_len(&self, path: &str) -> Result<u64> {
+        match self.fs.root_dir().open_file(path) {
+            Ok(mut f) => {
+                use std::io::Seek;
+                f.seek(std::io::SeekFrom::End(0))
+                    .with_context(|| format!("sizing {path} on the ESP"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("opening {path} on the ESP")),
+        }
+    }
+
+    /// Whether the directory `dir` exists.
+    pub fn dir_exists(&self, dir: &str) -> bool {
+        self.fs.root_dir().open_dir(dir).is_ok()
+    }
+
     /// Makes everything written so far durable: writes out the block cache, then syncs.
     pub fn sync(&self) -> Result<()> {
         self.flusher.flush_cache().context("writing the ESP")?;

@@ -5,6 +5,7 @@ mod apply;
 mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod esp_space;
 mod fallback;
 mod grow;
 mod refusals;
