@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use abbundle::slot::{self, SlotInfo};
+use abbundle::layout::{self, Slot, SlotInfo};
 use abbundle::{Manifest, SecretKey, Version};
 use anyhow::{bail, Context, Result};
 use tracing::info;
@@ -188,7 +188,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
         }
     }
     let kernel_params = params.join(" ");
-    slot::check_kernel_params(&kernel_params).map_err(|e| {
+    layout::check_kernel_params(&kernel_params).map_err(|e| {
         anyhow::anyhow!(
             "{e} (from the system's kernel-params or kernel-params in image {})",
             def.name
@@ -221,25 +221,26 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     })?;
 
     let info_json = serde_json::to_vec_pretty(&SlotInfo::of(&manifest))?;
+    let a = Slot::A.files();
     let contents = Contents {
-        dirs: ["EFI", "EFI/BOOT", "loader", "loader/entries", "a", "b"]
-            .map(String::from)
-            .to_vec(),
+        dirs: layout::esp_dirs(),
         files: vec![
             (
-                "EFI/BOOT/BOOTX64.EFI".into(),
+                layout::BOOT_EFI.into(),
                 Source::Path(def.bootloader.clone()),
             ),
             (
-                "loader/loader.conf".into(),
+                layout::LOADER_CONF.into(),
                 Source::Bytes(b"timeout 0\n".to_vec()),
             ),
-            ("a/vmlinuz".into(), Source::Path(sys.kernel.clone())),
-            ("a/initrd".into(), Source::Path(sys.initrd.clone())),
-            ("a/info.json".into(), Source::Bytes(info_json)),
+            (a.kernel, Source::Path(sys.kernel.clone())),
+            (a.initrd, Source::Path(sys.initrd.clone())),
+            (a.info, Source::Bytes(info_json)),
             (
-                "loader/entries/slot-a.conf".into(),
-                Source::Bytes(slot::boot_entry("a", version.as_str(), &kernel_params).into_bytes()),
+                layout::entry_path(&layout::good_entry_name(Slot::A)),
+                Source::Bytes(
+                    layout::boot_entry(Slot::A, version.as_str(), &kernel_params).into_bytes(),
+                ),
             ),
         ],
     };

@@ -24,11 +24,10 @@ const GPT_SECTORS: u64 = 33;
 /// changes every image's GUIDs).
 pub const GUID_NAMESPACE: Uuid = Uuid::from_u128(0x5e1f_6a0e_7c43_4b0e_9f55_2d1c_ab0d_a7a1);
 
-/// Partition labels (GPT partition names), as in `docs/layout.md`.
-pub const ESP_LABEL: &str = "esp";
-pub const ROOT_A_LABEL: &str = "root-a";
-pub const ROOT_B_LABEL: &str = "root-b";
-pub const DATA_LABEL: &str = "data";
+/// Partition labels (GPT partition names): the shared contract, `abbundle::layout`.
+pub use abbundle::layout::{DATA_LABEL, ESP_LABEL};
+pub const ROOT_A_LABEL: &str = abbundle::layout::PARTITIONS[1];
+pub const ROOT_B_LABEL: &str = abbundle::layout::PARTITIONS[2];
 
 /// One partition of the layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,7 +232,7 @@ mod tests {
     fn layout_is_aligned_and_fills_the_disk() {
         let l = Layout::compute(&def("1GiB", "64MiB", "300MiB")).unwrap();
         let names: Vec<_> = l.partitions.iter().map(|p| p.label).collect();
-        assert_eq!(names, ["esp", "root-a", "root-b", "data"]);
+        assert_eq!(names, abbundle::layout::PARTITIONS);
         for p in &l.partitions {
             assert_eq!(p.offset % ALIGN, 0, "{p:?}");
         }

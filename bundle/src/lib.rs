@@ -16,9 +16,9 @@ pub mod error;
 pub mod fat_time;
 pub mod header;
 pub mod keys;
+pub mod layout;
 pub mod manifest;
 pub mod reader;
-pub mod slot;
 pub mod version;
 pub mod writer;
 

@@ -173,7 +173,8 @@ impl Manifest {
             MAX_KERNEL_PARAMS_LEN,
             true,
         )?;
-        crate::slot::check_kernel_params(&self.kernel_params).map_err(FormatError::BadManifest)?;
+        crate::layout::check_kernel_params(&self.kernel_params)
+            .map_err(FormatError::BadManifest)?;
         if self.payloads.len() != PayloadKind::ORDER.len() {
             return bad(format!(
                 "{} payloads (expected rootfs, kernel, initrd)",

@@ -177,13 +177,14 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     )
     .and_then(|()| {
         let name = EntryName::trying(target, ctx.config.boot_tries);
-        let contents = abbundle::slot::boot_entry(target.name(), version.as_str(), &kernel_params);
+        let contents = abbundle::layout::boot_entry(target, version.as_str(), &kernel_params);
         write_entry(&esp, &disk, &name.file_name(), &contents)
     });
     if let Err(e) = written {
         // The target's boot files go, so a failed write (say, a full ESP) keeps no clusters,
         // and the file system is closed cleanly (FSInfo, no dirty flag).
-        let removed = SlotFiles::of(target)
+        let removed = target
+            .files()
             .all()
             .iter()
             .try_for_each(|p| esp.remove(p))
@@ -251,7 +252,7 @@ fn write_slot(
     }
     esp.sync()?;
 
-    let files = SlotFiles::of(target);
+    let files = target.files();
     let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
     let mut progress = Progress::new(&format!("slot {target}"), rootfs.size, ctx.quiet);
     // Three threads, so reading + verifying the bundle, writing the slot and reading it back
@@ -360,7 +361,7 @@ fn write_slot(
         Ok(())
     })?;
     esp.sync()?;
-    let esp_part = disk.partition("esp")?;
+    let esp_part = disk.partition(abbundle::layout::ESP_LABEL)?;
     disk.drop_cache(esp_part, esp_part.len);
     for (path, p) in [(kernel_path, kernel), (initrd_path, initrd)] {
         let (hash, len) = esp.hash_file(path)?;
@@ -384,27 +385,6 @@ fn write_slot(
     Ok(())
 }
 
-/// The files a slot keeps on the ESP.
-struct SlotFiles {
-    kernel: String,
-    initrd: String,
-    info: String,
-}
-
-impl SlotFiles {
-    fn of(slot: Slot) -> SlotFiles {
-        SlotFiles {
-            kernel: format!("{slot}/vmlinuz"),
-            initrd: format!("{slot}/initrd"),
-            info: format!("{slot}/info.json"),
-        }
-    }
-
-    fn all(&self) -> [&String; 3] {
-        [&self.kernel, &self.initrd, &self.info]
-    }
-}
-
 /// Refuses (before anything is written) unless the target's new boot files (`sizes`: kernel,
 /// initrd, info.json) and its entry fit on the ESP, counting what replacing the target's old
 /// files and entries and giving back `lost` clusters frees.
@@ -417,7 +397,7 @@ fn check_esp_space(
 ) -> Result<()> {
     let (cluster, free) = esp.space()?;
     let clusters = |len: u64| len.div_ceil(cluster);
-    let files = SlotFiles::of(target);
+    let files = target.files();
     let mut freed = lost.clusters();
     for p in files.all() {
         freed += clusters(esp.file_len(p)?);
@@ -600,7 +580,7 @@ fn write_entry(esp: &Esp, disk: &Disk, file: &str, contents: &str) -> Result<()>
     let path = entry_path(file);
     esp.write_file(&path, contents.as_bytes())?;
     esp.sync()?;
-    let esp_part = disk.partition("esp")?;
+    let esp_part = disk.partition(abbundle::layout::ESP_LABEL)?;
     disk.drop_cache(esp_part, esp_part.len);
     if esp.read_small(&path)?.as_deref() != Some(contents.as_bytes()) {
         refuse!(

@@ -24,68 +24,13 @@
 //! - with no `default` in loader.conf and no EFI variables set, the first entry boots.
 
 use std::cmp::Ordering;
-use std::fmt;
 
-/// The `sort-key` every entry written by abbuild and abupdate carries (docs/layout.md).
-pub use abbundle::slot::SORT_KEY;
-/// Directory of the entries on the ESP.
-pub const ENTRIES_DIR: &str = "loader/entries";
+/// The `sort-key` every entry written by abbuild and abupdate carries, and the entries'
+/// directory and name prefix (docs/layout.md).
+pub use abbundle::layout::{ENTRIES_DIR, ENTRY_PREFIX, SORT_KEY};
 
-/// One of the two root slots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
-
-    /// `a` or `b`: the name in entry names, ESP directories and `ab.slot=`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        }
-    }
-
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    /// The slot's GPT partition label.
-    pub fn partition_label(self) -> &'static str {
-        match self {
-            Slot::A => "root-a",
-            Slot::B => "root-b",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Slot> {
-        match s {
-            "a" | "A" => Some(Slot::A),
-            "b" | "B" => Some(Slot::B),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Slot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Slot {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Slot, String> {
-        Slot::parse(s).ok_or_else(|| format!("no such slot '{s}' (use a or b)"))
-    }
-}
+/// One of the two root slots (the shared contract).
+pub use abbundle::layout::Slot;
 
 /// A boot counter: tries left and tries done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +67,7 @@ impl EntryName {
     /// Parses one of our names; `None` for anything else (other entries are left alone).
     pub fn parse(file: &str) -> Option<EntryName> {
         let stem = file.strip_suffix(".conf")?;
-        let rest = stem.strip_prefix("slot-")?;
+        let rest = stem.strip_prefix(ENTRY_PREFIX)?;
         let (slot, counter) = match rest.split_once('+') {
             None => (rest, None),
             Some((slot, c)) => {
@@ -157,9 +102,13 @@ impl EntryName {
     /// The file name, `-DONE` left out when it is 0 (as the specification allows).
     pub fn file_name(&self) -> String {
         match self.counter {
-            None => format!("slot-{}.conf", self.slot),
-            Some(Counter { left, done: 0 }) => format!("slot-{}+{left}.conf", self.slot),
-            Some(Counter { left, done }) => format!("slot-{}+{left}-{done}.conf", self.slot),
+            None => abbundle::layout::good_entry_name(self.slot),
+            Some(Counter { left, done: 0 }) => {
+                format!("{ENTRY_PREFIX}{}+{left}.conf", self.slot)
+            }
+            Some(Counter { left, done }) => {
+                format!("{ENTRY_PREFIX}{}+{left}-{done}.conf", self.slot)
+            }
         }
     }
 
@@ -196,13 +145,9 @@ pub struct EntryFile {
 }
 
 impl EntryFile {
-    /// The entry abupdate writes for `slot` holding `version` (`abbundle::slot::boot_entry`).
+    /// The entry abupdate writes for `slot` holding `version` (`abbundle::layout::boot_entry`).
     pub fn for_slot(slot: Slot, version: &str, kernel_params: &str) -> EntryFile {
-        EntryFile::parse(&abbundle::slot::boot_entry(
-            slot.name(),
-            version,
-            kernel_params,
-        ))
+        EntryFile::parse(&abbundle::layout::boot_entry(slot, version, kernel_params))
     }
 
     /// Parses like systemd-boot: one `key value` per line, `#` comments, blank lines skipped;

@@ -80,7 +80,7 @@ pub struct Esp<'d> {
 impl<'d> Esp<'d> {
     /// Opens the FAT file system of the partition labelled `esp`.
     pub fn open(disk: &'d Disk) -> Result<Esp<'d>> {
-        let p = disk.partition("esp")?;
+        let p = disk.partition(abbundle::layout::ESP_LABEL)?;
         let options = fatfs::FsOptions::new().time_provider(&SYSTEM_CLOCK);
         // Fault-injection builds can turn the cache off (ABUPDATE_FAULT_NO_CACHE=1), so the
         // crash tests also cut between the FAT driver's individual writes in program order.
@@ -115,9 +115,7 @@ impl<'d> Esp<'d> {
             if e.is_dir() || !is_entry_file(&name) {
                 continue;
             }
-            let text = self
-                .read_small(&format!("{ENTRIES_DIR}/{name}"))?
-                .unwrap_or_default();
+            let text = self.read_small(&entry_path(&name))?.unwrap_or_default();
             out.push(BootEntry::new(&name, &String::from_utf8_lossy(&text)));
         }
         out.sort_by(|a, b| a.file.cmp(&b.file));
@@ -261,6 +259,4 @@ impl<'d> Esp<'d> {
 }
 
 /// Path of an entry file on the ESP.
-pub fn entry_path(file: &str) -> String {
-    format!("{ENTRIES_DIR}/{file}")
-}
+pub use abbundle::layout::entry_path;

@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 
+use abbundle::layout::ESP_LABEL;
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
@@ -113,7 +114,7 @@ impl Lost {
 
 /// Finds the lost clusters of the ESP; reads only.
 pub fn find(disk: &Disk) -> Result<Lost> {
-    let esp = disk.partition("esp")?;
+    let esp = disk.partition(ESP_LABEL)?;
     let Some(g) = Geometry::read(disk, esp)? else {
         warn!("the ESP is not FAT32 as abbuild makes it; not looking for lost clusters");
         return Ok(Lost {
@@ -150,7 +151,7 @@ pub fn free(disk: &Disk, lost: &Lost) -> Result<()> {
     if lost.is_empty() {
         return Ok(());
     }
-    let esp = disk.partition("esp")?;
+    let esp = disk.partition(ESP_LABEL)?;
     for (i, clusters) in lost.per_fat.iter().enumerate() {
         let base = g.fat_start + i as u64 * g.fat_bytes;
         // One read-modify-write per FAT sector touched.

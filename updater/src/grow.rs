@@ -35,7 +35,7 @@ pub struct Grown {
 pub fn data_partition(path: &Path) -> Result<Option<Grown>> {
     let disk = Disk::open(path, true)?;
     let (ss, size) = (disk.sector_size, disk.size);
-    let data = disk.partition("data")?.clone();
+    let data = disk.partition(abbundle::layout::DATA_LABEL)?.clone();
     if disk
         .partitions
         .iter()

@@ -105,7 +105,7 @@ fn same_device(a: &Path, b: &Path) -> bool {
     }
 }
 
-pub use abbundle::slot::SlotInfo;
+pub use abbundle::layout::SlotInfo;
 
 /// A slot's state as its boot entries tell it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +201,7 @@ pub fn view(esp: &Esp) -> Result<View> {
             SlotState::Empty
         };
         let info = esp
-            .read_small(&format!("{slot}/info.json"))?
+            .read_small(&slot.files().info)?
             .and_then(|b| serde_json::from_slice::<SlotInfo>(&b).ok());
         let version = bootentries::sorted(&entries)
             .first()

@@ -1,0 +1,232 @@
+//! The on-disk contract that `abbuild` (which makes the first image) and `abupdate` (which
+//! changes it) share, defined once (`docs/layout.md`): partition labels and their order, slot
+//! names, the files a slot keeps on the ESP, `X/info.json`, and the boot loader's files and
+//! entry text. Nothing else in either program spells these names.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Manifest, PayloadKind};
+
+/// GPT partition name (`PARTLABEL`) of the EFI system partition.
+pub const ESP_LABEL: &str = "esp";
+/// GPT partition name of the persistent data partition (always the last one, so it can grow).
+pub const DATA_LABEL: &str = "data";
+/// Every partition of an image in table order: partition N is `PARTITIONS[N - 1]`.
+pub const PARTITIONS: [&str; 4] = [ESP_LABEL, "root-a", "root-b", DATA_LABEL];
+
+/// One of the two root slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
+
+    /// `a` or `b`: the name in entry names, ESP directories and `ab.slot=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// The slot's GPT partition label.
+    pub fn partition_label(self) -> &'static str {
+        match self {
+            Slot::A => PARTITIONS[1],
+            Slot::B => PARTITIONS[2],
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "a" | "A" => Some(Slot::A),
+            "b" | "B" => Some(Slot::B),
+            _ => None,
+        }
+    }
+
+    /// The files this slot keeps on the ESP.
+    pub fn files(self) -> SlotFiles {
+        let d = self.name();
+        SlotFiles {
+            dir: d.to_string(),
+            kernel: format!("{d}/vmlinuz"),
+            initrd: format!("{d}/initrd"),
+            info: format!("{d}/info.json"),
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Slot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Slot, String> {
+        Slot::parse(s).ok_or_else(|| format!("no such slot '{s}' (use a or b)"))
+    }
+}
+
+/// Paths (relative to the ESP's root) of the files a slot keeps on the ESP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotFiles {
+    pub dir: String,
+    pub kernel: String,
+    pub initrd: String,
+    /// `X/info.json`: [`SlotInfo`].
+    pub info: String,
+}
+
+impl SlotFiles {
+    /// Kernel, initrd and info.json.
+    pub fn all(&self) -> [&str; 3] {
+        [&self.kernel, &self.initrd, &self.info]
+    }
+}
+
+/// The firmware's fallback boot path on the ESP, where the boot loader goes.
+pub const BOOT_EFI: &str = "EFI/BOOT/BOOTX64.EFI";
+/// systemd-boot's configuration and entries (Boot Loader Specification type #1).
+pub const LOADER_CONF: &str = "loader/loader.conf";
+pub const ENTRIES_DIR: &str = "loader/entries";
+/// Every entry abupdate manages is named `slot-X[+LEFT[-DONE]].conf`.
+pub const ENTRY_PREFIX: &str = "slot-";
+
+/// Every directory of the ESP, parents first: the boot loader's and each slot's.
+pub fn esp_dirs() -> Vec<String> {
+    let mut dirs: Vec<String> = ["EFI", "EFI/BOOT", "loader", ENTRIES_DIR]
+        .map(String::from)
+        .to_vec();
+    dirs.extend(Slot::ALL.map(|s| s.files().dir));
+    dirs
+}
+
+/// The name of `slot`'s entry when it is good (no boot counter).
+pub fn good_entry_name(slot: Slot) -> String {
+    format!("{ENTRY_PREFIX}{slot}.conf")
+}
+
+/// The path of an entry file on the ESP.
+pub fn entry_path(file: &str) -> String {
+    format!("{ENTRIES_DIR}/{file}")
+}
+
+/// The `sort-key` of every entry abupdate manages: systemd-boot orders entries with the same
+/// sort key by `version`, newest first.
+pub const SORT_KEY: &str = "abupdate";
+
+/// `X/info.json` on the ESP: what a slot holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotInfo {
+    pub version: String,
+    pub compatible: String,
+    pub build_id: String,
+    pub rootfs_size: u64,
+    pub rootfs_sha256: String,
+    /// Seconds since the epoch: the bundle's `created`.
+    pub created: u64,
+}
+
+impl SlotInfo {
+    /// The record for a slot that holds the bundle `m` describes.
+    pub fn of(m: &Manifest) -> SlotInfo {
+        let rootfs = m.payload(PayloadKind::Rootfs);
+        SlotInfo {
+            version: m.version.to_string(),
+            compatible: m.compatible.clone(),
+            build_id: m.build_id.clone(),
+            rootfs_size: rootfs.size,
+            rootfs_sha256: rootfs.sha256.to_string(),
+            created: m.created,
+        }
+    }
+}
+
+/// Kernel parameters the device sets itself for each slot: a bundle that carried them could
+/// make the kernel mount one slot while `ab.slot=` (what status, mark-good and the initrd go
+/// by) names the other.
+pub const RESERVED_KERNEL_PARAMS: [&str; 2] = ["ab.slot=", "root="];
+
+/// Checks a bundle's kernel parameters: none may set what the device sets per slot
+/// ([`RESERVED_KERNEL_PARAMS`]). Returns the offending parameter's message.
+pub fn check_kernel_params(params: &str) -> Result<(), String> {
+    for word in params.split_whitespace() {
+        if let Some(r) = RESERVED_KERNEL_PARAMS
+            .iter()
+            .find(|r| word.starts_with(**r))
+        {
+            return Err(format!(
+                "kernel parameter '{word}' is not allowed: abupdate sets {r} for each slot itself"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The boot entry of `slot` holding `version`, as a systemd-boot entry file; `kernel_params`
+/// are the bundle's, appended to the options.
+pub fn boot_entry(slot: Slot, version: &str, kernel_params: &str) -> String {
+    let files = slot.files();
+    let mut options = format!("ab.slot={slot} root=PARTLABEL={}", slot.partition_label());
+    let params = kernel_params.trim();
+    if !params.is_empty() {
+        options.push(' ');
+        options.push_str(params);
+    }
+    format!(
+        "title abupdate slot {slot}, {version}\n\
+         sort-key {SORT_KEY}\n\
+         version {version}\n\
+         linux /{}\n\
+         initrd /{}\n\
+         options {options}\n",
+        files.kernel, files.initrd
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_text() {
+        assert_eq!(
+            boot_entry(Slot::B, "2026.11.22.1", " console=ttyS0 quiet "),
+            "title abupdate slot b, 2026.11.22.1\nsort-key abupdate\nversion 2026.11.22.1\n\
+             linux /b/vmlinuz\ninitrd /b/initrd\n\
+             options ab.slot=b root=PARTLABEL=root-b console=ttyS0 quiet\n"
+        );
+        assert!(boot_entry(Slot::A, "1", "").ends_with("options ab.slot=a root=PARTLABEL=root-a\n"));
+    }
+
+    #[test]
+    fn reserved_kernel_params() {
+        assert!(check_kernel_params("console=ttyS0 quiet rootwait").is_ok());
+        assert!(check_kernel_params("").is_ok());
+        for bad in [
+            "ab.slot=a",
+            "quiet root=/dev/sda1",
+            "root=PARTLABEL=root-b x",
+        ] {
+            let e = check_kernel_params(bad).unwrap_err();
+            assert!(e.contains("is not allowed"), "{bad}: {e}");
+        }
+    }
+}
