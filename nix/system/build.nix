@@ -41,6 +41,7 @@ let
       moduleDir = "${kernel}/lib/modules/${kver}";
       kernelVersion = kver;
       modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules);
+      optionalModules = builtins.concatStringsSep " " cfg.initrd.optionalModules;
       extraBins = if e2fs == null then ""
         else builtins.concatStringsSep " " (map (p: "${getBin e2fs}/bin/${p}") [ "mkfs.ext4" "e2fsck" "resize2fs" ]);
       SOURCE_DATE_EPOCH = "1";

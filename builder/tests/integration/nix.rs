@@ -159,3 +159,20 @@ fn store_path_closure_becomes_the_root() {
         fs::read(&image).unwrap() == fs::read(out2.join("qemu-test-2026.11.22.1.img")).unwrap()
     );
 }
+
+/// nix/initrd/mkinitrd.sh picks kernel modules right on synthetic 6.1- and 6.18-style module
+/// trees (soft dependencies, aliases, renamed and compressed modules, optional ones) and on trees
+/// with an empty or missing modules.builtin; the cases are in nix/tests/mkinitrd-test.sh.
+#[test]
+fn mkinitrd_module_trees() {
+    let out = Command::new("sh")
+        .arg(repo_file("nix/tests/mkinitrd-test.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nix/tests/mkinitrd-test.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
