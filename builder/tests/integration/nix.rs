@@ -176,3 +176,75 @@ fn mkinitrd_module_trees() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Nix-built abbuild (nix/default.nix, built against nix/tests/mock-nixpkgs with this
+/// abbuild binary) carries systemd-boot from the systemd package: its wrapper names the store
+/// copy, and an image definition without `bootloader` gets exactly that file as BOOTX64.EFI,
+/// whatever the host has in /usr/lib/systemd/boot/efi.
+#[test]
+fn nix_built_abbuild_carries_systemd_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(top) = nix_toplevel(dir.path()) else {
+        return;
+    };
+    // Stands for the systemd package's EFI binary: bytes no host file has.
+    let efi = dir.path().join("systemd-bootx64.efi");
+    let efi_bytes = noise(150_000, 11);
+    fs::write(&efi, &efi_bytes).unwrap();
+    let pkg = stdout(
+        Command::new("nix-build")
+            .args([
+                "--option",
+                "sandbox",
+                "false",
+                "--option",
+                "substituters",
+                "",
+            ])
+            .arg("--no-out-link")
+            .arg(repo_file("nix/tests/mock-system.nix"))
+            .args([
+                "-A",
+                "abbuild",
+                "--argstr",
+                "abbuild",
+                env!("CARGO_BIN_EXE_abbuild"),
+            ])
+            .arg("--argstr")
+            .arg("systemdBootEfi")
+            .arg(&efi),
+    );
+    let wrapped = PathBuf::from(pkg.trim()).join("bin/abbuild");
+
+    // qemu-test.toml names Debian's file; without that line the default applies.
+    let def = fs::read_to_string(repo_file("images/qemu-test.toml")).unwrap();
+    let def: String = def
+        .lines()
+        .filter(|l| !l.starts_with("bootloader"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let image_def = dir.path().join("qemu-test.toml");
+    fs::write(&image_def, def).unwrap();
+
+    let key = test_key(dir.path());
+    let out = dir.path().join("out");
+    // The arguments a test build gets, given to the wrapper instead of the cargo binary.
+    let args = build_cmd(&image_def, &top, &key, &out);
+    ok(Command::new(&wrapped)
+        .args(args.get_args())
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("ABBUILD_SYSTEMD_BOOT_EFI"));
+
+    let image = out.join("qemu-test-2026.11.22.1.img");
+    let (off, _) = partition(&image, "esp");
+    let got = dir.path().join("BOOTX64.EFI");
+    ok(Command::new("mcopy")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg("::EFI/BOOT/BOOTX64.EFI")
+        .arg(&got));
+    assert!(
+        fs::read(&got).unwrap() == efi_bytes,
+        "BOOTX64.EFI is not the store's systemd-boot"
+    );
+}
