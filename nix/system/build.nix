@@ -255,6 +255,11 @@ let
     mkdir -p $out
     ln -s /run/resolv.conf $out/resolv.conf
     ln -s /proc/mounts $out/mtab
+    ${if cfg.ssh.enable && cfg.ssh.sftpServer != null then ''
+      # dropbear's sftp server (options.nix): a link, so the file keeps its store references.
+      mkdir -p $out/ssh
+      ln -s ${cfg.ssh.sftpServer} $out/ssh/sftp-server
+    '' else ""}
     ${concatLines (mapAttrsToList (p: v:
       # A string is the file's text; a path or a derivation is the file.
       let src = if builtins.isString v then pkgs.writeText "etc-${baseNameOf p}" v else v;

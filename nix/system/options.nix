@@ -63,7 +63,15 @@
     # dropbear; host keys are made on first boot in /var/lib/dropbear (persistent).
     enable = true;
     port = 22;
-    package = pkgsMusl.dropbear;
+    # nixpkgs' dropbear has no scp by default and runs sftp-server from a NixOS path: built here
+    # with its scp, and with /etc/ssh/sftp-server (a link to sftpServer) as its sftp server.
+    package = pkgsMusl.dropbear.override { enableSCP = true; sftpPath = "/etc/ssh/sftp-server"; };
+    # What dropbear runs for the sftp subsystem (also what `scp` from OpenSSH >= 9.0 uses):
+    # OpenSSH's sftp-server, copied alone so that the system holds it rather than all of openssh.
+    # null: no sftp.
+    sftpServer = pkgs.runCommand "sftp-server" { } ''
+      cp ${pkgsMusl.openssh}/libexec/sftp-server $out
+    '';
   };
 
   # users.<name> = { uid; home; shell; authorizedKeys = [ "ssh-ed25519 ..." ]; hashedPassword; }

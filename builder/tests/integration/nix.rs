@@ -248,3 +248,46 @@ fn nix_built_abbuild_carries_systemd_boot() {
         "BOOTX64.EFI is not the store's systemd-boot"
     );
 }
+
+/// mkSystem's ssh (built against nix/tests/mock-nixpkgs, whose dropbear records the override
+/// arguments it gets): dropbear with scp on the system's PATH, and its sftp path is the
+/// etc/ssh/sftp-server link to an executable sftp server.
+#[test]
+fn mksystem_ssh_has_scp_and_sftp() {
+    if !Command::new("sh")
+        .args(["-c", "command -v nix-build"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        eprintln!("skipping: nix-build is not installed");
+        return;
+    }
+    let build = |attr: &str| {
+        let out = stdout(
+            Command::new("nix-build")
+                .args([
+                    "--option",
+                    "sandbox",
+                    "false",
+                    "--option",
+                    "substituters",
+                    "",
+                ])
+                .arg("--no-out-link")
+                .arg(repo_file("nix/tests/mock-system.nix"))
+                .args(["-A", attr]),
+        );
+        PathBuf::from(out.trim())
+    };
+    let sw = build("bootable.sw");
+    let etc = build("bootable.etc");
+    assert!(sw.join("bin/scp").exists(), "no scp in {}", sw.display());
+    let dropbear = fs::canonicalize(sw.join("bin/dropbear")).unwrap();
+    let sftp_path =
+        fs::read_to_string(dropbear.parent().unwrap().join("../nix-support/sftp-path")).unwrap();
+    assert_eq!(sftp_path.trim(), "/etc/ssh/sftp-server");
+    let server = fs::canonicalize(etc.join("ssh/sftp-server")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert!(fs::metadata(&server).unwrap().permissions().mode() & 0o111 != 0);
+}

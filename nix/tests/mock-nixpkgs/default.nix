@@ -50,12 +50,25 @@ let
 
   # dropbear stand-in: stays up like a daemon and makes a host key file.
   # (The device's root has no /bin/sh: the scripts name the mock busybox as interpreter.)
-  dropbear = drv "dropbear-stub" ''
-    mkdir -p $out/bin
-    sh="#!${busybox}/bin/busybox sh"
-    printf '%s\necho "dropbear stub: $*"\nexec sleep 2147483647\n' "$sh" > $out/bin/dropbear
-    printf '%s\nwhile [ $# -gt 0 ]; do [ "$1" = -f ] && echo stub-key > "$2"; shift; done\n' "$sh" > $out/bin/dropbearkey
-    chmod +x $out/bin/*
+  # It takes nixpkgs' override arguments (enableSCP, sftpPath): with enableSCP it has a bin/scp
+  # stub, and it records sftpPath in nix-support/sftp-path, for tests of what mkSystem asks for.
+  dropbearWith = { enableSCP ? false, sftpPath ? "/run/current-system/sw/libexec/sftp-server" }:
+    drv "dropbear-stub" ''
+      mkdir -p $out/bin $out/nix-support
+      sh="#!${busybox}/bin/busybox sh"
+      printf '%s\necho "dropbear stub: $*"\nexec sleep 2147483647\n' "$sh" > $out/bin/dropbear
+      printf '%s\nwhile [ $# -gt 0 ]; do [ "$1" = -f ] && echo stub-key > "$2"; shift; done\n' "$sh" > $out/bin/dropbearkey
+      if [ -n "$enableSCP" ]; then printf '%s\necho "scp stub: $*"\n' "$sh" > $out/bin/scp; fi
+      chmod +x $out/bin/*
+      echo "$sftpPath" > $out/nix-support/sftp-path
+    '' { inherit enableSCP sftpPath; };
+  dropbear = dropbearWith { } // { override = a: dropbearWith a; };
+
+  # openssh stand-in: only its sftp-server, which says what it is.
+  openssh = drv "openssh-stub" ''
+    mkdir -p $out/libexec
+    printf '#!${busybox}/bin/busybox sh\necho "sftp-server stub"\n' > $out/libexec/sftp-server
+    chmod +x $out/libexec/sftp-server
   '' { };
 
   # systemd stand-in: only what nix/default.nix takes from it, systemd-boot's EFI binary.
@@ -105,7 +118,7 @@ let
     stdenv.hostPlatform.linux-kernel.target = "bzImage";
     linuxPackages = { inherit kernel; };
     busybox = busybox // { override = _: busybox; };
-    dropbear = dropbear;
+    inherit dropbear openssh;
     e2fsprogs = stub "e2fsprogs-stub";
     curl = stub "curl-stub";
     zstd = stub "zstd-stub";
