@@ -18,6 +18,7 @@ let
     else checkName "abupdate.compatible" cfg.abupdate.compatible;
 
   kernel = cfg.kernel.package;
+  # nixpkgs master dropped stdenv.hostPlatform.linux-kernel in 2026; bzImage is x86_64's target.
   kernelTarget = pkgs.stdenv.hostPlatform.linux-kernel.target or "bzImage";
   kver = kernel.modDirVersion;
 

@@ -115,7 +115,8 @@ let
     inherit system kernel rustPlatform systemd;
     pkgsMusl = self;
     pkgsStatic = self;
-    stdenv.hostPlatform.linux-kernel.target = "bzImage";
+    # As on nixpkgs master since 2026: no linux-kernel (nix/system/build.nix falls back to bzImage).
+    stdenv.hostPlatform = { };
     linuxPackages = { inherit kernel; };
     busybox = busybox // { override = _: busybox; };
     inherit dropbear openssh;
