@@ -7,16 +7,23 @@ use std::process::Command;
 
 use crate::util::*;
 
-/// Builds the fixture toplevel; `None` (after saying why) when nix-build is not installed.
-fn nix_toplevel(dir: &Path) -> Option<PathBuf> {
-    if !Command::new("sh")
+/// Whether nix-build is installed; says so when it is not (the caller skips).
+fn have_nix_build() -> bool {
+    let found = Command::new("sh")
         .args(["-c", "command -v nix-build"])
         .output()
         .unwrap()
         .status
-        .success()
-    {
+        .success();
+    if !found {
         eprintln!("skipping: nix-build is not installed");
+    }
+    found
+}
+
+/// Builds the fixture toplevel; `None` (after saying why) when nix-build is not installed.
+fn nix_toplevel(dir: &Path) -> Option<PathBuf> {
+    if !have_nix_build() {
         return None;
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -254,13 +261,7 @@ fn nix_built_abbuild_carries_systemd_boot() {
 /// etc/ssh/sftp-server link to an executable sftp server.
 #[test]
 fn mksystem_ssh_has_scp_and_sftp() {
-    if !Command::new("sh")
-        .args(["-c", "command -v nix-build"])
-        .status()
-        .unwrap()
-        .success()
-    {
-        eprintln!("skipping: nix-build is not installed");
+    if !have_nix_build() {
         return;
     }
     let build = |attr: &str| {
