@@ -1,8 +1,9 @@
 {
   description = "abupdate: A/B image builder (abbuild) and updater (abupdate) for minimal musl Linux systems";
 
-  # Any recent nixpkgs with pkgsMusl; docs/nix.md records what this was checked against.
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+  # A release branch, not unstable; `nix flake lock` pins it in flake.lock (commit that file).
+  # nixos-26.05 needs Nix >= 2.18; docs/nix.md says what was checked and how to move the pin.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs = { self, nixpkgs }:
     let

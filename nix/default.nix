@@ -39,7 +39,15 @@ let
     meta.mainProgram = "abupdate";
   };
 
-  # The builder runs in CI, not on devices: built for the build machine, with the programs it calls.
+  # systemd-boot's EFI binary from nixpkgs' systemd (built with its boot loader on x86_64 glibc),
+  # copied alone so that abbuild's closure holds this one file rather than all of systemd.
+  systemdBootEfi = pkgs.runCommand "systemd-bootx64.efi" { } ''
+    cp ${pkgs.systemd}/lib/systemd/boot/efi/systemd-bootx64.efi $out
+  '';
+
+  # The builder runs in CI, not on devices: built for the build machine, with the programs it calls
+  # and the boot loader it installs (ABBUILD_SYSTEMD_BOOT_EFI: the default for image definitions
+  # without `bootloader`; docs/nix.md), so that it needs nothing from the host but Nix.
   abbuild = pkgs.rustPlatform.buildRustPackage {
     pname = "abbuild";
     inherit version src;
@@ -49,7 +57,8 @@ let
     doCheck = false;
     nativeBuildInputs = [ pkgs.makeWrapper ];
     postInstall = ''
-      wrapProgram $out/bin/abbuild --prefix PATH : ${pkgs.squashfsTools}/bin:${pkgs.qemu-utils or pkgs.qemu}/bin
+      wrapProgram $out/bin/abbuild --prefix PATH : ${pkgs.squashfsTools}/bin:${pkgs.qemu-utils or pkgs.qemu}/bin \
+        --set-default ABBUILD_SYSTEMD_BOOT_EFI ${systemdBootEfi}
     '';
     meta.mainProgram = "abbuild";
   };
@@ -57,6 +66,6 @@ let
   mkSystem = import ./system { inherit pkgs abupdate; };
 in
 {
-  inherit abupdate abbuild mkSystem src;
+  inherit abupdate abbuild mkSystem src systemdBootEfi;
   examples.vps = mkSystem { modules = [ ./examples/vps.nix ]; };
 }

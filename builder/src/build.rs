@@ -119,8 +119,9 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     let bootloader_len = fs::metadata(&def.bootloader)
         .with_context(|| {
             format!(
-                "bootloader {} (install systemd-boot-efi or set `bootloader`)",
-                def.bootloader.display()
+                "bootloader {} (install systemd-boot-efi, set `bootloader` or {})",
+                def.bootloader.display(),
+                crate::image_def::BOOTLOADER_ENV
             )
         })?
         .len();

@@ -11,8 +11,14 @@ use serde::{Deserialize, Deserializer};
 /// partitioning tool uses, which suits any flash erase block and 4K-sector disk.
 pub const ALIGN: u64 = 1024 * 1024;
 
-/// Where Debian's systemd-boot-efi puts the bootloader; the default for `bootloader`.
+/// Where Debian's systemd-boot-efi puts the bootloader; the default for `bootloader` when
+/// [`BOOTLOADER_ENV`] is not set.
 pub const DEFAULT_BOOTLOADER: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// Environment variable naming the default systemd-boot EFI binary: the Nix-built abbuild's
+/// wrapper sets it to nixpkgs' systemd-boot, so it needs none from the host. An image
+/// definition's own `bootloader` wins over it.
+pub const BOOTLOADER_ENV: &str = "ABBUILD_SYSTEMD_BOOT_EFI";
 
 /// Smallest ESP: FAT32 needs 65525 clusters, which at 512-byte clusters is ~33 MiB.
 pub const MIN_ESP_SIZE: u64 = 34 * ALIGN;
@@ -117,7 +123,10 @@ fn default_boot_tries() -> u32 {
 }
 
 fn default_bootloader() -> PathBuf {
-    PathBuf::from(DEFAULT_BOOTLOADER)
+    match std::env::var_os(BOOTLOADER_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_BOOTLOADER),
+    }
 }
 
 /// One image definition, as read from `images/NAME.toml`.

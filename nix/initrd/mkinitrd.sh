@@ -13,9 +13,12 @@
 #   moduleDir      the kernel's lib/modules/<version> directory (modules.dep, modules.builtin and
 #                  the module files); unused when modules is empty
 #   kernelVersion  <version> (the directory name the modules go to in the initrd: uname -r)
-#   modules        module names to load (space separated), e.g. "virtio_pci virtio_blk squashfs";
-#                  dependencies are added from modules.dep; modules built into the kernel
-#                  (modules.builtin) are skipped
+#   modules        required module names or aliases (space separated), e.g. "virtio_blk squashfs";
+#                  dependencies are added from modules.dep, soft dependencies from modules.softdep;
+#                  modules built into the kernel (modules.builtin) are skipped; a name that is none
+#                  of these fails the build, naming the kernel version
+#   optionalModules  the same, but a name this kernel does not have is skipped with a note
+#                  (e.g. "crc32c": crc32c_generic before Linux 6.16, crc32c-cryptoapi since)
 #   extraBins      static programs copied into /bin (space separated paths), e.g. mkfs.ext4 e2fsck
 #   extraTrees     directories whose contents are copied into the initrd's root (space separated),
 #                  e.g. dynamically linked programs with their libraries and loader
@@ -61,43 +64,77 @@ $bb ln -s /proc/mounts "$work/etc/mtab"
 $bb cp "$initScript" "$work/init"
 $bb chmod 0755 "$work/init"
 
-# kernel modules, dependencies first
+# kernel modules, dependencies first. A name is a module (modules.dep), built in
+# (modules.builtin) or an alias (modules.alias, exact match: "crypto-crc32c" names every module
+# providing it); each module's soft dependencies (modules.softdep) are added like optional names.
+# Only modules.dep is required: a missing builtin/alias/softdep file reads as empty.
 : > "$work/etc/abinit/modules"
-if [ -n "${modules:-}" ]; then
+if [ -n "${modules:-}${optionalModules:-}" ]; then
     moddir=$moduleDir
     [ -f "$moddir/modules.dep" ] || fail "$moddir/modules.dep not found"
-    builtin=$moddir/modules.builtin
-    [ -f "$builtin" ] || builtin=/dev/null
-    order=$($bb awk -v want="$modules" '
+    order=$($bb awk -v want="${modules:-}" -v maybe="${optionalModules:-}" -v dir="$moddir" '
         function modname(p,   n) {
             n = p; sub(/.*\//, "", n); sub(/\.ko.*$/, "", n); gsub(/-/, "_", n); return n
         }
-        function visit(p,   i, n, d) {
+        function words(s, a,   n) { return split(s, a, " ") }
+        # Adds what name stands for; 0 when it is nothing this kernel has.
+        function resolve(name,   m, n, a, i, found) {
+            m = name; gsub(/-/, "_", m)
+            if (m in path) { visit(path[m]); return 1 }
+            if (m in builtin) return 1
+            n = words(alias[name], a)
+            for (i = 1; i <= n; i++) {
+                if (a[i] in path) { visit(path[a[i]]); found = 1 }
+                else if (a[i] in builtin) found = 1
+            }
+            return found
+        }
+        function visit(p,   i, n, d, m) {
             if (p in seen) return
             seen[p] = 1
-            n = split(deps[p], d, " ")
+            m = modname(p)
+            n = words(pre[m], d)
+            for (i = 1; i <= n; i++) resolve(d[i])
+            n = words(deps[p], d)
             for (i = 1; i <= n; i++) visit(d[i])
             print p
+            n = words(post[m], d)
+            for (i = 1; i <= n; i++) resolve(d[i])
         }
-        FNR == 1 { file++ }
-        file == 1 { builtin[modname($0)] = 1; next }
-        {
-            p = $0; sub(/:.*/, "", p)
-            d = $0; sub(/^[^:]*:[ ]*/, "", d)
-            deps[p] = d
-            path[modname(p)] = p
-        }
-        END {
-            n = split(want, w, " ")
-            for (i = 1; i <= n; i++) {
-                m = w[i]; gsub(/-/, "_", m)
-                if (m in path) visit(path[m])
-                else if (!(m in builtin)) { print "MISSING " w[i]; bad = 1 }
+        BEGIN {
+            while ((getline l < (dir "/modules.dep")) > 0) {
+                p = l; sub(/:.*/, "", p)
+                d = l; sub(/^[^:]*:[ ]*/, "", d)
+                deps[p] = d
+                path[modname(p)] = p
             }
+            while ((getline l < (dir "/modules.builtin")) > 0) builtin[modname(l)] = 1
+            while ((getline l < (dir "/modules.alias")) > 0) {
+                if (words(l, a) >= 3 && a[1] == "alias") { m = a[3]; gsub(/-/, "_", m); alias[a[2]] = alias[a[2]] " " m }
+            }
+            while ((getline l < (dir "/modules.softdep")) > 0) {
+                n = words(l, a)
+                if (n < 3 || a[1] != "softdep") continue
+                m = a[2]; gsub(/-/, "_", m); where = ""
+                for (i = 3; i <= n; i++) {
+                    if (a[i] == "pre:" || a[i] == "post:") where = a[i]
+                    else if (where == "pre:") pre[m] = pre[m] " " a[i]
+                    else if (where == "post:") post[m] = post[m] " " a[i]
+                }
+            }
+            n = words(want, w)
+            for (i = 1; i <= n; i++) if (!resolve(w[i])) { print "MISSING " w[i]; bad = 1 }
+            n = words(maybe, w)
+            for (i = 1; i <= n; i++) if (!resolve(w[i])) print "ABSENT " w[i]
             exit bad
-        }' "$builtin" "$moddir/modules.dep") || fail "modules not found in $moddir: $order"
+        }') || fail "kernel $kernelVersion has no module, built-in module or alias named:$(echo "$order" | $bb sed -n 's/^MISSING / /p' | $bb tr -d '\n') (in $moddir; mark a module that may be absent as optional)"
+    for m in $(echo "$order" | $bb sed -n 's/^ABSENT //p'); do
+        echo "mkinitrd: optional module $m: not in kernel $kernelVersion, skipped" >&2
+    done
+    order=$(echo "$order" | $bb grep -v '^ABSENT ' || true)
     for m in $order; do
         src=$moddir/$m
+        [ -f "$src" ] || fail "kernel $kernelVersion: $m is in modules.dep but not in $moddir"
         dst=${m%.ko*}.ko
         $bb mkdir -p "$work/lib/modules/$kernelVersion/${dst%/*}"
         case "$m" in

@@ -18,6 +18,7 @@ let
     else checkName "abupdate.compatible" cfg.abupdate.compatible;
 
   kernel = cfg.kernel.package;
+  # nixpkgs master dropped stdenv.hostPlatform.linux-kernel in 2026; bzImage is x86_64's target.
   kernelTarget = pkgs.stdenv.hostPlatform.linux-kernel.target or "bzImage";
   kver = kernel.modDirVersion;
 
@@ -41,6 +42,7 @@ let
       moduleDir = "${kernel}/lib/modules/${kver}";
       kernelVersion = kver;
       modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules);
+      optionalModules = builtins.concatStringsSep " " cfg.initrd.optionalModules;
       extraBins = if e2fs == null then ""
         else builtins.concatStringsSep " " (map (p: "${getBin e2fs}/bin/${p}") [ "mkfs.ext4" "e2fsck" "resize2fs" ]);
       SOURCE_DATE_EPOCH = "1";
@@ -254,6 +256,11 @@ let
     mkdir -p $out
     ln -s /run/resolv.conf $out/resolv.conf
     ln -s /proc/mounts $out/mtab
+    ${if cfg.ssh.enable && cfg.ssh.sftpServer != null then ''
+      # dropbear's sftp server (options.nix): a link, so the file keeps its store references.
+      mkdir -p $out/ssh
+      ln -s ${cfg.ssh.sftpServer} $out/ssh/sftp-server
+    '' else ""}
     ${concatLines (mapAttrsToList (p: v:
       # A string is the file's text; a path or a derivation is the file.
       let src = if builtins.isString v then pkgs.writeText "etc-${baseNameOf p}" v else v;

@@ -28,11 +28,17 @@
 
   initrd = {
     # What the initrd needs to find and mount the slot and the data partition on common VPS and
-    # QEMU hardware (virtio, SCSI, NVMe, SATA).
+    # QEMU hardware (virtio, SCSI, NVMe, SATA). Names, built-in modules or aliases; dependencies
+    # (modules.dep) and soft dependencies (modules.softdep) are added. The build fails, naming
+    # the kernel version, when the kernel has one of these in none of those forms.
     modules = [
       "virtio_pci" "virtio_blk" "virtio_scsi" "sd_mod" "nvme" "ahci"
-      "squashfs" "ext4" "crc32c_generic" "overlay"
+      "squashfs" "ext4" "overlay"
     ];
+    # The same, but skipped (with a note at build time) when the kernel lacks them. "crc32c" is
+    # the crypto API's alias: crc32c_generic (and crc32c-intel) before Linux 6.16,
+    # crc32c-cryptoapi since (kernels whose ext4 asks for it name it in modules.softdep too).
+    optionalModules = [ "crc32c" ];
     # Must be statically linked: the initrd has no dynamic loader.
     busybox = pkgsMusl.busybox.override { enableStatic = true; };
     # mkfs.ext4, e2fsck and resize2fs in the initrd (journaled ext4 on data, checked at every
@@ -57,7 +63,15 @@
     # dropbear; host keys are made on first boot in /var/lib/dropbear (persistent).
     enable = true;
     port = 22;
-    package = pkgsMusl.dropbear;
+    # nixpkgs' dropbear has no scp by default and runs sftp-server from a NixOS path: built here
+    # with its scp, and with /etc/ssh/sftp-server (a link to sftpServer) as its sftp server.
+    package = pkgsMusl.dropbear.override { enableSCP = true; sftpPath = "/etc/ssh/sftp-server"; };
+    # What dropbear runs for the sftp subsystem (also what `scp` from OpenSSH >= 9.0 uses):
+    # OpenSSH's sftp-server, copied alone so that the system holds it rather than all of openssh.
+    # null: no sftp.
+    sftpServer = pkgs.runCommand "sftp-server" { } ''
+      cp ${pkgsMusl.openssh}/libexec/sftp-server $out
+    '';
   };
 
   # users.<name> = { uid; home; shell; authorizedKeys = [ "ssh-ed25519 ..." ]; hashedPassword; }

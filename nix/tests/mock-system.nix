@@ -2,12 +2,15 @@
 #   nix-instantiate nix/tests/mock-system.nix -A vps.toplevel --argstr abupdate "$PWD/<static abupdate>"
 #   nix-build --option sandbox false nix/tests/mock-system.nix -A bootable.toplevel --argstr abupdate ...
 # "bootable" is the example VPS system adjusted to what the mock can really run (see vps-test.nix).
-{ abupdate ? null, kernelVersion ? null }:
+# The Nix-built abbuild, wrapped with the mock systemd's EFI binary (see mock-nixpkgs):
+#   nix-build --option sandbox false nix/tests/mock-system.nix -A abbuild --argstr abbuild "$PWD/<abbuild>"
+{ abupdate ? null, abbuild ? null, systemdBootEfi ? null, kernelVersion ? null }:
 let
-  pkgs = import ./mock-nixpkgs { inherit abupdate kernelVersion; };
+  pkgs = import ./mock-nixpkgs { inherit abupdate abbuild systemdBootEfi kernelVersion; };
   ab = import ../default.nix { inherit pkgs; };
 in
 {
+  inherit (ab) abbuild;
   vps = ab.examples.vps;
   bootable = ab.mkSystem { modules = [ ../examples/vps.nix ./vps-test.nix ]; };
 }

@@ -7,16 +7,23 @@ use std::process::Command;
 
 use crate::util::*;
 
-/// Builds the fixture toplevel; `None` (after saying why) when nix-build is not installed.
-fn nix_toplevel(dir: &Path) -> Option<PathBuf> {
-    if !Command::new("sh")
+/// Whether nix-build is installed; says so when it is not (the caller skips).
+fn have_nix_build() -> bool {
+    let found = Command::new("sh")
         .args(["-c", "command -v nix-build"])
         .output()
         .unwrap()
         .status
-        .success()
-    {
+        .success();
+    if !found {
         eprintln!("skipping: nix-build is not installed");
+    }
+    found
+}
+
+/// Builds the fixture toplevel; `None` (after saying why) when nix-build is not installed.
+fn nix_toplevel(dir: &Path) -> Option<PathBuf> {
+    if !have_nix_build() {
         return None;
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -158,4 +165,130 @@ fn store_path_closure_becomes_the_root() {
     assert!(
         fs::read(&image).unwrap() == fs::read(out2.join("qemu-test-2026.11.22.1.img")).unwrap()
     );
+}
+
+/// nix/initrd/mkinitrd.sh picks kernel modules right on synthetic 6.1- and 6.18-style module
+/// trees (soft dependencies, aliases, renamed and compressed modules, optional ones) and on trees
+/// with an empty or missing modules.builtin; the cases are in nix/tests/mkinitrd-test.sh.
+#[test]
+fn mkinitrd_module_trees() {
+    let out = Command::new("sh")
+        .arg(repo_file("nix/tests/mkinitrd-test.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nix/tests/mkinitrd-test.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Nix-built abbuild (nix/default.nix, built against nix/tests/mock-nixpkgs with this
+/// abbuild binary) carries systemd-boot from the systemd package: its wrapper names the store
+/// copy, and an image definition without `bootloader` gets exactly that file as BOOTX64.EFI,
+/// whatever the host has in /usr/lib/systemd/boot/efi.
+#[test]
+fn nix_built_abbuild_carries_systemd_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(top) = nix_toplevel(dir.path()) else {
+        return;
+    };
+    // Stands for the systemd package's EFI binary: bytes no host file has.
+    let efi = dir.path().join("systemd-bootx64.efi");
+    let efi_bytes = noise(150_000, 11);
+    fs::write(&efi, &efi_bytes).unwrap();
+    let pkg = stdout(
+        Command::new("nix-build")
+            .args([
+                "--option",
+                "sandbox",
+                "false",
+                "--option",
+                "substituters",
+                "",
+            ])
+            .arg("--no-out-link")
+            .arg(repo_file("nix/tests/mock-system.nix"))
+            .args([
+                "-A",
+                "abbuild",
+                "--argstr",
+                "abbuild",
+                env!("CARGO_BIN_EXE_abbuild"),
+            ])
+            .arg("--argstr")
+            .arg("systemdBootEfi")
+            .arg(&efi),
+    );
+    let wrapped = PathBuf::from(pkg.trim()).join("bin/abbuild");
+
+    // qemu-test.toml names Debian's file; without that line the default applies.
+    let def = fs::read_to_string(repo_file("images/qemu-test.toml")).unwrap();
+    let def: String = def
+        .lines()
+        .filter(|l| !l.starts_with("bootloader"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let image_def = dir.path().join("qemu-test.toml");
+    fs::write(&image_def, def).unwrap();
+
+    let key = test_key(dir.path());
+    let out = dir.path().join("out");
+    // The arguments a test build gets, given to the wrapper instead of the cargo binary.
+    let args = build_cmd(&image_def, &top, &key, &out);
+    ok(Command::new(&wrapped)
+        .args(args.get_args())
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("ABBUILD_SYSTEMD_BOOT_EFI"));
+
+    let image = out.join("qemu-test-2026.11.22.1.img");
+    let (off, _) = partition(&image, "esp");
+    let got = dir.path().join("BOOTX64.EFI");
+    ok(Command::new("mcopy")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg("::EFI/BOOT/BOOTX64.EFI")
+        .arg(&got));
+    assert!(
+        fs::read(&got).unwrap() == efi_bytes,
+        "BOOTX64.EFI is not the store's systemd-boot"
+    );
+}
+
+/// mkSystem's ssh (built against nix/tests/mock-nixpkgs, whose dropbear records the override
+/// arguments it gets): dropbear with scp on the system's PATH, and its sftp path is the
+/// etc/ssh/sftp-server link to an executable sftp server.
+#[test]
+fn mksystem_ssh_has_scp_and_sftp() {
+    if !have_nix_build() {
+        return;
+    }
+    let build = |attr: &str| {
+        let out = stdout(
+            Command::new("nix-build")
+                .args([
+                    "--option",
+                    "sandbox",
+                    "false",
+                    "--option",
+                    "substituters",
+                    "",
+                ])
+                .arg("--no-out-link")
+                .arg(repo_file("nix/tests/mock-system.nix"))
+                .args(["-A", attr]),
+        );
+        PathBuf::from(out.trim())
+    };
+    let sw = build("bootable.sw");
+    let etc = build("bootable.etc");
+    assert!(sw.join("bin/scp").exists(), "no scp in {}", sw.display());
+    let dropbear = fs::canonicalize(sw.join("bin/dropbear")).unwrap();
+    let sftp_path =
+        fs::read_to_string(dropbear.parent().unwrap().join("../nix-support/sftp-path")).unwrap();
+    assert_eq!(sftp_path.trim(), "/etc/ssh/sftp-server");
+    let server = fs::canonicalize(etc.join("ssh/sftp-server")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert!(fs::metadata(&server).unwrap().permissions().mode() & 0o111 != 0);
 }

@@ -6,14 +6,22 @@
 # kernel's modules are a symlink into the host's /lib/modules, and everything builds with
 # sandbox = false only.
 # Arguments: abupdate (a static abupdate binary, absolute path string; default
-# $ABUPDATE_STATIC), kernelVersion; anything else (`system` when imported as nixpkgs) is ignored.
+# $ABUPDATE_STATIC), abbuild (an abbuild binary, default $ABBUILD_BIN; without one abbuild is a
+# stub), systemdBootEfi (the file the mock systemd provides as systemd-boot's EFI binary; default
+# Debian's, from systemd-boot-efi), kernelVersion; anything else (`system` when imported as
+# nixpkgs) is ignored.
 args@{ kernelVersion ? null, ... }:
 let
-  envAbupdate = builtins.getEnv "ABUPDATE_STATIC";
-  abupdate =
-    if (args.abupdate or null) != null then args.abupdate
-    else if envAbupdate != "" then envAbupdate
+  argOrEnv = name: env:
+    let e = builtins.getEnv env; in
+    if (args.${name} or null) != null then args.${name}
+    else if e != "" then e
     else null;
+  abupdate = argOrEnv "abupdate" "ABUPDATE_STATIC";
+  abbuild = argOrEnv "abbuild" "ABBUILD_BIN";
+  systemdBootEfi =
+    if (args.systemdBootEfi or null) != null then args.systemdBootEfi
+    else "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
   system = "x86_64-linux";
   hostPath = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
   drv = name: script: env: builtins.derivation ({
@@ -42,27 +50,76 @@ let
 
   # dropbear stand-in: stays up like a daemon and makes a host key file.
   # (The device's root has no /bin/sh: the scripts name the mock busybox as interpreter.)
-  dropbear = drv "dropbear-stub" ''
-    mkdir -p $out/bin
-    sh="#!${busybox}/bin/busybox sh"
-    printf '%s\necho "dropbear stub: $*"\nexec sleep 2147483647\n' "$sh" > $out/bin/dropbear
-    printf '%s\nwhile [ $# -gt 0 ]; do [ "$1" = -f ] && echo stub-key > "$2"; shift; done\n' "$sh" > $out/bin/dropbearkey
-    chmod +x $out/bin/*
+  # It takes nixpkgs' override arguments (enableSCP, sftpPath): with enableSCP it has a bin/scp
+  # stub, and it records sftpPath in nix-support/sftp-path, for tests of what mkSystem asks for.
+  dropbearWith = { enableSCP ? false, sftpPath ? "/run/current-system/sw/libexec/sftp-server" }:
+    drv "dropbear-stub" ''
+      mkdir -p $out/bin $out/nix-support
+      sh="#!${busybox}/bin/busybox sh"
+      printf '%s\necho "dropbear stub: $*"\nexec sleep 2147483647\n' "$sh" > $out/bin/dropbear
+      printf '%s\nwhile [ $# -gt 0 ]; do [ "$1" = -f ] && echo stub-key > "$2"; shift; done\n' "$sh" > $out/bin/dropbearkey
+      if [ -n "$enableSCP" ]; then printf '%s\necho "scp stub: $*"\n' "$sh" > $out/bin/scp; fi
+      chmod +x $out/bin/*
+      echo "$sftpPath" > $out/nix-support/sftp-path
+    '' { inherit enableSCP sftpPath; };
+  dropbear = dropbearWith { } // { override = a: dropbearWith a; };
+
+  # openssh stand-in: only its sftp-server, which says what it is.
+  openssh = drv "openssh-stub" ''
+    mkdir -p $out/libexec
+    printf '#!${busybox}/bin/busybox sh\necho "sftp-server stub"\n' > $out/libexec/sftp-server
+    chmod +x $out/libexec/sftp-server
   '' { };
 
-  rustPlatform.buildRustPackage = args:
-    if args.pname == "abupdate" && abupdate != null then
-      drv "abupdate-prebuilt" "mkdir -p $out/bin; cp ${builtins.path { name = "abupdate-static"; path = /. + abupdate; }} $out/bin/abupdate" { }
-    else stub "${args.pname}-stub";
+  # systemd stand-in: only what nix/default.nix takes from it, systemd-boot's EFI binary.
+  systemd = drv "systemd-boot-host" ''
+    mkdir -p $out/lib/systemd/boot/efi
+    cp ${builtins.path { name = "systemd-bootx64.efi"; path = /. + systemdBootEfi; }} $out/lib/systemd/boot/efi/systemd-bootx64.efi
+  '' { };
+
+  # makeWrapper's wrapProgram, for the options nix/default.nix uses (--prefix, --set-default).
+  wrapProgram = ''
+    wrapProgram() {
+      prog=$1; shift
+      wrapped=$(dirname "$prog")/.$(basename "$prog")-wrapped
+      mv "$prog" "$wrapped"
+      {
+        echo '#!/bin/sh'
+        while [ $# -gt 0 ]; do
+          case "$1" in
+            # \044 is "$": a "$" before "{" would be Nix interpolation here.
+            --prefix) printf "%s='%s'\044{%s:+'%s'\044%s}; export %s\n" "$2" "$4" "$2" "$3" "$2" "$2"; shift 4 ;;
+            --set-default) printf ': "\044{%s=%s}"; export %s\n' "$2" "$3" "$2"; shift 3 ;;
+            *) echo "mock wrapProgram: unsupported $1" >&2; exit 1 ;;
+          esac
+        done
+        printf 'exec %s "$@"\n' "$wrapped"
+      } > "$prog"
+      chmod +x "$prog"
+    }
+  '';
+
+  # A prebuilt binary in place of a cargo build; the expression's postInstall runs as it would.
+  prebuilt = a: bin: drv "${a.pname}-prebuilt" ''
+    ${wrapProgram}
+    mkdir -p $out/bin
+    cp ${builtins.path { name = "${a.pname}-bin"; path = /. + bin; }} $out/bin/${a.pname}
+    ${a.postInstall or ""}
+  '' { };
+  rustPlatform.buildRustPackage = a:
+    if a.pname == "abupdate" && abupdate != null then prebuilt a abupdate
+    else if a.pname == "abbuild" && abbuild != null then prebuilt a abbuild
+    else stub "${a.pname}-stub";
 
   self = {
-    inherit system kernel rustPlatform;
+    inherit system kernel rustPlatform systemd;
     pkgsMusl = self;
     pkgsStatic = self;
-    stdenv.hostPlatform.linux-kernel.target = "bzImage";
+    # As on nixpkgs master since 2026: no linux-kernel (nix/system/build.nix falls back to bzImage).
+    stdenv.hostPlatform = { };
     linuxPackages = { inherit kernel; };
     busybox = busybox // { override = _: busybox; };
-    dropbear = dropbear;
+    inherit dropbear openssh;
     e2fsprogs = stub "e2fsprogs-stub";
     curl = stub "curl-stub";
     zstd = stub "zstd-stub";
