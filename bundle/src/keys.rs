@@ -188,29 +188,31 @@ impl TrustedKeys {
         &self.keys
     }
 
-    /// Checks `(key id, signature)` pairs over `message`: passes if any trusted key made a
-    /// valid signature. Signatures by keys we do not know are skipped (a bundle may be
-    /// signed for several fleets), but a bad signature by a key we trust fails at once.
+    /// Checks `(key id, signature)` pairs over `message`: passes if a trusted key made a
+    /// valid signature and no entry under a trusted key id is bad. Signatures by keys we do
+    /// not know are skipped (a bundle may be signed for several fleets), but a bad signature
+    /// by a key we trust fails at once, wherever it stands in the list.
     pub fn verify(&self, message: &[u8], sigs: &[(KeyId, [u8; 64])]) -> Result<KeyId, FormatError> {
         if sigs.is_empty() {
             return Err(FormatError::NoSignature);
         }
-        let mut bad = None;
+        // Every entry under a trusted key id is checked, in order, even after a good one:
+        // an entry that does not verify means the bundle was altered (docs/bundle-format.md).
+        let mut good = None;
         for (id, sig) in sigs {
-            for key in self.keys.iter().filter(|k| k.id() == *id) {
-                if key.verify(message, sig) {
-                    return Ok(*id);
-                }
-                bad = Some(*id);
+            let mut candidates = self.keys.iter().filter(|k| k.id() == *id).peekable();
+            if candidates.peek().is_none() {
+                continue;
             }
+            if !candidates.any(|key| key.verify(message, sig)) {
+                return Err(FormatError::BadSignature(id.to_string()));
+            }
+            good.get_or_insert(*id);
         }
-        match bad {
-            Some(id) => Err(FormatError::BadSignature(id.to_string())),
-            None => Err(FormatError::UntrustedKey {
-                key_ids: join(sigs.iter().map(|s| s.0)),
-                trusted: join(self.keys.iter().map(|k| k.id())),
-            }),
-        }
+        good.ok_or_else(|| FormatError::UntrustedKey {
+            key_ids: join(sigs.iter().map(|s| s.0)),
+            trusted: join(self.keys.iter().map(|k| k.id())),
+        })
     }
 }
 
