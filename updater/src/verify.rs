@@ -1,6 +1,5 @@
 //! `abupdate verify`: everything `apply` checks, without writing anything.
 
-use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
@@ -11,9 +10,7 @@ use tracing::info;
 
 use crate::cli::VerifyArgs;
 use crate::config::Config;
-
-/// Read size for bundles: large enough that syscalls cost nothing next to hashing.
-const READ_BUFFER: usize = 1024 * 1024;
+use crate::source;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,17 +27,18 @@ struct Report {
 pub fn run(a: &VerifyArgs, keys_dir: &Path, config: &Config) -> Result<()> {
     let keys = TrustedKeys::load_dir(keys_dir)
         .with_context(|| format!("loading trusted keys from {}", keys_dir.display()))?;
-    let file = File::open(&a.bundle).with_context(|| format!("opening {}", a.bundle.display()))?;
     let start = Instant::now();
+    // The same source as apply's: a file, a block device (read up to the bundle's end), a URL.
+    let stream = source::open(&a.bundle, config)?;
+    let shown = source::redact(&a.bundle);
     let mut reader =
-        BundleReader::open(std::io::BufReader::with_capacity(READ_BUFFER, file), &keys)
-            .with_context(|| format!("verifying {}", a.bundle.display()))?;
+        BundleReader::open(stream, &keys).with_context(|| format!("verifying {shown}"))?;
     if let Some(c) = a.compatible.as_ref().or(config.compatible.as_ref()) {
         reader.check_compatible(c)?;
     }
     reader
         .verify_rest()
-        .with_context(|| format!("verifying {}", a.bundle.display()))?;
+        .with_context(|| format!("verifying {shown}"))?;
     let m = reader.manifest();
     let bytes: u64 = m.payloads.iter().map(|p| p.size).sum();
     let report = Report {
@@ -57,11 +55,7 @@ pub fn run(a: &VerifyArgs, keys_dir: &Path, config: &Config) -> Result<()> {
     } else {
         println!(
             "OK: {} version {} for '{}', signed by {}, {} bytes verified",
-            a.bundle.display(),
-            report.version,
-            report.compatible,
-            report.signed_by,
-            bytes
+            shown, report.version, report.compatible, report.signed_by, bytes
         );
     }
     info!("verified in {:.2?}", start.elapsed());

@@ -6,5 +6,9 @@ mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod grow;
+mod keysdir;
+mod messages;
 mod refusals;
+mod sources;
+mod statefile;
 mod util;
