@@ -359,3 +359,124 @@ fn verify_reads_a_block_device_like_apply() {
     let err = fails(&truncated, TRUNCATED);
     assert!(err.ends_with("nothing was changed"), "{err}");
 }
+
+/// Runs openssl with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A throw-away CA and a certificate for localhost signed by it, in `dir`.
+fn make_test_ca(dir: &Path) {
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let ca = format!("req -x509 {ec} -keyout ca.key -out ca.pem -days 2");
+    let mut args: Vec<&str> = ca.split(' ').collect();
+    args.extend([
+        "-subj",
+        "/CN=abupdate test-only CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(dir, &args);
+    let req = format!("req {ec} -keyout server.key -out server.csr -subj /CN=localhost");
+    openssl(dir, &req.split(' ').collect::<Vec<_>>());
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &"x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext"
+            .split(' ')
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// Redirects from https: to https they are followed, to http refused (exit 41), even when
+/// the http server would serve a good bundle. The https server is `openssl s_server -HTTP`,
+/// which sends files that hold whole HTTP responses.
+#[test]
+fn https_redirects_to_http_are_refused() {
+    let env = Env::new();
+    let tls = env.path("tls");
+    fs::create_dir_all(tls.join("www")).unwrap();
+    make_test_ca(&tls);
+    let mut cfg = fs::OpenOptions::new()
+        .append(true)
+        .open(env.path("abupdate.toml"))
+        .unwrap();
+    writeln!(cfg, "ca-file = \"{}\"", tls.join("ca.pem").display()).unwrap();
+    let body = small_bundle();
+    fs::write(
+        tls.join("www/small.abu"),
+        [
+            format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes(),
+            body.clone(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    // A plain http server with the same good bundle: only the scheme makes it wrong.
+    let (http_port, _server) = serve_once(move |mut s| {
+        let _ = s.write_all(ok_head(body.len()).as_bytes());
+        let _ = s.write_all(&body);
+    });
+    fs::write(
+        tls.join("www/to-http"),
+        format!("HTTP/1.0 302 Found\r\nLocation: http://127.0.0.1:{http_port}/small.abu\r\n\r\n"),
+    )
+    .unwrap();
+    fs::write(
+        tls.join("www/to-https"),
+        "HTTP/1.0 301 Moved Permanently\r\nLocation: small.abu\r\n\r\n",
+    )
+    .unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-HTTP", "-quiet"])
+        .args(["-cert", "../server.pem", "-key", "../server.key"])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .current_dir(tls.join("www"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let result = std::panic::catch_unwind(|| {
+        assert!(up, "openssl s_server did not start");
+        let no_disk = env.path("no-disk");
+        let to_https = format!("https://localhost:{port}/to-https");
+        let (out, _) = run_bounded(&env, &no_disk, &["verify", &to_https]);
+        ok(&out);
+        let to_http = format!("https://localhost:{port}/to-http");
+        let (out, _) = run_bounded(&env, &no_disk, &["verify", &to_http]);
+        let err = fails(&out, SOURCE_UNAVAILABLE);
+        assert!(
+            err.contains("refusing a redirect from https to http"),
+            "{err}"
+        );
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
