@@ -18,8 +18,14 @@ pub enum FormatError {
     HeaderChecksum,
     #[error("bundle header is invalid: {0}")]
     BadHeader(String),
-    #[error("{what} is too large: {len} bytes, the limit is {max}")]
-    TooLarge { what: String, len: u64, max: u64 },
+    /// `unit` names what `len` and `max` count ("bytes", "signatures").
+    #[error("{what} is too large: {len} {unit}, the limit is {max}")]
+    TooLarge {
+        what: String,
+        len: u64,
+        max: u64,
+        unit: &'static str,
+    },
     #[error("bundle carries no signature")]
     NoSignature,
     #[error("bundle is not signed by a trusted key (signed by: {key_ids}); trusted: {trusted}")]

@@ -99,6 +99,7 @@ impl Header {
                 what: "manifest".into(),
                 len: h.manifest_len.into(),
                 max: MAX_MANIFEST_LEN.into(),
+                unit: "bytes",
             });
         }
         if h.signature_count > MAX_SIGNATURES {
@@ -106,6 +107,7 @@ impl Header {
                 what: "signature list".into(),
                 len: h.signature_count.into(),
                 max: MAX_SIGNATURES.into(),
+                unit: "signatures",
             });
         }
         if h.payloads_offset != crate::align_up(h.signatures_end()) {

@@ -159,9 +159,28 @@ impl TrustedKeys {
 
     /// Loads every `*.pub` file in `dir`. A malformed file is an error (naming it), and so
     /// is a directory with no keys: trusting nothing by accident would refuse every update.
-    pub fn load_dir(dir: &Path) -> io::Result<TrustedKeys> {
-        let mut paths: Vec<_> = fs::read_dir(dir)?
-            .collect::<io::Result<Vec<_>>>()?
+    ///
+    /// Like OpenSSH's StrictModes, the directory and every key file must be owned by root or
+    /// by this process's user and not writable by group or others ([`KeysError::Unsafe`]):
+    /// whoever can write there decides what this device installs. Key files must be regular
+    /// files (after symlinks) of at most [`MAX_KEY_FILE_LEN`] bytes: a FIFO would hang the
+    /// read, a link to a device would never end.
+    pub fn load_dir(dir: &Path) -> Result<TrustedKeys, KeysError> {
+        let io_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| KeysError::Io { path, source }
+        };
+        let meta = fs::metadata(dir).map_err(io_err(dir))?;
+        if !meta.is_dir() {
+            return Err(KeysError::Unsafe(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
+        check_owner_and_mode(dir, &meta)?;
+        let mut paths: Vec<_> = fs::read_dir(dir)
+            .and_then(|d| d.collect::<io::Result<Vec<_>>>())
+            .map_err(io_err(dir))?
             .into_iter()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "pub"))
@@ -169,17 +188,16 @@ impl TrustedKeys {
         paths.sort();
         let mut keys = Vec::new();
         for p in paths {
-            let text = fs::read_to_string(&p)?;
-            let key = PublicKey::parse(&text).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()))
-            })?;
+            let text = read_key_file(&p)?;
+            let key = PublicKey::parse(&text)
+                .map_err(|e| KeysError::Invalid(format!("{}: {e}", p.display())))?;
             keys.push(key);
         }
         if keys.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no trusted keys (*.pub) in {}", dir.display()),
-            ));
+            return Err(KeysError::Invalid(format!(
+                "no trusted keys (*.pub) in {}",
+                dir.display()
+            )));
         }
         Ok(TrustedKeys { keys })
     }
@@ -188,30 +206,123 @@ impl TrustedKeys {
         &self.keys
     }
 
-    /// Checks `(key id, signature)` pairs over `message`: passes if any trusted key made a
-    /// valid signature. Signatures by keys we do not know are skipped (a bundle may be
-    /// signed for several fleets), but a bad signature by a key we trust fails at once.
+    /// Checks `(key id, signature)` pairs over `message`: passes if a trusted key made a
+    /// valid signature and no entry under a trusted key id is bad. Signatures by keys we do
+    /// not know are skipped (a bundle may be signed for several fleets), but a bad signature
+    /// by a key we trust fails at once, wherever it stands in the list.
     pub fn verify(&self, message: &[u8], sigs: &[(KeyId, [u8; 64])]) -> Result<KeyId, FormatError> {
         if sigs.is_empty() {
             return Err(FormatError::NoSignature);
         }
-        let mut bad = None;
+        // Every entry under a trusted key id is checked, in order, even after a good one:
+        // an entry that does not verify means the bundle was altered (docs/bundle-format.md).
+        let mut good = None;
         for (id, sig) in sigs {
-            for key in self.keys.iter().filter(|k| k.id() == *id) {
-                if key.verify(message, sig) {
-                    return Ok(*id);
-                }
-                bad = Some(*id);
+            let mut candidates = self.keys.iter().filter(|k| k.id() == *id).peekable();
+            if candidates.peek().is_none() {
+                continue;
             }
+            if !candidates.any(|key| key.verify(message, sig)) {
+                return Err(FormatError::BadSignature(id.to_string()));
+            }
+            good.get_or_insert(*id);
         }
-        match bad {
-            Some(id) => Err(FormatError::BadSignature(id.to_string())),
-            None => Err(FormatError::UntrustedKey {
-                key_ids: join(sigs.iter().map(|s| s.0)),
-                trusted: join(self.keys.iter().map(|k| k.id())),
-            }),
-        }
+        good.ok_or_else(|| FormatError::UntrustedKey {
+            key_ids: join(sigs.iter().map(|s| s.0)),
+            trusted: join(self.keys.iter().map(|k| k.id())),
+        })
     }
+}
+
+/// Longest key file read: a public key line is under 200 bytes.
+pub const MAX_KEY_FILE_LEN: u64 = 4096;
+
+/// Why a trusted keys directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    /// A key file that does not parse or is too long, or no keys at all.
+    #[error("{0}")]
+    Invalid(String),
+    /// Others could write the directory or a key file, it has a foreign owner, or a key
+    /// "file" is not a regular file.
+    #[error("{0}")]
+    Unsafe(String),
+}
+
+/// Refuses what someone other than root or this user could have written.
+fn check_owner_and_mode(path: &Path, meta: &fs::Metadata) -> Result<(), KeysError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(KeysError::Unsafe(format!(
+            "{} is owned by uid {}, not by root or this user: its keys are not trusted",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        let who = if meta.mode() & 0o002 != 0 {
+            "everyone"
+        } else {
+            "its group"
+        };
+        return Err(KeysError::Unsafe(format!(
+            "{} is writable by {who} (mode {:o}): its keys are not trusted; run chmod go-w on it",
+            path.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Reads one key file: regular files only, checked on the open descriptor (no race with a
+/// rename), opened non-blocking so a FIFO cannot hang us, and at most MAX_KEY_FILE_LEN bytes.
+fn read_key_file(path: &Path) -> Result<String, KeysError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let io_err = |source| KeysError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(KeysError::Unsafe(format!(
+            "{} is {what}, not a regular file: the keys directory may hold only key files",
+            path.display()
+        )));
+    }
+    check_owner_and_mode(path, &meta)?;
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE_LEN + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| KeysError::Invalid(format!("{}: {e}", path.display())))?;
+    if text.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(KeysError::Invalid(format!(
+            "{}: longer than {MAX_KEY_FILE_LEN} bytes, not a public key file",
+            path.display()
+        )));
+    }
+    Ok(text)
 }
 
 fn join(ids: impl Iterator<Item = KeyId>) -> String {

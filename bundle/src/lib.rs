@@ -24,7 +24,7 @@ pub mod writer;
 
 pub use error::FormatError;
 pub use header::{Header, HEADER_LEN, MAGIC};
-pub use keys::{KeyId, PublicKey, SecretKey, Signer, TrustedKeys};
+pub use keys::{KeyId, KeysError, PublicKey, SecretKey, Signer, TrustedKeys};
 pub use manifest::{Digest, Manifest, Payload, PayloadKind};
 pub use reader::{BundleReader, Chunk, ChunkInfo};
 pub use version::Version;

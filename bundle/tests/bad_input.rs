@@ -452,3 +452,56 @@ fn kernel_params_that_name_a_slot_or_root_are_refused() {
         }
     }
 }
+
+/// Signs with `key`'s id but over other bytes: a signature entry that does not verify.
+struct WrongSigner(SecretKey);
+
+impl Signer for WrongSigner {
+    fn key_id(&self) -> abbundle::KeyId {
+        self.0.key_id()
+    }
+    fn sign(&self, _message: &[u8]) -> [u8; 64] {
+        self.0.sign(b"not the manifest")
+    }
+}
+
+/// docs/bundle-format.md: a trusted key id whose signature does not verify is an error at
+/// once, whatever else is in the list (a good signature after it, or before it).
+#[test]
+fn bad_signature_by_a_trusted_key_fails_even_next_to_a_good_one() {
+    let bad = WrongSigner(test_key());
+    for signers in [
+        [&bad as &dyn Signer, &test_key()],
+        [&test_key() as &dyn Signer, &bad],
+    ] {
+        let s = sample_with("", &signers);
+        match read_all(&s.bytes, &trusted(), "test-board") {
+            Err(e @ FormatError::BadSignature(_)) => {
+                assert_eq!(e.exit_code(), abbundle::error::exit::BAD_SIGNATURE)
+            }
+            other => panic!(
+                "accepted a bad signature by a trusted key: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    // A bad entry by a key nobody trusts is still skipped.
+    let s = sample_with("", &[&WrongSigner(other_key()), &test_key()]);
+    assert!(read_all(&s.bytes, &trusted(), "test-board").is_ok());
+}
+
+/// The signature count is a count, not a size.
+#[test]
+fn too_many_signatures_reads_as_a_count() {
+    let mut b = sample().bytes;
+    let n = abbundle::limits::MAX_SIGNATURES + 1;
+    patch_header(&mut b, 20, &n.to_le_bytes());
+    let e = read_all(&b, &trusted(), "test-board").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "signature list is too large: {n} signatures, the limit is {}",
+            abbundle::limits::MAX_SIGNATURES
+        )
+    );
+}

@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let keys = TrustedKeys::load_dir(&ctx.keys)
         .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
 
-    let stream = source::open(r.source, ctx.config.ca_file.as_deref())?;
+    let stream = source::open(r.source, &ctx.config)?;
     let reader =
         BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
     reader.check_compatible(compatible)?;

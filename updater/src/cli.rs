@@ -92,8 +92,8 @@ pub struct MarkBadArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Bundle: a file or a block device holding one
-    pub bundle: PathBuf,
+    /// Bundle: a file, a block device holding one, or an http(s):// URL
+    pub bundle: String,
     /// Required compatible string (default: the config's, if a config exists)
     #[arg(long)]
     pub compatible: Option<String>,

@@ -29,6 +29,9 @@ pub const NO_ENTRY: i32 = 39;
 pub const NOT_CONFIGURED: i32 = 40;
 /// The bundle could not be fetched from its URL: network, HTTP or TLS (certificate) error.
 pub const SOURCE_UNAVAILABLE: i32 = 41;
+/// The trusted keys directory or a key file in it is unsafe: writable by group or others,
+/// owned by someone other than root or this user, or not a regular file.
+pub const KEYS_UNSAFE: i32 = 42;
 
 /// The slot's kernel, initrd and boot entry do not fit on the ESP, even after its old files
 /// (and clusters lost to an earlier interrupted write) are given back.

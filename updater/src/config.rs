@@ -8,6 +8,10 @@
 //! state-file = "/data/abupdate/state.json"   # written by boot-check, read by status
 //! ca-file = "/etc/abupdate/ca.pem"     # optional: trust only these CAs for https:// sources
 //! grow-data = true                     # boot-check grows the data partition to fill the disk
+//! http-connect-timeout = 30            # seconds to connect to an http(s) server
+//! http-timeout = 21600                 # seconds for a whole download
+//! http-min-rate = 16384                # bytes/s a download must average over each window
+//! http-rate-window = 60                # seconds of waiting per rate window
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,6 +40,15 @@ pub struct Config {
     /// Whether `boot-check` grows the data partition (the last one) to fill a disk that is
     /// larger than the image.
     pub grow_data: bool,
+    /// Seconds to wait for a TCP (and TLS) connection to an update server.
+    pub http_connect_timeout: u64,
+    /// Seconds a whole download may take; apply holds the lock meanwhile.
+    pub http_timeout: u64,
+    /// Bytes per second a download must average over each window of waiting (0: no minimum),
+    /// so a server that trickles cannot hold apply and its lock for hours.
+    pub http_min_rate: u64,
+    /// Seconds of waiting over which the rate is averaged; also the longest wait for a read.
+    pub http_rate_window: u64,
 }
 
 impl Default for Config {
@@ -47,6 +60,10 @@ impl Default for Config {
             state_file: PathBuf::from("/data/abupdate/state.json"),
             ca_file: None,
             grow_data: true,
+            http_connect_timeout: 30,
+            http_timeout: 6 * 3600,
+            http_min_rate: 16 * 1024,
+            http_rate_window: 60,
         }
     }
 }
@@ -56,9 +73,9 @@ impl Config {
     /// the user named explicitly is an error.
     pub fn load(path: &Path) -> Result<Config> {
         let c: Config = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e, &text))
+            })?,
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) =>
             {
@@ -69,7 +86,31 @@ impl Config {
         if !(1..=100).contains(&c.boot_tries) {
             bail!("{}: boot-tries must be between 1 and 100", path.display());
         }
+        for (name, v) in [
+            ("http-connect-timeout", c.http_connect_timeout),
+            ("http-timeout", c.http_timeout),
+            ("http-rate-window", c.http_rate_window),
+        ] {
+            if v == 0 {
+                bail!("{}: {name} must be at least 1 (seconds)", path.display());
+            }
+        }
         Ok(c)
+    }
+}
+
+/// toml's message is several lines (the line quoted, a caret under the column): one line
+/// instead, "line L, column C: what".
+fn one_line(e: &toml::de::Error, text: &str) -> String {
+    let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
     }
 }
 
@@ -88,5 +129,16 @@ mod tests {
         let d: Config = toml::from_str("").unwrap();
         assert_eq!(d.boot_tries, 3);
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        assert_eq!(d.http_min_rate, 16 * 1024);
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "compatible = \"x\"\n\nbogus = 1\n").unwrap();
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("line 3, column 1: unknown field `bogus`"), "{e}");
     }
 }

@@ -27,7 +27,7 @@ pub mod window;
 use std::path::PathBuf;
 
 use abbundle::error::exit;
-use abbundle::FormatError;
+use abbundle::{FormatError, KeysError};
 
 /// What every command gets from the global options.
 pub struct Context {
@@ -75,6 +75,17 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     e.chain()
         .find_map(|c| c.downcast_ref::<codes::Refusal>().map(|r| r.code))
+        .or_else(|| {
+            e.chain().find_map(|c| match c.downcast_ref::<KeysError>() {
+                Some(KeysError::Unsafe(_)) => Some(codes::KEYS_UNSAFE),
+                _ => None,
+            })
+        })
+        .or_else(|| {
+            e.chain()
+                .any(source::is_fetch_error)
+                .then_some(codes::SOURCE_UNAVAILABLE)
+        })
         .or_else(|| {
             e.chain()
                 .find_map(|c| c.downcast_ref::<FormatError>())

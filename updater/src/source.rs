@@ -1,17 +1,30 @@
 //! Where a bundle comes from: a file, a block device holding one, or an http(s) URL streamed
 //! straight into the verifier (no temporary file: the device may have no room for one).
+//!
+//! `apply` and `verify` both open bundles here, so they read the same bytes. Before a stream
+//! is returned, its header is read and, where the source's length is known (a file's size, a
+//! block device's size, an HTTP Content-Length), a bundle shorter than the header's
+//! `total_len` is refused (exit 11): `apply` opens the source before it changes anything, so a
+//! truncated bundle never starts a write.
 
 use std::fs::File;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::time::{Duration, Instant};
 
-use abbundle::{Header, HEADER_LEN};
+use abbundle::error::exit;
+use abbundle::{FormatError, Header, HEADER_LEN};
 use anyhow::{Context, Result};
+
+use crate::codes::{self, Refusal};
+use crate::config::Config;
 
 /// Read buffer for bundle sources: a few chunks' worth keeps syscalls and TCP reads out of the
 /// profile while memory stays small and constant.
 const READ_BUFFER: usize = 1 << 20;
+
+/// Redirects followed before giving up (as many as curl's and ureq's default).
+const MAX_REDIRECTS: usize = 5;
 
 fn advise_sequential(file: &File) {
     use std::os::fd::AsRawFd;
@@ -21,64 +34,331 @@ fn advise_sequential(file: &File) {
     }
 }
 
-/// Opens `source` as a byte stream of the bundle. `ca_file`: PEM certificates that https://
-/// servers are checked against instead of the built-in Mozilla roots (a private update server).
-pub fn open(source: &str, ca_file: Option<&Path>) -> Result<Box<dyn Read + Send>> {
+/// Opens `source` as a byte stream of the bundle, with the config's `ca-file` and HTTP limits.
+pub fn open(source: &str, config: &Config) -> Result<Box<dyn Read + Send>> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        return open_url(source, ca_file);
+        let (stream, len) = open_url(source, config)?;
+        return checked(&redact(source), stream, len, false);
     }
-    let file = File::open(source).with_context(|| format!("opening {source}"))?;
+    let mut file = File::open(source).with_context(|| format!("opening {source}"))?;
     let meta = file
         .metadata()
         .with_context(|| format!("inspecting {source}"))?;
+    advise_sequential(&file);
     if !meta.file_type().is_block_device() {
         // Read ahead: the bundle is read once, front to back. (Buffered reads with kernel
         // read-ahead were clearly faster here than O_DIRECT reads one buffer at a time.)
         // No BufReader: the bundle reader reads whole chunks, straight from the page cache.
-        advise_sequential(&file);
-        return Ok(Box::new(file));
+        // Data after the bundle's end is left for the reader to refuse (exit 10).
+        return checked(source, file, Some(meta.len()), false);
     }
-    advise_sequential(&file);
-    let mut r = BufReader::with_capacity(READ_BUFFER, file);
+    let size = file
+        .seek(SeekFrom::End(0))
+        .and_then(|size| file.rewind().map(|()| size))
+        .with_context(|| format!("finding the size of {source}"))?;
     // A bundle on a block device is followed by whatever else the device holds: stop at the
-    // length its header states (the header is checked again by the bundle reader).
+    // length its header states.
+    let r = BufReader::with_capacity(READ_BUFFER, file);
+    checked(source, r, Some(size), true)
+}
+
+/// Reads the header from `r`, refuses a source of known length `len` that is shorter than the
+/// header's `total_len`, and returns the whole stream again (header included). `stop_at_end`:
+/// end the stream at `total_len` (a device holds more than the bundle).
+fn checked<R: Read + Send + 'static>(
+    what: &str,
+    mut r: R,
+    len: Option<u64>,
+    stop_at_end: bool,
+) -> Result<Box<dyn Read + Send>> {
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head)
-        .with_context(|| format!("reading the bundle header from {source}"))?;
-    let h = Header::decode(&head).with_context(|| format!("reading {source}"))?;
-    let rest = r.take(h.total_len - HEADER_LEN as u64);
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FormatError::Truncated("header".into()),
+            _ => FormatError::Io(e),
+        })
+        .with_context(|| format!("reading the bundle header from {what}"))?;
+    let h = Header::decode(&head).with_context(|| format!("reading {what}"))?;
+    if let Some(len) = len.filter(|&l| l < h.total_len) {
+        return Err(Refusal::new(
+            exit::TRUNCATED,
+            format!(
+                "{what}: bundle is truncated: it has {len} bytes, its header says {}; nothing was changed",
+                h.total_len
+            ),
+        )
+        .into());
+    }
+    let rest: Box<dyn Read + Send> = if stop_at_end {
+        Box::new(r.take(h.total_len - HEADER_LEN as u64))
+    } else {
+        Box::new(r)
+    };
     Ok(Box::new(Cursor::new(head).chain(rest)))
 }
 
-#[cfg(feature = "http")]
-fn open_url(url: &str, ca_file: Option<&Path>) -> Result<Box<dyn Read + Send>> {
-    use crate::codes::{self, Refusal};
-    let mut agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(30))
-        .timeout_read(std::time::Duration::from_secs(60));
-    if let Some(ca) = ca_file {
-        agent = with_roots(agent, ca)?;
+/// `scheme://user:password@host/...` with the password replaced by `***`, everywhere in `s`:
+/// error messages must not show a secret from the command line.
+pub fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (before, after) = rest.split_at(i + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
     }
-    let resp = agent.build().get(url).call().map_err(|e| {
-        let hint = if e.to_string().contains("certificate") {
-            " (a server with a private CA needs ca-file in the config)"
-        } else {
-            ""
-        };
+    out.push_str(rest);
+    out
+}
+
+/// An I/O error while downloading a bundle: it reaches the caller inside the bundle reader's
+/// `FormatError::Io`, and [`is_fetch_error`] finds it so the exit code is 41, not 1.
+#[derive(Debug)]
+pub struct FetchError(pub String);
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// Whether `e` is (or wraps) an I/O error made by the download guard.
+pub fn is_fetch_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<FetchError>())
+}
+
+fn fetch_error(kind: io::ErrorKind, message: String) -> io::Error {
+    io::Error::new(kind, FetchError(message))
+}
+
+/// Limits on a download, from the config (docs/updater.md).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub connect_timeout: Duration,
+    /// The whole download, from the first connection to the last byte.
+    pub timeout: Duration,
+    /// Bytes per second, averaged over each `rate_window` of time spent waiting for the
+    /// network (time the caller spends writing the bytes does not count); 0: no minimum.
+    pub min_rate: u64,
+    pub rate_window: Duration,
+}
+
+impl HttpLimits {
+    pub fn of(c: &Config) -> HttpLimits {
+        HttpLimits {
+            connect_timeout: Duration::from_secs(c.http_connect_timeout),
+            timeout: Duration::from_secs(c.http_timeout),
+            min_rate: c.http_min_rate,
+            rate_window: Duration::from_secs(c.http_rate_window),
+        }
+    }
+}
+
+/// Wraps a download: fails once the deadline has passed or when a window of waiting brought
+/// fewer bytes than the minimum rate asks, and tags every error as a [`FetchError`].
+struct Guarded<R> {
+    inner: R,
+    url: String,
+    limits: HttpLimits,
+    deadline: Instant,
+    waited: Duration,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let url = &self.url;
+        let l = &self.limits;
+        if Instant::now() >= self.deadline {
+            return Err(fetch_error(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{url}: the download took longer than {} s (http-timeout)",
+                    l.timeout.as_secs()
+                ),
+            ));
+        }
+        let start = Instant::now();
+        let r = self.inner.read(buf);
+        self.waited += start.elapsed();
+        match r {
+            Ok(n) => {
+                self.bytes += n as u64;
+                if self.waited >= l.rate_window {
+                    let secs = self.waited.as_secs_f64();
+                    if (self.bytes as f64) < l.min_rate as f64 * secs {
+                        return Err(fetch_error(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "{url}: the server sent {} bytes in {secs:.0} s, less than the \
+                                 minimum of {} bytes/s (http-min-rate)",
+                                self.bytes, l.min_rate
+                            ),
+                        ));
+                    }
+                    self.waited = Duration::ZERO;
+                    self.bytes = 0;
+                }
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            // The socket's read timeout is the rate window: nothing came in a whole window.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Err(fetch_error(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{url}: the server sent nothing for {} s (http-rate-window)",
+                        l.rate_window.as_secs()
+                    ),
+                ))
+            }
+            // A connection that ends before its Content-Length is a network failure, not a
+            // short bundle: not UnexpectedEof, which the bundle reader reports as truncation.
+            Err(e) => Err(fetch_error(
+                match e.kind() {
+                    io::ErrorKind::UnexpectedEof => io::ErrorKind::ConnectionAborted,
+                    k => k,
+                },
+                format!("{url}: {}", redact(&e.to_string())),
+            )),
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+type Stream = (Box<dyn Read + Send>, Option<u64>);
+
+/// GETs `source`, following up to MAX_REDIRECTS redirects to http(s) only and never from
+/// https to http; returns the body with the HTTP limits applied, and its Content-Length.
+#[cfg(feature = "http")]
+fn open_url(source: &str, config: &Config) -> Result<Stream> {
+    let limits = HttpLimits::of(config);
+    let shown = redact(source);
+    let fail = |msg: String| -> anyhow::Error {
         Refusal::new(
             codes::SOURCE_UNAVAILABLE,
-            format!("fetching {url}: {e}{hint}; nothing was changed"),
+            format!("fetching {shown}: {}; nothing was changed", redact(&msg)),
         )
-    })?;
-    Ok(Box::new(BufReader::with_capacity(
-        READ_BUFFER,
-        resp.into_reader(),
-    )))
+        .into()
+    };
+    let deadline = Instant::now() + limits.timeout;
+    let mut agent = ureq::AgentBuilder::new()
+        .timeout_connect(limits.connect_timeout)
+        // A read waits at most one rate window: the guard then sees that nothing came.
+        .timeout_read(limits.rate_window)
+        .timeout_write(limits.rate_window)
+        .redirects(0);
+    if let Some(ca) = config.ca_file.as_deref() {
+        agent = with_roots(agent, ca)?;
+    }
+    let agent = agent.build();
+    let mut url = url::Url::parse(source).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+    for hop in 0.. {
+        let resp = call(&agent, &url, deadline, &limits).map_err(fail)?;
+        if !(300..400).contains(&resp.status()) {
+            let len = resp
+                .header("content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let body = Guarded {
+                inner: resp.into_reader(),
+                url: shown.clone(),
+                limits,
+                deadline,
+                waited: Duration::ZERO,
+                bytes: 0,
+            };
+            return Ok((Box::new(BufReader::with_capacity(READ_BUFFER, body)), len));
+        }
+        if hop == MAX_REDIRECTS {
+            return Err(fail(format!("more than {MAX_REDIRECTS} redirects")));
+        }
+        let Some(location) = resp.header("location") else {
+            return Err(fail(format!("HTTP {} without a Location", resp.status())));
+        };
+        let next = url
+            .join(location)
+            .map_err(|e| fail(format!("redirect to '{location}': {e}")))?;
+        match (url.scheme(), next.scheme()) {
+            (_, "https") | ("http", "http") => {}
+            ("https", "http") => {
+                return Err(fail(format!(
+                    "refusing a redirect from https to http ({next})"
+                )))
+            }
+            (_, other) => {
+                return Err(fail(format!(
+                    "refusing a redirect to a {other}: URL ({next}): only http(s) is fetched"
+                )))
+            }
+        }
+        url = next;
+    }
+    unreachable!("the loop returns")
+}
+
+/// One GET, bounded by `deadline`: ureq's timeouts bound each read, not a server that sends
+/// its status line and headers a byte at a time, so the request runs on its own thread.
+#[cfg(feature = "http")]
+fn call(
+    agent: &ureq::Agent,
+    url: &url::Url,
+    deadline: Instant,
+    limits: &HttpLimits,
+) -> std::result::Result<ureq::Response, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (agent, target) = (agent.clone(), url.to_string());
+    std::thread::spawn(move || {
+        let _ = tx.send(agent.get(&target).call());
+    });
+    let wait = deadline.saturating_duration_since(Instant::now());
+    match rx.recv_timeout(wait) {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            let hint = if e.to_string().contains("certificate") {
+                " (a server with a private CA needs ca-file in the config)"
+            } else {
+                ""
+            };
+            Err(format!("{e}{hint}"))
+        }
+        // The thread is left behind; the command is about to exit with this error.
+        Err(_) => Err(format!(
+            "no response within {} s (http-timeout)",
+            limits.timeout.as_secs()
+        )),
+    }
 }
 
 /// Trusts only the certificates in the PEM file `ca` for https://.
 #[cfg(feature = "https")]
-fn with_roots(agent: ureq::AgentBuilder, ca: &Path) -> Result<ureq::AgentBuilder> {
+fn with_roots(agent: ureq::AgentBuilder, ca: &std::path::Path) -> Result<ureq::AgentBuilder> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let what = || format!("reading CA certificates from {}", ca.display());
     let mut roots = rustls::RootCertStore::empty();
@@ -98,11 +378,65 @@ fn with_roots(agent: ureq::AgentBuilder, ca: &Path) -> Result<ureq::AgentBuilder
 }
 
 #[cfg(all(feature = "http", not(feature = "https")))]
-fn with_roots(_: ureq::AgentBuilder, _: &Path) -> Result<ureq::AgentBuilder> {
+fn with_roots(_: ureq::AgentBuilder, _: &std::path::Path) -> Result<ureq::AgentBuilder> {
     anyhow::bail!("ca-file is set, but this abupdate was built without https (feature 'https')")
 }
 
 #[cfg(not(feature = "http"))]
-fn open_url(url: &str, _: Option<&Path>) -> Result<Box<dyn Read + Send>> {
-    anyhow::bail!("{url}: this abupdate was built without HTTP support (feature 'http')")
+fn open_url(url: &str, _: &Config) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+    anyhow::bail!(
+        "{}: this abupdate was built without HTTP support (feature 'http')",
+        redact(url)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("fetching https://bob:s3cr:et@h.example:8443/x.abu: refused"),
+            "fetching https://bob:***@h.example:8443/x.abu: refused"
+        );
+        assert_eq!(
+            redact("a http://u:p@h/ and http://v:q@i?x b"),
+            "a http://u:***@h/ and http://v:***@i?x b"
+        );
+        // No password, no user, no URL: unchanged.
+        for s in ["http://u@h/x", "http://h/x@y", "no url: at all", "x://"] {
+            assert_eq!(redact(s), s);
+        }
+    }
+
+    #[test]
+    fn guard_fails_a_slow_source_and_tags_its_errors() {
+        /// One byte per read, each after `delay`.
+        struct Slow(Duration);
+        impl Read for Slow {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                std::thread::sleep(self.0);
+                buf[0] = 0;
+                Ok(1)
+            }
+        }
+        let limits = HttpLimits {
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(60),
+            min_rate: 1000,
+            rate_window: Duration::from_millis(100),
+        };
+        let mut g = Guarded {
+            inner: Slow(Duration::from_millis(30)),
+            url: "http://h/x".into(),
+            limits,
+            deadline: Instant::now() + limits.timeout,
+            waited: Duration::ZERO,
+            bytes: 0,
+        };
+        let e = io::copy(&mut g, &mut io::sink()).unwrap_err();
+        assert!(is_fetch_error(&e), "{e}");
+        assert!(e.to_string().contains("http-min-rate"), "{e}");
+    }
 }
