@@ -16,6 +16,7 @@ use std::sync::mpsc;
 
 use abbundle::{BundleReader, ChunkInfo, Payload, PayloadKind, TrustedKeys, Version};
 use anyhow::{Context, Result};
+use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -279,7 +280,7 @@ fn write_slot(
         let mut seg_tx = Some(seg_tx);
         let mut seg_start = 0u64;
         let mut seg_sums = Vec::new();
-        let mut file: Option<EspFile> = None;
+        let mut file: Option<(EspFile, Sha256)> = None;
         loop {
             let (kind, index, offset, last, mut data, len) = match chunk_rx.recv() {
                 Ok(Msg::Chunk {
@@ -338,15 +339,31 @@ fn write_slot(
                         initrd_path
                     };
                     if index == 0 {
-                        file = Some(esp.create(path)?);
+                        file = Some((esp.create(path)?, Sha256::new()));
                     }
-                    let f = file.as_mut().context("payload chunks out of order")?;
-                    f.write_all(&data.as_slice()[..len])
+                    let (f, hash) = file.as_mut().context("payload chunks out of order")?;
+                    let bytes = &data.as_slice()[..len];
+                    hash.update(bytes);
+                    f.write_all(bytes)
                         .with_context(|| format!("writing {path} on the ESP"))?;
                     if last {
                         f.flush()
                             .with_context(|| format!("flushing {path} on the ESP"))?;
-                        file = None;
+                        // The chunks matched the signed table, so a different whole-file
+                        // digest is the manifest's fault, not the medium's (checked here so
+                        // the read-back below only has to judge the medium).
+                        let p = if kind == PayloadKind::Kernel {
+                            kernel
+                        } else {
+                            initrd
+                        };
+                        let (_, hash) = file.take().expect("just used");
+                        if hash.finalize()[..] != p.sha256.0 {
+                            return Err(abbundle::FormatError::BadManifest(format!(
+                                "payload {kind}'s sha256 does not match its verified chunks"
+                            ))
+                            .into());
+                        }
                     }
                 }
             }

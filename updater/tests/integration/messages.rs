@@ -79,4 +79,16 @@ fn wrong_payload_sha256_in_a_signed_manifest_is_blamed_on_the_bundle() {
         err.contains("the kernel payload does not match the sha256 in the signed manifest"),
         "{err}"
     );
+    // apply blames the bundle too (it used to report a failing medium, 37), and the running
+    // slot keeps its entry.
+    let v1 = env.build("1", 1, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let err = fails(
+        &env.abupdate(&disk, &["apply", bundle.to_str().unwrap()]),
+        10,
+    );
+    assert!(err.contains("does not match its verified chunks"), "{err}");
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+    fsck_esp(&disk).unwrap();
 }
