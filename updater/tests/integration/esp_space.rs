@@ -7,43 +7,20 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use abbundle::{write_bundle, BundleInput, PayloadInput, PayloadKind, SecretKey, Signer};
+use abbundle::PayloadKind;
 use abupdate::codes;
 
 use crate::util::*;
 
 /// A bundle whose initrd is `initrd_len` bytes.
 fn bundle_with_initrd(env: &Env, version: &str, initrd_len: usize) -> std::path::PathBuf {
-    let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
-    let mut rootfs = std::io::Cursor::new(noise(300_000, 21));
-    let mut kernel = std::io::Cursor::new(noise(50_000, 22));
-    let mut initrd = std::io::Cursor::new(noise(initrd_len, 23));
-    let input = BundleInput {
-        compatible: COMPATIBLE.into(),
-        version: version.parse().unwrap(),
-        build_id: "test".into(),
-        created: 0,
-        kernel_params: String::new(),
-        chunk_size: 64 * 1024,
-    };
-    let p = env.path(&format!("{version}.abu"));
-    let mut payloads = [
-        PayloadInput {
-            kind: PayloadKind::Rootfs,
-            source: &mut rootfs,
-        },
-        PayloadInput {
-            kind: PayloadKind::Kernel,
-            source: &mut kernel,
-        },
-        PayloadInput {
-            kind: PayloadKind::Initrd,
-            source: &mut initrd,
-        },
-    ];
-    let key: &dyn Signer = &key;
-    write_bundle(fs::File::create(&p).unwrap(), &input, &mut payloads, &[key]).unwrap();
-    p
+    RawBundle {
+        version,
+        sizes: [300_000, 50_000, initrd_len],
+        seed: 21,
+        ..RawBundle::default()
+    }
+    .write(env.path(&format!("{version}.abu")))
 }
 
 /// Used and total clusters of the ESP, as `fsck.fat -n -v` counts them.

@@ -7,7 +7,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use abbundle::{write_bundle, BundleInput, PayloadInput, PayloadKind, SecretKey, Signer};
+use abbundle::PayloadKind;
 use abupdate::codes;
 
 use crate::util::*;
@@ -31,36 +31,14 @@ fn raw_bundle(
     rootfs_len: usize,
     seed: [u8; 32],
 ) -> std::path::PathBuf {
-    let key = SecretKey::from_seed(seed, "test-only");
-    let mut rootfs = std::io::Cursor::new(noise(rootfs_len, 9));
-    let mut kernel = std::io::Cursor::new(noise(10_000, 10));
-    let mut initrd = std::io::Cursor::new(noise(10_000, 11));
-    let input = BundleInput {
-        compatible: COMPATIBLE.into(),
-        version: version.parse().unwrap(),
-        build_id: "test".into(),
-        created: 0,
-        kernel_params: String::new(),
-        chunk_size: 64 * 1024,
-    };
-    let p = env.path(name);
-    let out = fs::File::create(&p).unwrap();
-    let mut payloads = [
-        PayloadInput {
-            kind: PayloadKind::Rootfs,
-            source: &mut rootfs,
-        },
-        PayloadInput {
-            kind: PayloadKind::Kernel,
-            source: &mut kernel,
-        },
-        PayloadInput {
-            kind: PayloadKind::Initrd,
-            source: &mut initrd,
-        },
-    ];
-    write_bundle(out, &input, &mut payloads, &[&key as &dyn Signer]).unwrap();
-    p
+    RawBundle {
+        version,
+        sizes: [rootfs_len, 10_000, 10_000],
+        seed: 9,
+        key_seed: seed,
+        ..RawBundle::default()
+    }
+    .write(env.path(name))
 }
 
 #[test]

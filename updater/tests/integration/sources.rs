@@ -4,14 +4,12 @@
 //! 127.0.0.1 that misbehave on purpose.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Cursor, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use abbundle::{write_bundle, BundleInput, PayloadInput, PayloadKind, SecretKey};
 
 use crate::util::*;
 
@@ -21,37 +19,7 @@ const SOURCE_UNAVAILABLE: i32 = 41;
 
 /// A small bundle for the test device, signed by the test-only key (no disk image needed).
 pub fn small_bundle() -> Vec<u8> {
-    let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
-    let (mut r, mut k, mut i) = (
-        Cursor::new(noise(300_000, 1)),
-        Cursor::new(noise(50_000, 2)),
-        Cursor::new(noise(30_000, 3)),
-    );
-    let mut payloads = [
-        PayloadInput {
-            kind: PayloadKind::Rootfs,
-            source: &mut r,
-        },
-        PayloadInput {
-            kind: PayloadKind::Kernel,
-            source: &mut k,
-        },
-        PayloadInput {
-            kind: PayloadKind::Initrd,
-            source: &mut i,
-        },
-    ];
-    let input = BundleInput {
-        compatible: COMPATIBLE.into(),
-        version: "3".parse().unwrap(),
-        build_id: "test".into(),
-        created: 0,
-        kernel_params: String::new(),
-        chunk_size: 65536,
-    };
-    let mut out = Vec::new();
-    write_bundle(&mut out, &input, &mut payloads, &[&key]).unwrap();
-    out
+    RawBundle::default().bytes()
 }
 
 /// Serves one connection on 127.0.0.1: reads the request head, then hands the socket to

@@ -396,3 +396,70 @@ pub fn mput(img: &Path, path: &str, data: Option<&[u8]>) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a bundle made directly with the format crate holds (for payloads abbuild would not
+/// make): payload sizes, contents seeded by `seed`, signed with the key of `key_seed`.
+pub struct RawBundle<'a> {
+    pub version: &'a str,
+    pub sizes: [usize; 3],
+    pub chunk_size: u32,
+    pub seed: u64,
+    pub key_seed: [u8; 32],
+}
+
+impl Default for RawBundle<'_> {
+    fn default() -> Self {
+        RawBundle {
+            version: "3",
+            sizes: [300_000, 50_000, 30_000],
+            chunk_size: 64 * 1024,
+            seed: 1,
+            key_seed: TEST_ONLY_SEED,
+        }
+    }
+}
+
+impl RawBundle<'_> {
+    pub fn bytes(&self) -> Vec<u8> {
+        use abbundle::{write_bundle, BundleInput, PayloadInput, SecretKey, Signer};
+        let key = SecretKey::from_seed(self.key_seed, "test-only");
+        let [r, k, i] = self.sizes;
+        let mut sources = [
+            std::io::Cursor::new(noise(r, self.seed)),
+            std::io::Cursor::new(noise(k, self.seed + 1)),
+            std::io::Cursor::new(noise(i, self.seed + 2)),
+        ];
+        let [rs, ks, is] = &mut sources;
+        let mut payloads = [
+            PayloadInput {
+                kind: PayloadKind::Rootfs,
+                source: rs,
+            },
+            PayloadInput {
+                kind: PayloadKind::Kernel,
+                source: ks,
+            },
+            PayloadInput {
+                kind: PayloadKind::Initrd,
+                source: is,
+            },
+        ];
+        let input = BundleInput {
+            compatible: COMPATIBLE.into(),
+            version: self.version.parse().unwrap(),
+            build_id: "test".into(),
+            created: 0,
+            kernel_params: String::new(),
+            chunk_size: self.chunk_size,
+        };
+        let mut out = Vec::new();
+        write_bundle(&mut out, &input, &mut payloads, &[&key as &dyn Signer]).unwrap();
+        out
+    }
+
+    /// Writes the bundle to `path` and returns the path.
+    pub fn write(&self, path: PathBuf) -> PathBuf {
+        fs::write(&path, self.bytes()).unwrap();
+        path
+    }
+}
