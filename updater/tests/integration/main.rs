@@ -6,6 +6,7 @@ mod bad_disks;
 mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod esp_dirs;
 mod grow;
 mod refusals;
 mod util;
