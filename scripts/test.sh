@@ -11,8 +11,8 @@ echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
-echo "== static musl abupdate"
-cargo build -q --release --target x86_64-unknown-linux-musl -p abupdate
+echo "== static musl abupdate (stripped size goal: 4 MiB)"
+bash scripts/size.sh
 
 echo "== fuzz (bundle reader, ${FUZZ_SECONDS:-60}s)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
