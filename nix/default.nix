@@ -22,20 +22,34 @@ let
         top = builtins.head (builtins.split "/" rel);
         base = baseNameOf path;
       in
-      builtins.elem top [ "Cargo.toml" "Cargo.lock" "bundle" "builder" "updater" ]
+      builtins.elem top [ "Cargo.toml" "Cargo.lock" "bundle" "builder" "updater" "docgen" ]
       && base != "target" && builtins.match "result.*" base == null;
   };
+
+  # Man pages and shell completions, generated from the tool's clap definitions by abdocgen
+  # (docgen/, built next to the tool), which is then removed: it is not part of the package.
+  installDocs = tool: ''
+    $out/bin/abdocgen ${tool} docgen-out >/dev/null
+    rm $out/bin/abdocgen
+    installManPage docgen-out/man1/*.1
+    installShellCompletion --cmd ${tool} \
+      --bash docgen-out/completions/${tool}.bash \
+      --zsh docgen-out/completions/_${tool} \
+      --fish docgen-out/completions/${tool}.fish
+  '';
 
   # Statically linked, so the same binary runs in any root (and in an initrd if ever needed).
   abupdate = pkgsMusl.rustPlatform.buildRustPackage {
     pname = "abupdate";
     inherit version src;
     cargoLock.lockFile = ../Cargo.lock;
-    cargoBuildFlags = [ "-p" "abupdate" ];
+    cargoBuildFlags = [ "-p" "abupdate" "-p" "abdocgen" ];
     cargoTestFlags = [ "-p" "abupdate" ];
     # The integration tests build disk images with abbuild and external tools; CI runs them.
     doCheck = false;
     RUSTFLAGS = "-C target-feature=+crt-static";
+    nativeBuildInputs = [ pkgs.installShellFiles ];
+    postInstall = installDocs "abupdate";
     meta.mainProgram = "abupdate";
   };
 
@@ -52,11 +66,11 @@ let
     pname = "abbuild";
     inherit version src;
     cargoLock.lockFile = ../Cargo.lock;
-    cargoBuildFlags = [ "-p" "abbuild" ];
+    cargoBuildFlags = [ "-p" "abbuild" "-p" "abdocgen" ];
     cargoTestFlags = [ "-p" "abbuild" ];
     doCheck = false;
-    nativeBuildInputs = [ pkgs.makeWrapper ];
-    postInstall = ''
+    nativeBuildInputs = [ pkgs.makeWrapper pkgs.installShellFiles ];
+    postInstall = installDocs "abbuild" + ''
       wrapProgram $out/bin/abbuild --prefix PATH : ${pkgs.squashfsTools}/bin:${pkgs.qemu-utils or pkgs.qemu}/bin \
         --set-default ABBUILD_SYSTEMD_BOOT_EFI ${systemdBootEfi}
     '';

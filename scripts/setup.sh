@@ -8,6 +8,7 @@ packages=(
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi linux-image-amd64 busybox-static
   nix-bin squashfs-tools mtools dosfstools fdisk gdisk e2fsprogs util-linux kmod
   cpio gzip zstd xz-utils openssl time python3
+  man-db groff-base bash
   musl-tools
 )
 missing=()

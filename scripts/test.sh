@@ -11,8 +11,8 @@ echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
-echo "== static musl abupdate"
-cargo build -q --release --target x86_64-unknown-linux-musl -p abupdate
+echo "== static musl abupdate (stripped size goal: 4 MiB)"
+bash scripts/size.sh
 
 echo "== fuzz (bundle reader, ${FUZZ_SECONDS:-60}s)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
@@ -34,6 +34,22 @@ grep -E "^crash: |test result" out/crash-test.log
 
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee out/cargo-test.log
+
+echo "== man pages and shell completions (generated from the clap definitions)"
+docs=$(mktemp -d)
+bash scripts/docgen.sh "$docs"
+for page in abupdate-apply abbuild-build; do
+  # Renders without groff warnings, with its options in it.
+  man --warnings -l "$docs/man1/$page.1" >"$docs/page" 2>"$docs/warnings"
+  if [ -s "$docs/warnings" ]; then cat "$docs/warnings"; exit 1; fi
+  grep -q -- "--help" "$docs/page" || { echo "man page $page: no options rendered"; exit 1; }
+done
+# The bash completion loads and completes a subcommand.
+completed=$(bash -c 'source "$1" && complete -p abupdate >/dev/null &&
+  COMP_WORDS=(abupdate mark-) COMP_CWORD=1 COMP_LINE="abupdate mark-" COMP_POINT=14 &&
+  _abupdate abupdate mark- abupdate && echo "${COMPREPLY[*]}"' _ "$docs/completions/abupdate.bash")
+[ "$completed" = "mark-good mark-bad" ] || { echo "bash completion: got '$completed'"; exit 1; }
+rm -rf "$docs"
 
 # One closing line for everything above: cargo's test counts, the crash test and the QEMU
 # scenarios (whose runners print their own "N passed, M failed" lines).

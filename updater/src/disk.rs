@@ -10,7 +10,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::codes::{self, Refusal};
 use crate::fault;
+use crate::gpt::ReadError;
 use crate::window::{BlockCache, Window};
+
+/// The partition labels abupdate looks up (docs/layout.md); each may appear at most once.
+const USED_LABELS: [&str; 4] = ["esp", "root-a", "root-b", "data"];
 
 /// One GPT partition.
 #[derive(Clone, Debug)]
@@ -59,12 +63,17 @@ impl Disk {
         let size = file
             .seek(SeekFrom::End(0))
             .with_context(|| format!("sizing {}", path.display()))?;
-        let (sector_size, partitions) = crate::gpt::read(&file, size).map_err(|e| {
-            anyhow::Error::new(Refusal::new(
-                codes::BAD_DISK,
-                format!("{}: no valid GPT: {e}", path.display()),
-            ))
+        let bad = |m: String| Refusal::new(codes::BAD_DISK, format!("{}: {m}", path.display()));
+        let (sector_size, partitions) = crate::gpt::read(&file, size).map_err(|e| match e {
+            ReadError::Damaged(e) => bad(format!("no valid GPT: {e}")),
+            ReadError::Inconsistent(e) => bad(format!("bad partition table: {e}")),
         })?;
+        // A label we look up twice would make "the" partition ambiguous.
+        for label in USED_LABELS {
+            if partitions.iter().filter(|p| p.label == label).count() > 1 {
+                return Err(bad(format!("more than one partition is named '{label}'")).into());
+            }
+        }
         Ok(Disk {
             path: path.to_path_buf(),
             direct: crate::direct::open_rw(path, !read_only),

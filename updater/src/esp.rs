@@ -168,14 +168,16 @@ impl<'d> Esp<'d> {
         Ok((h.finalize().into(), len))
     }
 
-    /// Creates `dir` if missing (one level below the root, or `loader/entries`).
+    /// Creates `dir` if missing (one level below the root, or `loader/entries`), each new
+    /// directory in the form `fsck.fat` accepts ([`Esp::create_one_dir`]).
     pub fn create_dir_all(&self, dir: &str) -> Result<()> {
         let mut cur = self.fs.root_dir();
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
+        let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
             cur = match cur.open_dir(part) {
                 Ok(d) => d,
-                Err(_) => cur
-                    .create_dir(part)
+                Err(_) => self
+                    .create_one_dir(&cur, &parts[..i], part)
                     .with_context(|| format!("creating {dir} on the ESP"))?,
             };
         }
@@ -260,3 +262,20 @@ impl<'d> Esp<'d> {
 
 /// Path of an entry file on the ESP.
 pub use abbundle::layout::entry_path;
+
+impl<'d> Esp<'d> {
+    /// Creates directory `name` in `parent_dir` (at path `parent`) through fatfs, then puts
+    /// right what fatfs 0.3.6 gets wrong (`fat_dir`); checked before anything is created.
+    fn create_one_dir<'a>(
+        &'a self,
+        parent_dir: &fatfs::Dir<'a, Window<'d>>,
+        parent: &[&str],
+        name: &str,
+    ) -> Result<fatfs::Dir<'a, Window<'d>>> {
+        let mut w = self.flusher.clone();
+        crate::fat_dir::check(&mut w, parent, name)?;
+        let d = parent_dir.create_dir(name)?;
+        crate::fat_dir::fix_new(&mut w, parent, name)?;
+        Ok(d)
+    }
+}

@@ -12,6 +12,7 @@ pub mod direct;
 pub mod disk;
 pub mod entries;
 pub mod esp;
+pub mod fat_dir;
 pub mod fatsweep;
 pub mod fault;
 pub mod gpt;

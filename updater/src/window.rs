@@ -189,7 +189,8 @@ fn fill(area: Area, idx: u64, b: &mut Block) -> io::Result<()> {
 }
 
 /// A bounded window onto one partition. With a cache (the ESP), writes are held in memory
-/// until [`Window::flush_cache`].
+/// until [`Window::flush_cache`]. A clone shares the cache.
+#[derive(Clone)]
 pub struct Window<'a> {
     area: Area<'a>,
     pos: u64,

@@ -2,9 +2,11 @@
 //! checked with independent tools (sfdisk, mtools, fsck.fat, dd + sha256sum).
 
 mod apply;
+mod bad_disks;
 mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod esp_dirs;
 mod esp_space;
 mod fallback;
 mod grow;

@@ -1,0 +1,254 @@
+//! New directories on the ESP in the form the FAT specification requires, where fatfs 0.3.6
+//! gets it wrong (rafalh/rust-fatfs#117, fixed only in its unreleased master): it gives every
+//! name long-name (LFN) entries, `.` and `..` included, so a new directory's first cluster
+//! starts `[LFN][.][LFN][..]` instead of `[.][..]`, and the `..` of a directory in the FAT32
+//! root points at the root's cluster instead of 0. `fsck.fat` reports such a directory as
+//! damaged and would "repair" it by renaming and deleting entries.
+//!
+//! abbuild makes every directory abupdate writes into (docs/layout.md); this is for an ESP
+//! that lost one (`b/`, `loader/entries`). Of "create it correctly or not at all", creating it
+//! correctly is the choice here: refusing would leave a device that cannot update itself and,
+//! with no vfat in its kernel, cannot repair its own ESP either. It stays safe because it is
+//! narrow:
+//! - before fatfs creates anything, [`check`] requires a FAT32 ESP (what abbuild makes) and a
+//!   name that is its own upper-case 8.3 short name, so the directory can be found again by its
+//!   short entry without a long-name reader; otherwise nothing is created and the error says so;
+//! - after fatfs has created it, [`fix_new`] finds its first cluster through the parent's
+//!   short entry, and rewrites it only if it is exactly what fatfs 0.3.6 writes (or already
+//!   right but for `..`): `.` and `..` (its timestamps kept) become the first two entries, `..`
+//!   points at the parent (0 for the root), the two freed entries end the directory. Anything
+//!   else is an error, and nothing is rewritten.
+//!
+//! The bytes go through the ESP's own [`Window`] (and block cache), the one fatfs uses, so
+//! both see the same sectors, and the ESP's sync makes them durable with the rest.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use crate::window::Window;
+
+const ENTRY: usize = 32;
+const ATTR_LFN: u8 = 0x0f;
+const ATTR_VOLUME: u8 = 0x08;
+const ATTR_DIR: u8 = 0x10;
+const DELETED: u8 = 0xe5;
+const DOT: &[u8; 11] = b".          ";
+const DOTDOT: &[u8; 11] = b"..         ";
+/// FAT32 cluster numbers are 28 bits; this and above ends a chain.
+const END_OF_CHAIN: u32 = 0x0fff_fff8;
+
+/// What we need of a FAT32 boot sector.
+struct Geometry {
+    /// Byte offset of the first FAT.
+    fat: u64,
+    /// Byte offset of cluster 2.
+    data: u64,
+    cluster_bytes: u64,
+    root_cluster: u32,
+    /// Clusters 2..2 + count exist.
+    count: u32,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn read_at(w: &mut Window, at: u64, buf: &mut [u8]) -> io::Result<()> {
+    w.seek(SeekFrom::Start(at))?;
+    w.read_exact(buf)
+}
+
+fn cluster_of(e: &[u8]) -> u32 {
+    (u16::from_le_bytes([e[20], e[21]]) as u32) << 16 | u16::from_le_bytes([e[26], e[27]]) as u32
+}
+
+fn set_cluster(e: &mut [u8], c: u32) {
+    e[20..22].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
+    e[26..28].copy_from_slice(&(c as u16).to_le_bytes());
+}
+
+impl Geometry {
+    /// The ESP's boot sector, if the ESP is FAT32.
+    fn read(w: &mut Window) -> io::Result<Geometry> {
+        let mut b = [0u8; 512];
+        read_at(w, 0, &mut b)?;
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes")) as u64;
+        let (bps, spc) = (u16_at(11), b[13] as u64);
+        let (reserved, fats, root_entries) = (u16_at(14), b[16] as u64, u16_at(17));
+        let (fat16_size, fat32_size) = (u16_at(22), u32_at(36));
+        let total = if u16_at(19) != 0 {
+            u16_at(19)
+        } else {
+            u32_at(32)
+        };
+        if !matches!(bps, 512 | 1024 | 2048 | 4096) || !spc.is_power_of_two() || fats == 0 {
+            return Err(bad("the ESP's boot sector is not a FAT boot sector"));
+        }
+        if fat16_size != 0 || root_entries != 0 || fat32_size == 0 {
+            return Err(bad(
+                "the ESP is not FAT32 (abbuild makes it FAT32), so abupdate does not create \
+                 directories on it",
+            ));
+        }
+        let data_sector = reserved + fats * fat32_size;
+        let count = total.saturating_sub(data_sector) / spc;
+        Ok(Geometry {
+            fat: reserved * bps,
+            data: data_sector * bps,
+            cluster_bytes: spc * bps,
+            root_cluster: u32_at(44) as u32,
+            count: count.min(END_OF_CHAIN as u64 - 2) as u32,
+        })
+    }
+
+    fn check_cluster(&self, c: u32) -> io::Result<u32> {
+        if c < 2 || c - 2 >= self.count {
+            return Err(bad(format!("cluster {c} is not on the ESP")));
+        }
+        Ok(c)
+    }
+
+    fn offset(&self, c: u32) -> u64 {
+        self.data + (c as u64 - 2) * self.cluster_bytes
+    }
+
+    /// The clusters of the chain starting at `first`, bounded by the cluster count.
+    fn chain(&self, w: &mut Window, first: u32) -> io::Result<Vec<u32>> {
+        let mut out = vec![self.check_cluster(first)?];
+        loop {
+            let mut e = [0u8; 4];
+            read_at(w, self.fat + *out.last().expect("one") as u64 * 4, &mut e)?;
+            let next = u32::from_le_bytes(e) & 0x0fff_ffff;
+            if next >= END_OF_CHAIN {
+                return Ok(out);
+            }
+            if out.len() as u32 >= self.count {
+                return Err(bad("a cluster chain on the ESP loops"));
+            }
+            out.push(self.check_cluster(next)?);
+        }
+    }
+
+    /// The first cluster of the subdirectory whose short name is `name` in the directory
+    /// starting at `dir`.
+    fn find(&self, w: &mut Window, dir: u32, name: &[u8; 11]) -> io::Result<Option<u32>> {
+        let mut buf = vec![0u8; self.cluster_bytes as usize];
+        for c in self.chain(w, dir)? {
+            read_at(w, self.offset(c), &mut buf)?;
+            for e in buf.chunks_exact(ENTRY) {
+                if e[0] == 0 {
+                    return Ok(None);
+                }
+                let attr = e[11];
+                if e[0] == DELETED || attr == ATTR_LFN || attr & ATTR_VOLUME != 0 {
+                    continue;
+                }
+                if &e[..11] == name && attr & ATTR_DIR != 0 {
+                    return self.check_cluster(cluster_of(e)).map(Some);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first cluster of the directory at `path` (the root for an empty path).
+    fn dir(&self, w: &mut Window, path: &[&str]) -> io::Result<u32> {
+        let mut c = self.root_cluster;
+        for part in path {
+            let name = short_name(part).ok_or_else(|| bad(format!("{part}: not a short name")))?;
+            c = self
+                .find(w, c, &name)?
+                .ok_or_else(|| bad(format!("no directory {} on the ESP", path.join("/"))))?;
+        }
+        Ok(c)
+    }
+}
+
+/// `name` as an 8.3 short name if it is one already, up to case: 1 to 8 letters, digits, `-`
+/// or `_` (every directory abupdate uses: `a`, `b`, `loader`, `entries`).
+fn short_name(name: &str) -> Option<[u8; 11]> {
+    let ok = (1..=8).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| {
+        let mut n = [b' '; 11];
+        n[..name.len()].copy_from_slice(name.to_ascii_uppercase().as_bytes());
+        n
+    })
+}
+
+/// Whether directory `name` can be created in `parent` and then put right: a FAT32 ESP, a
+/// short name, and an existing parent. Call before asking fatfs to create it.
+pub fn check(w: &mut Window, parent: &[&str], name: &str) -> io::Result<()> {
+    let g = Geometry::read(w)?;
+    if short_name(name).is_none() {
+        return Err(bad(format!(
+            "'{name}' is not an 8.3 name; abupdate creates only such directories on the ESP"
+        )));
+    }
+    g.dir(w, parent).map(|_| ())
+}
+
+/// Rewrites the first cluster of directory `name` in `parent`, just created by fatfs 0.3.6,
+/// to the form the specification requires (see the module comment).
+pub fn fix_new(w: &mut Window, parent: &[&str], name: &str) -> io::Result<()> {
+    let g = Geometry::read(w)?;
+    let parent_cluster = g.dir(w, parent)?;
+    let sfn = short_name(name).ok_or_else(|| bad(format!("{name}: not a short name")))?;
+    let c = g
+        .find(w, parent_cluster, &sfn)?
+        .ok_or_else(|| bad(format!("the new directory {name} is not in its parent")))?;
+    // `..` of a directory in the root is 0 (the FAT32 root has a cluster, but is not named so).
+    let dotdot_cluster = if parent.is_empty() { 0 } else { parent_cluster };
+    let mut head = [0u8; 5 * ENTRY];
+    read_at(w, g.offset(c), &mut head)?;
+    let e = |i: usize| &head[i * ENTRY..(i + 1) * ENTRY];
+    let is = |i: usize, n: &[u8; 11]| &e(i)[..11] == n && e(i)[11] & ATTR_DIR != 0;
+    let (dot, dotdot) = if e(0)[11] == ATTR_LFN
+        && is(1, DOT)
+        && e(2)[11] == ATTR_LFN
+        && is(3, DOTDOT)
+        && e(4)[0] == 0
+    {
+        (e(1).to_vec(), e(3).to_vec())
+    } else if is(0, DOT) && is(1, DOTDOT) {
+        (e(0).to_vec(), e(1).to_vec())
+    } else {
+        return Err(bad(format!(
+            "the new directory {name} on the ESP is not laid out as fatfs 0.3.6 lays it out; \
+             left as it is"
+        )));
+    };
+    if cluster_of(&dot) != c {
+        return Err(bad(format!(
+            "'.' of the new directory {name} is not itself"
+        )));
+    }
+    let mut fixed = [0u8; 4 * ENTRY];
+    fixed[..ENTRY].copy_from_slice(&dot);
+    fixed[ENTRY..2 * ENTRY].copy_from_slice(&dotdot);
+    set_cluster(&mut fixed[ENTRY..2 * ENTRY], dotdot_cluster);
+    if is(0, DOT) {
+        // Already in order: only `..` may change; entries 2 and 3 may be in use.
+        w.seek(SeekFrom::Start(g.offset(c) + ENTRY as u64))?;
+        return w.write_all(&fixed[ENTRY..2 * ENTRY]);
+    }
+    w.seek(SeekFrom::Start(g.offset(c)))?;
+    w.write_all(&fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_name;
+
+    #[test]
+    fn short_names() {
+        assert_eq!(&short_name("b").unwrap(), b"B          ");
+        assert_eq!(&short_name("entries").unwrap(), b"ENTRIES    ");
+        assert!(short_name("").is_none());
+        assert!(short_name("toolongname").is_none());
+        assert!(short_name("a.b").is_none());
+        assert!(short_name("é").is_none());
+    }
+}
