@@ -4,9 +4,9 @@
 # "bootable" is the example VPS system adjusted to what the mock can really run (see vps-test.nix).
 # The Nix-built abbuild, wrapped with the mock systemd's EFI binary (see mock-nixpkgs):
 #   nix-build --option sandbox false nix/tests/mock-system.nix -A abbuild --argstr abbuild "$PWD/<abbuild>"
-{ abupdate ? null, abbuild ? null, systemdBootEfi ? null, kernelVersion ? null }:
+{ abupdate ? null, abbuild ? null, abdocgen ? null, systemdBootEfi ? null, kernelVersion ? null }:
 let
-  pkgs = import ./mock-nixpkgs { inherit abupdate abbuild systemdBootEfi kernelVersion; };
+  pkgs = import ./mock-nixpkgs { inherit abupdate abbuild abdocgen systemdBootEfi kernelVersion; };
   ab = import ../default.nix { inherit pkgs; };
 in
 {

@@ -198,8 +198,15 @@ fn nix_built_abbuild_carries_systemd_boot() {
     let efi = dir.path().join("systemd-bootx64.efi");
     let efi_bytes = noise(150_000, 11);
     fs::write(&efi, &efi_bytes).unwrap();
+    // The real man page generator when this build has it (cargo test --workspace builds it);
+    // else the mock's stand-in.
+    let docgen = Path::new(env!("CARGO_BIN_EXE_abbuild")).with_file_name("abdocgen");
+    let mut build = Command::new("nix-build");
+    if docgen.exists() {
+        build.arg("--argstr").arg("abdocgen").arg(&docgen);
+    }
     let pkg = stdout(
-        Command::new("nix-build")
+        build
             .args([
                 "--option",
                 "sandbox",
@@ -222,6 +229,14 @@ fn nix_built_abbuild_carries_systemd_boot() {
             .arg(&efi),
     );
     let wrapped = PathBuf::from(pkg.trim()).join("bin/abbuild");
+    // postInstall installed the man pages and completions, and removed the generator.
+    let share = PathBuf::from(pkg.trim()).join("share");
+    let page = fs::read_to_string(share.join("man/man1/abbuild.1")).unwrap();
+    assert!(page.contains(".TH"), "{page}");
+    assert!(share
+        .join("bash-completion/completions/abbuild.bash")
+        .exists());
+    assert!(!PathBuf::from(pkg.trim()).join("bin/abdocgen").exists());
 
     // qemu-test.toml names Debian's file; without that line the default applies.
     let def = fs::read_to_string(repo_file("images/qemu-test.toml")).unwrap();

@@ -7,7 +7,8 @@
 # sandbox = false only.
 # Arguments: abupdate (a static abupdate binary, absolute path string; default
 # $ABUPDATE_STATIC), abbuild (an abbuild binary, default $ABBUILD_BIN; without one abbuild is a
-# stub), systemdBootEfi (the file the mock systemd provides as systemd-boot's EFI binary; default
+# stub), abdocgen (the man page and completion generator the packages run in postInstall;
+# default $ABDOCGEN_BIN; without one, a stand-in writes placeholder files), systemdBootEfi (the file the mock systemd provides as systemd-boot's EFI binary; default
 # Debian's, from systemd-boot-efi), kernelVersion; anything else (`system` when imported as
 # nixpkgs) is ignored.
 args@{ kernelVersion ? null, ... }:
@@ -19,6 +20,7 @@ let
     else null;
   abupdate = argOrEnv "abupdate" "ABUPDATE_STATIC";
   abbuild = argOrEnv "abbuild" "ABBUILD_BIN";
+  abdocgen = argOrEnv "abdocgen" "ABDOCGEN_BIN";
   systemdBootEfi =
     if (args.systemdBootEfi or null) != null then args.systemdBootEfi
     else "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -78,6 +80,39 @@ let
   '' { };
 
   # makeWrapper's wrapProgram, for the options nix/default.nix uses (--prefix, --set-default).
+  # nixpkgs' installShellFiles hook: man pages and completions into $out/share.
+  installShellFiles = ''
+    installManPage() {
+      for f in "$@"; do
+        mkdir -p $out/share/man/man1 && cp "$f" $out/share/man/man1/
+      done
+    }
+    installShellCompletion() {
+      shift 2
+      while [ $# -gt 0 ]; do
+        case "$1" in
+          --bash) d=share/bash-completion/completions ;;
+          --zsh) d=share/zsh/site-functions ;;
+          --fish) d=share/fish/vendor_completions.d ;;
+        esac
+        mkdir -p $out/$d && cp "$2" $out/$d/
+        shift 2
+      done
+    }
+  '';
+  # The real abdocgen when given; else a stand-in that writes the files it would (placeholders).
+  docgen =
+    if abdocgen != null then
+      "cp ${builtins.path { name = "abdocgen-bin"; path = /. + abdocgen; }} $out/bin/abdocgen"
+    else ''
+      cat > $out/bin/abdocgen <<'EOF'
+      #!/bin/sh
+      mkdir -p "$2/man1" "$2/completions"
+      echo '.TH STAND-IN 1' > "$2/man1/$1.1"
+      for f in "$1.bash" "_$1" "$1.fish"; do echo "# stand-in" > "$2/completions/$f"; done
+      EOF
+      chmod +x $out/bin/abdocgen
+    '';
   wrapProgram = ''
     wrapProgram() {
       prog=$1; shift
@@ -102,8 +137,10 @@ let
   # A prebuilt binary in place of a cargo build; the expression's postInstall runs as it would.
   prebuilt = a: bin: drv "${a.pname}-prebuilt" ''
     ${wrapProgram}
+    ${installShellFiles}
     mkdir -p $out/bin
     cp ${builtins.path { name = "${a.pname}-bin"; path = /. + bin; }} $out/bin/${a.pname}
+    ${docgen}
     ${a.postInstall or ""}
   '' { };
   rustPlatform.buildRustPackage = a:
@@ -124,6 +161,7 @@ let
     curl = stub "curl-stub";
     zstd = stub "zstd-stub";
     makeWrapper = stub "makeWrapper-stub";
+    installShellFiles = stub "installShellFiles-stub";
     squashfsTools = stub "squashfs-tools-stub";
     qemu-utils = stub "qemu-utils-stub";
 
