@@ -15,7 +15,7 @@ use tracing::info;
 use crate::bundle::{self, BundleRequest};
 use crate::disk::{self, Layout, ESP_LABEL, ROOT_A_LABEL};
 use crate::esp::{self, Contents, Source};
-use crate::image_def::{ImageDef, Size};
+use crate::image_def::{BootBackend, ImageDef, Size};
 use crate::squashfs::{self, SquashfsOptions};
 use crate::{cmd, system};
 
@@ -105,6 +105,61 @@ fn source_date_epoch() -> Result<Option<u64>> {
     }
 }
 
+/// The size of the boot loader's files, checked to be readable before any work.
+fn loader_len(def: &ImageDef) -> Result<u64> {
+    match def.boot_backend {
+        BootBackend::SystemdBoot => Ok(fs::metadata(&def.bootloader)
+            .with_context(|| {
+                format!(
+                    "bootloader {} (install systemd-boot-efi, set `bootloader` or {})",
+                    def.bootloader.display(),
+                    crate::image_def::BOOTLOADER_ENV
+                )
+            })?
+            .len()),
+    }
+}
+
+/// What the ESP holds: slot a's kernel, initrd and info.json in `a/` (the same for every
+/// backend), and the backend's loader with its state saying that slot a is good and boots.
+fn esp_contents(
+    def: &ImageDef,
+    sys: &system::System,
+    info_json: Vec<u8>,
+    version: &str,
+    kernel_params: &str,
+) -> Contents {
+    let a = Slot::A.files();
+    let slot_files = [
+        (a.kernel, Source::Path(sys.kernel.clone())),
+        (a.initrd, Source::Path(sys.initrd.clone())),
+        (a.info, Source::Bytes(info_json)),
+    ];
+    match def.boot_backend {
+        BootBackend::SystemdBoot => {
+            let mut files = vec![
+                (
+                    layout::BOOT_EFI.into(),
+                    Source::Path(def.bootloader.clone()),
+                ),
+                (
+                    layout::LOADER_CONF.into(),
+                    Source::Bytes(b"timeout 0\n".to_vec()),
+                ),
+            ];
+            files.extend(slot_files);
+            files.push((
+                layout::entry_path(&layout::good_entry_name(Slot::A)),
+                Source::Bytes(layout::boot_entry(Slot::A, version, kernel_params).into_bytes()),
+            ));
+            Contents {
+                dirs: layout::esp_dirs(),
+                files,
+            }
+        }
+    }
+}
+
 /// Builds the bundle and the disk image.
 pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     let def = ImageDef::load(&o.image)?;
@@ -116,15 +171,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     for k in &o.keys {
         SecretKey::load(k).with_context(|| format!("reading key {}", k.display()))?;
     }
-    let bootloader_len = fs::metadata(&def.bootloader)
-        .with_context(|| {
-            format!(
-                "bootloader {} (install systemd-boot-efi, set `bootloader` or {})",
-                def.bootloader.display(),
-                crate::image_def::BOOTLOADER_ENV
-            )
-        })?
-        .len();
+    let bootloader_len = loader_len(&def)?;
     if o.format == DiskFormat::Qcow2 {
         cmd::require_program("qemu-img", "install qemu-utils, or use --format raw")?;
     }
@@ -222,29 +269,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     })?;
 
     let info_json = serde_json::to_vec_pretty(&SlotInfo::of(&manifest))?;
-    let a = Slot::A.files();
-    let contents = Contents {
-        dirs: layout::esp_dirs(),
-        files: vec![
-            (
-                layout::BOOT_EFI.into(),
-                Source::Path(def.bootloader.clone()),
-            ),
-            (
-                layout::LOADER_CONF.into(),
-                Source::Bytes(b"timeout 0\n".to_vec()),
-            ),
-            (a.kernel, Source::Path(sys.kernel.clone())),
-            (a.initrd, Source::Path(sys.initrd.clone())),
-            (a.info, Source::Bytes(info_json)),
-            (
-                layout::entry_path(&layout::good_entry_name(Slot::A)),
-                Source::Bytes(
-                    layout::boot_entry(Slot::A, version.as_str(), &kernel_params).into_bytes(),
-                ),
-            ),
-        ],
-    };
+    let contents = esp_contents(&def, &sys, info_json, version.as_str(), &kernel_params);
 
     let raw_path = o.out_dir.join(format!("{stem}.img"));
     let raw_tmp = work.path().join("disk.img");

@@ -105,13 +105,43 @@ impl Compression {
     }
 }
 
-/// How the device boots and flips slots.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How the device boots and flips slots: decides the ESP's loader files (`build.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BootBackend {
     /// systemd-boot with Boot Loader Specification entries and boot counting (UEFI).
     #[default]
     SystemdBoot,
+}
+
+impl BootBackend {
+    /// Every backend, in the order the error for an unknown one lists them.
+    pub const ALL: [BootBackend; 1] = [BootBackend::SystemdBoot];
+
+    /// The name in an image definition's `boot-backend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BootBackend::SystemdBoot => "systemd-boot",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BootBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        BootBackend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<String> = BootBackend::ALL
+                    .iter()
+                    .map(|b| format!("\"{}\"", b.name()))
+                    .collect();
+                serde::de::Error::custom(format!(
+                    "boot-backend \"{s}\" is not supported; supported: {}",
+                    known.join(", ")
+                ))
+            })
+    }
 }
 
 fn default_block_size() -> Size {
@@ -266,5 +296,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("slot-sise"), "{e}");
+    }
+
+    #[test]
+    fn unknown_boot_backend_is_refused() {
+        let def = |backend: &str| {
+            toml::from_str::<ImageDef>(&format!(
+                "name='x'\ncompatible='x'\ndisk-size='1GiB'\nesp-size='64MiB'\nslot-size='100MiB'\nboot-backend='{backend}'"
+            ))
+        };
+        let e = def("grub").unwrap_err().to_string();
+        assert!(
+            e.contains("boot-backend \"grub\" is not supported; supported: \"systemd-boot\""),
+            "{e}"
+        );
+        assert_eq!(
+            def("systemd-boot").unwrap().boot_backend,
+            BootBackend::SystemdBoot
+        );
     }
 }

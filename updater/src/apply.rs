@@ -3,13 +3,16 @@
 //!
 //! 0. check everything that can be checked without writing: lock, disk, target slot, the
 //!    bundle's signature, compatible string, version and size;
-//! 1. remove the target slot's boot entries (sync): from here on the slot cannot boot;
+//! 1. make the target slot unbootable (the boot loader's record of it goes; sync): from here
+//!    on the slot cannot boot;
 //! 2. stream the root image into the target partition, each chunk verified against the
 //!    signed manifest before it is written; sync; read it back from the device and check
 //!    every chunk again;
 //! 3. write kernel, initrd and info.json to `X/` on the ESP (sync, read back, check);
-//! 4. write the entry `slot-X+N.conf` with the bundle's version (sync). Only now can the
-//!    new slot boot, and systemd-boot prefers it because its version is the highest.
+//! 4. let the target boot next with N tries (the loader's record, with the bundle's version;
+//!    sync, read back). Only now can the new slot boot.
+//!
+//! The boot loader is reached only through `boot::BootLoader`; this file names none.
 
 use std::io::Write;
 use std::sync::mpsc;
@@ -20,14 +23,14 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::bootentries::{EntryName, Slot};
+use crate::boot::{self, BootLoader, Slot, SlotInfo, SlotState};
 use crate::codes;
 use crate::direct::AlignedBuf;
 use crate::disk::{Disk, Partition};
-use crate::esp::{entry_path, Esp, EspFile};
+use crate::esp::{Esp, EspFile};
 use crate::progress::Progress;
-use crate::slots::{self, SlotInfo, SlotState};
-use crate::{entries, fatsweep, fault, lock, refuse, source, Context as Ctx};
+use crate::slots;
+use crate::{fatsweep, fault, lock, refuse, source, Context as Ctx};
 
 /// What `apply` was asked to do.
 pub struct Request<'a> {
@@ -41,9 +44,10 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let _lock = lock::acquire()?;
     let (disk, running) = slots::open(ctx.disk.as_deref(), false)?;
     let mut esp = Esp::open(&disk)?;
-    let view = slots::view(&esp)?;
+    let loader = boot::detect(&esp);
+    let view = loader.view(&esp)?;
     // Not booted from this disk: the slot that would boot next stands in for the running one.
-    let active = running.or(view.next.as_ref().map(|n| n.0));
+    let active = running.or(view.next_slot());
     let target = r
         .slot
         .unwrap_or_else(|| active.map(Slot::other).unwrap_or(Slot::B));
@@ -79,7 +83,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             }
         );
     }
-    if !entries::bootable(&esp, &view, keep) {
+    if !loader.bootable(&esp, keep)? {
         refuse!(
             codes::NO_FALLBACK,
             "slot {keep}{} has no boot entry that can boot ({}), so slot {target} would have nothing to fall back to; \
@@ -109,8 +113,8 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let initrd = m.payload(PayloadKind::Initrd).clone();
     let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
-    // Compared with the slot that stays: systemd-boot boots the higher version, so an older
-    // bundle would not boot next without demoting that slot (what --allow-downgrade does).
+    // Compared with the slot that stays: the newer version boots, so an older bundle would not
+    // boot next without demoting that slot (what --allow-downgrade does).
     if let Some(installed) = kv.version.as_deref() {
         if !r.allow_downgrade {
             match installed.parse::<Version>() {
@@ -141,7 +145,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let lost = fatsweep::find(&disk)?;
     check_esp_space(
         &esp,
-        &view,
+        &*loader,
         target,
         [kernel.size, initrd.size, info_json.len() as u64],
         &lost,
@@ -170,6 +174,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         ctx,
         &disk,
         &esp,
+        &*loader,
         &part,
         target,
         reader,
@@ -177,9 +182,13 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         &info_json,
     )
     .and_then(|()| {
-        let name = EntryName::trying(target, ctx.config.boot_tries);
-        let contents = abbundle::layout::boot_entry(target, version.as_str(), &kernel_params);
-        write_entry(&esp, &disk, &name.file_name(), &contents)
+        loader.boot_next(
+            &esp,
+            target,
+            ctx.config.boot_tries,
+            version.as_str(),
+            &kernel_params,
+        )
     });
     if let Err(e) = written {
         // The target's boot files go, so a failed write (say, a full ESP) keeps no clusters,
@@ -199,22 +208,25 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         )));
     }
 
-    // A downgrade (or reinstall) has a version no newer than the other slot's, so systemd-boot
-    // would keep booting the other slot: take that one out of the running while keeping it as
-    // the fallback (an entry with 0 tries left boots if the new one fails).
-    let after = slots::view(&esp)?;
-    if after.next.as_ref().map(|n| n.0) != Some(target) {
+    // A downgrade (or reinstall) has a version no newer than the other slot's, so the loader
+    // may keep booting the other slot: take that one out of the running while keeping it as
+    // the fallback (marked bad, it boots if the new one fails).
+    let after = loader.view(&esp)?;
+    if after.next_slot() != Some(target) {
         let other = target.other();
         warn!("slot {target} has an older or equal version than slot {other}: demoting slot {other}'s entry");
-        entries::demote(&esp, &after, other)?;
+        loader.mark_bad(&esp, other)?;
     }
     esp.close()?;
 
     let disk = Disk::open(&disk.path, true)?;
     let esp = Esp::open(&disk)?;
-    let after = slots::view(&esp)?;
-    if after.next.as_ref().map(|n| n.0) != Some(target) {
-        anyhow::bail!("slot {target} was installed but systemd-boot would not boot it next (bug)");
+    let after = loader.view(&esp)?;
+    if after.next_slot() != Some(target) {
+        anyhow::bail!(
+            "slot {target} was installed but {} would not boot it next (bug)",
+            loader.name()
+        );
     }
     fault::report();
     println!(
@@ -234,24 +246,20 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     Ok(())
 }
 
-/// Steps 1 to 3: remove the entry, write and check the slot, write and check the boot files.
+/// Steps 1 to 3: make the slot unbootable, write and check it, write and check its boot files.
 #[allow(clippy::too_many_arguments)]
 fn write_slot(
     ctx: &Ctx,
     disk: &Disk,
     esp: &Esp,
+    loader: &dyn BootLoader,
     part: &Partition,
     target: Slot,
     reader: BundleReader<Box<dyn std::io::Read + Send>>,
     [rootfs, kernel, initrd]: [&Payload; 3],
     info_json: &[u8],
 ) -> Result<()> {
-    let view = slots::view(esp)?;
-    for e in &view.slot(target).entries {
-        info!("removing boot entry {}", e.file);
-        esp.remove(&entry_path(&e.file))?;
-    }
-    esp.sync()?;
+    loader.make_unbootable(esp, target)?;
 
     let files = target.files();
     let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
@@ -378,8 +386,7 @@ fn write_slot(
         Ok(())
     })?;
     esp.sync()?;
-    let esp_part = disk.partition(abbundle::layout::ESP_LABEL)?;
-    disk.drop_cache(esp_part, esp_part.len);
+    esp.drop_cache()?;
     for (path, p) in [(kernel_path, kernel), (initrd_path, initrd)] {
         let (hash, len) = esp.hash_file(path)?;
         if hash != p.sha256.0 || len != p.size {
@@ -403,11 +410,11 @@ fn write_slot(
 }
 
 /// Refuses (before anything is written) unless the target's new boot files (`sizes`: kernel,
-/// initrd, info.json) and its entry fit on the ESP, counting what replacing the target's old
-/// files and entries and giving back `lost` clusters frees.
+/// initrd, info.json) and the loader's record fit on the ESP, counting what replacing the
+/// target's old files and records and giving back `lost` clusters frees.
 fn check_esp_space(
     esp: &Esp,
-    view: &slots::View,
+    loader: &dyn BootLoader,
     target: Slot,
     sizes: [u64; 3],
     lost: &fatsweep::Lost,
@@ -419,13 +426,14 @@ fn check_esp_space(
     for p in files.all() {
         freed += clusters(esp.file_len(p)?);
     }
-    for e in &view.slot(target).entries {
-        freed += clusters(e.text.len() as u64);
+    let records = loader.record_space(esp, target)?;
+    for len in records.removed {
+        freed += clusters(len);
     }
-    // The entry, a directory that may have to be made, and one cluster for a directory that
-    // grows by an entry.
+    // The loader's new records, a directory that may have to be made, and one cluster for a
+    // directory that grows by an entry.
     let missing_dir = u64::from(!esp.dir_exists(target.name()));
-    let need = sizes.iter().map(|&s| clusters(s)).sum::<u64>() + 1 + missing_dir + 1;
+    let need = sizes.iter().map(|&s| clusters(s)).sum::<u64>() + records.created + missing_dir + 1;
     if need > free + freed {
         refuse!(
             codes::ESP_FULL,
@@ -589,22 +597,5 @@ fn verify_segments(
             pos += n;
         }
     }
-    Ok(())
-}
-
-/// Step 4: the entry, written, synced and read back.
-fn write_entry(esp: &Esp, disk: &Disk, file: &str, contents: &str) -> Result<()> {
-    let path = entry_path(file);
-    esp.write_file(&path, contents.as_bytes())?;
-    esp.sync()?;
-    let esp_part = disk.partition(abbundle::layout::ESP_LABEL)?;
-    disk.drop_cache(esp_part, esp_part.len);
-    if esp.read_small(&path)?.as_deref() != Some(contents.as_bytes()) {
-        refuse!(
-            codes::READBACK_MISMATCH,
-            "{path} on the ESP does not read back as written"
-        );
-    }
-    info!("wrote boot entry {file}");
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! `abupdate boot-check`: run early at boot. Records in the state file on the data partition
-//! which slot booted and whether that was a fallback: systemd-boot prefers the newest entry,
-//! so if an entry of the other slot is newer than the one that booted, the newer one has run
-//! out of tries (or was skipped) and this boot is the automatic fallback.
+//! which slot booted and whether that was a fallback (the boot loader tells: with systemd-boot,
+//! an entry of the other slot newer than the one that booted has run out of tries).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -12,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::bootentries::{self, Slot};
+use crate::boot::{self, BootLoader, Slot, View};
 use crate::codes;
 use crate::esp::Esp;
 use crate::slots;
@@ -50,8 +49,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         );
     };
     let esp = Esp::open(&disk)?;
-    let view = slots::view(&esp)?;
-    let record = judge(&view, slot);
+    let loader = boot::detect(&esp);
+    let view = loader.view(&esp)?;
+    let record = judge(&*loader, &view, slot);
     if record.fallback {
         warn!(
             "this boot is a FALLBACK to slot {slot}: slot {} (version {}) did not come up",
@@ -81,26 +81,19 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The record for a boot of `slot` given the entries now on the ESP.
-pub fn judge(view: &slots::View, slot: Slot) -> BootRecord {
+/// The record for a boot of `slot` given the boot loader's state now on the ESP.
+pub fn judge(loader: &dyn BootLoader, view: &View, slot: Slot) -> BootRecord {
     let sv = view.slot(slot);
-    let other = view.slot(slot.other());
-    let newer = match (&sv.version, &other.version) {
-        (Some(b), Some(o)) => {
-            bootentries::strverscmp_improved(o, b).is_gt() && !other.entries.is_empty()
-        }
-        (None, Some(_)) => !other.entries.is_empty(),
-        _ => false,
-    };
+    let failed = loader.fallback_from(view, slot);
     BootRecord {
         api_version: crate::status::API_VERSION.into(),
         kind: "BootRecord".into(),
         booted_slot: slot.to_string(),
         booted_version: sv.version.clone(),
-        booted_entries: sv.entries.iter().map(|e| e.file.clone()).collect(),
-        fallback: newer,
-        failed_slot: newer.then(|| slot.other().to_string()),
-        failed_version: if newer { other.version.clone() } else { None },
+        booted_entries: sv.entries.clone(),
+        fallback: failed.is_some(),
+        failed_slot: failed.map(|f| f.to_string()),
+        failed_version: failed.and_then(|f| view.slot(f).version.clone()),
         time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

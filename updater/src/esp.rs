@@ -245,6 +245,13 @@ impl<'d> Esp<'d> {
         self.fs.root_dir().open_dir(dir).is_ok()
     }
 
+    /// Drops the ESP from the page cache, so what is read next comes from the device.
+    pub fn drop_cache(&self) -> Result<()> {
+        let p = self.disk.partition(abbundle::layout::ESP_LABEL)?;
+        self.disk.drop_cache(p, p.len);
+        Ok(())
+    }
+
     /// Makes everything written so far durable: writes out the block cache, then syncs.
     pub fn sync(&self) -> Result<()> {
         self.flusher.flush_cache().context("writing the ESP")?;

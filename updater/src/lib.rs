@@ -1,8 +1,9 @@
 //! `abupdate`: verifies bundles and installs them into the inactive slot, flips the boot
-//! entries with systemd-boot boot counting, and reports state. `main.rs` only parses
-//! arguments and calls [`run`].
+//! loader's state with boot counting (through `boot::BootLoader`), and reports state.
+//! `main.rs` only parses arguments and calls [`run`].
 
 pub mod apply;
+pub mod boot;
 pub mod bootcheck;
 pub mod bootentries;
 pub mod cli;
@@ -10,7 +11,6 @@ pub mod codes;
 pub mod config;
 pub mod direct;
 pub mod disk;
-pub mod entries;
 pub mod esp;
 pub mod fat_dir;
 pub mod fatsweep;
@@ -18,6 +18,7 @@ pub mod fault;
 pub mod gpt;
 pub mod grow;
 pub mod lock;
+pub mod mark;
 pub mod progress;
 pub mod slots;
 pub mod source;
@@ -64,9 +65,9 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             },
         ),
         cli::Command::Status(a) => status::run(&ctx, a.json),
-        cli::Command::MarkGood => entries::mark_good(&ctx),
-        cli::Command::MarkBad(a) => entries::mark_bad(&ctx, a.slot),
-        cli::Command::Rollback => entries::rollback(&ctx),
+        cli::Command::MarkGood => mark::mark_good(&ctx),
+        cli::Command::MarkBad(a) => mark::mark_bad(&ctx, a.slot),
+        cli::Command::Rollback => mark::rollback(&ctx),
         cli::Command::BootCheck => bootcheck::run(&ctx),
     }
 }

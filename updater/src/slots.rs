@@ -1,10 +1,10 @@
-//! Which disk, which slot is running, and what state each slot is in.
+//! Which disk, and which slot is running from it (the slots' states: `crate::boot`).
 //!
 //! The running slot comes from the kernel command line (`ab.slot=`), which the boot entry
 //! set. The disk is the one whose partition `root-<slot>` exists, found in sysfs
 //! (`PARTNAME=` in `/sys/class/block/*/uevent`). A disk that is not the booted one (an image
-//! file, another drive) has no running slot; its "active" slot is the one systemd-boot would
-//! boot next.
+//! file, another drive) has no running slot; its "active" slot is the one the boot loader
+//! would boot next.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::bootentries::{self, BootEntry, EntryName, EntryState, Slot};
+use crate::bootentries::Slot;
 use crate::codes;
 use crate::disk::Disk;
-use crate::esp::Esp;
 
 /// Environment variable naming a file to read instead of `/proc/cmdline` (tests, and
 /// inspecting another disk as if it had been booted). When set, the disk given with `--disk`
@@ -103,123 +102,6 @@ fn same_device(a: &Path, b: &Path) -> bool {
         }
         _ => false,
     }
-}
-
-pub use abbundle::layout::SlotInfo;
-
-/// A slot's state as its boot entries tell it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlotState {
-    /// Marked good: boots whenever it is the newest, and serves as the fallback.
-    Good,
-    /// Installed and being tried: boots while tries are left.
-    Trying { left: u32 },
-    /// No tries left: only boots if nothing else can.
-    Bad,
-    /// No boot entry: never installed, or an install did not finish.
-    Empty,
-}
-
-impl SlotState {
-    pub fn name(self) -> &'static str {
-        match self {
-            SlotState::Good => "good",
-            SlotState::Trying { .. } => "trying",
-            SlotState::Bad => "bad",
-            SlotState::Empty => "empty",
-        }
-    }
-}
-
-/// One slot as seen on the disk.
-#[derive(Clone, Debug)]
-pub struct SlotView {
-    pub slot: Slot,
-    pub state: SlotState,
-    /// The slot's entries (usually one; two after a cut-short counter change).
-    pub entries: Vec<BootEntry>,
-    /// Version from the entry (what systemd-boot orders by), else from info.json.
-    pub version: Option<String>,
-    pub info: Option<SlotInfo>,
-}
-
-/// Both slots and the boot loader's next choice.
-#[derive(Clone, Debug)]
-pub struct View {
-    pub all_entries: Vec<BootEntry>,
-    pub slots: Vec<SlotView>,
-    /// The slot systemd-boot boots next, and the entry file it picks.
-    pub next: Option<(Slot, String)>,
-}
-
-impl View {
-    pub fn slot(&self, s: Slot) -> &SlotView {
-        self.slots
-            .iter()
-            .find(|v| v.slot == s)
-            .expect("both slots are in a view")
-    }
-}
-
-/// Reads entries and info files and models systemd-boot's choice.
-pub fn view(esp: &Esp) -> Result<View> {
-    let all_entries = esp.entries()?;
-    let next = bootentries::select(&all_entries, &|p| esp.exists(p))
-        .and_then(|e| Some((e.slot()?, e.file.clone())));
-    let mut slots = Vec::new();
-    for slot in Slot::ALL {
-        let entries: Vec<BootEntry> = all_entries
-            .iter()
-            .filter(|e| e.slot() == Some(slot))
-            .cloned()
-            .collect();
-        let states: Vec<EntryState> = entries
-            .iter()
-            .map(|e| match EntryName::parse(&e.file) {
-                Some(n) => n.state(),
-                None => match e.counter {
-                    None => EntryState::Good,
-                    Some(c) if c.left == 0 => EntryState::Bad,
-                    Some(c) => EntryState::Trying { left: c.left },
-                },
-            })
-            .collect();
-        let state = if states.contains(&EntryState::Good) {
-            SlotState::Good
-        } else if let Some(left) = states
-            .iter()
-            .filter_map(|s| match s {
-                EntryState::Trying { left } => Some(*left),
-                _ => None,
-            })
-            .max()
-        {
-            SlotState::Trying { left }
-        } else if states.contains(&EntryState::Bad) {
-            SlotState::Bad
-        } else {
-            SlotState::Empty
-        };
-        let info = esp
-            .read_small(&slot.files().info)?
-            .and_then(|b| serde_json::from_slice::<SlotInfo>(&b).ok());
-        let version = bootentries::sorted(&entries)
-            .first()
-            .and_then(|e| e.contents.version.clone())
-            .or_else(|| info.as_ref().map(|i| i.version.clone()));
-        slots.push(SlotView {
-            slot,
-            state,
-            entries,
-            version,
-            info,
-        });
-    }
-    Ok(View {
-        all_entries,
-        slots,
-        next,
-    })
 }
 
 /// Opens the disk (read-write unless `read_only`) and says which slot is running.

@@ -4,10 +4,10 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::boot::{self, Slot, SlotState};
 use crate::bootcheck::{self, BootRecord};
-use crate::bootentries::Slot;
 use crate::esp::Esp;
-use crate::slots::{self, SlotState};
+use crate::slots;
 use crate::Context as Ctx;
 
 /// `apiVersion` of every JSON document abupdate prints.
@@ -49,9 +49,10 @@ pub struct SlotStatus {
 pub fn collect(ctx: &Ctx) -> Result<Status> {
     let (disk, running) = slots::open(ctx.disk.as_deref(), true)?;
     let esp = Esp::open(&disk)?;
-    let view = slots::view(&esp)?;
+    let loader = boot::detect(&esp);
+    let view = loader.view(&esp)?;
     let last_boot = bootcheck::read(&ctx.config.state_file).filter(|_| running.is_some());
-    let next = view.next.as_ref().map(|n| n.0);
+    let next = view.next_slot();
     let mut out = Vec::new();
     for sv in &view.slots {
         let part = disk.partition(sv.slot.partition_label())?;
@@ -69,7 +70,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
             partition: part.label.clone(),
             partition_size: part.len,
             rootfs_size: sv.info.as_ref().map(|i| i.rootfs_size),
-            entries: sv.entries.iter().map(|e| e.file.clone()).collect(),
+            entries: sv.entries.clone(),
             running: running == Some(sv.slot),
             next_boot: next == Some(sv.slot),
         });

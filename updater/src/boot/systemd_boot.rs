@@ -1,0 +1,336 @@
+//! systemd-boot: Boot Loader Specification entries in `loader/entries/` with boot counting
+//! (docs/updater.md). The entry names carry the counters (`slot-b+3.conf`); which entry boots
+//! is modelled in `crate::bootentries`.
+//!
+//! Every change writes the new name first, syncs, then removes the old name(s) and syncs
+//! again (fatfs cannot rename atomically): a power cut in between leaves two entries for the
+//! slot, which boot the same slot, so the machine never loses its last bootable entry.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use tracing::info;
+
+use super::{BootLoader, BootModel, Booted, RecordSpace, SlotState, SlotView, View};
+use crate::bootentries::{self, BootEntry, Counter, EntryName, EntryState, Slot, SORT_KEY};
+use crate::codes;
+use crate::esp::{entry_path, Esp};
+use crate::refuse;
+
+/// The systemd-boot backend (stateless: everything is read from the ESP each time).
+pub struct SystemdBoot;
+
+impl SystemdBoot {
+    /// Whether `esp` holds systemd-boot: its EFI binary or its `loader/` files.
+    pub fn present(esp: &Esp) -> bool {
+        esp.exists(abbundle::layout::BOOT_EFI)
+            || esp.exists(abbundle::layout::LOADER_CONF)
+            || esp.dir_exists(bootentries::ENTRIES_DIR)
+    }
+}
+
+/// The entries of `slot` among `all`.
+fn of_slot(all: &[BootEntry], slot: Slot) -> Vec<BootEntry> {
+    all.iter()
+        .filter(|e| e.slot() == Some(slot))
+        .cloned()
+        .collect()
+}
+
+/// A slot's state from its entries: good if any is good, else the most tries left, else bad.
+fn state(entries: &[BootEntry]) -> SlotState {
+    let states: Vec<EntryState> = entries
+        .iter()
+        .map(|e| match EntryName::parse(&e.file) {
+            Some(n) => n.state(),
+            None => match e.counter {
+                None => EntryState::Good,
+                Some(c) if c.left == 0 => EntryState::Bad,
+                Some(c) => EntryState::Trying { left: c.left },
+            },
+        })
+        .collect();
+    if states.contains(&EntryState::Good) {
+        SlotState::Good
+    } else if let Some(left) = states
+        .iter()
+        .filter_map(|s| match s {
+            EntryState::Trying { left } => Some(*left),
+            _ => None,
+        })
+        .max()
+    {
+        SlotState::Trying { left }
+    } else if states.contains(&EntryState::Bad) {
+        SlotState::Bad
+    } else {
+        SlotState::Empty
+    }
+}
+
+/// Replaces all of `slot`'s `entries` by one named `new`, keeping the text of the entry
+/// systemd-boot would pick among them (adding `sort-key` if it lacks one).
+fn replace(esp: &Esp, entries: &[BootEntry], slot: Slot, new: EntryName) -> Result<()> {
+    let Some(best) = bootentries::sorted(entries).first().copied() else {
+        refuse!(codes::NO_ENTRY, "slot {slot} has no boot entry");
+    };
+    let mut text = best.text.clone();
+    if best.contents.sort_key.is_none() {
+        if !text.ends_with('\n') && !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&format!("sort-key {SORT_KEY}\n"));
+    }
+    let new_file = new.file_name();
+    let old: Vec<&str> = entries
+        .iter()
+        .map(|e| e.file.as_str())
+        .filter(|f| *f != new_file)
+        .collect();
+    if entries.iter().any(|e| e.file == new_file && e.text == text) {
+        info!("boot entry {new_file} is already in place");
+    } else {
+        esp.write_file(&entry_path(&new_file), text.as_bytes())?;
+        esp.sync()?;
+        info!("wrote boot entry {new_file}");
+    }
+    for f in &old {
+        esp.remove(&entry_path(f))?;
+        info!("removed boot entry {f}");
+    }
+    if !old.is_empty() {
+        esp.sync()?;
+    }
+    Ok(())
+}
+
+/// The systemd-boot model over a snapshot: the entries and which of their files exist.
+struct Model {
+    entries: Vec<BootEntry>,
+    present: HashSet<String>,
+}
+
+impl Model {
+    fn read(esp: &Esp) -> Result<Model> {
+        let entries = esp.entries()?;
+        let present = entries
+            .iter()
+            .flat_map(|e| [&e.contents.linux, &e.contents.efi])
+            .flatten()
+            .filter(|p| esp.exists(p))
+            .cloned()
+            .collect();
+        Ok(Model { entries, present })
+    }
+}
+
+impl BootModel for Model {
+    fn next(&self) -> Option<Booted> {
+        let e = bootentries::select(&self.entries, &|p| self.present.contains(p))?;
+        Some(Booted {
+            slot: e.slot()?,
+            version: e.contents.version.clone().unwrap_or_default(),
+            record: e.file.clone(),
+        })
+    }
+
+    fn boot(&mut self) -> Option<Booted> {
+        let next = self.next()?;
+        let present = &self.present;
+        bootentries::simulate_boot(&mut self.entries, &|p| present.contains(p))?;
+        Some(next)
+    }
+}
+
+impl BootLoader for SystemdBoot {
+    fn name(&self) -> &'static str {
+        "systemd-boot"
+    }
+
+    fn view(&self, esp: &Esp) -> Result<View> {
+        let model = Model::read(esp)?;
+        let next = model.next().map(|b| (b.slot, b.record));
+        let mut slots = Vec::new();
+        for slot in Slot::ALL {
+            let entries = of_slot(&model.entries, slot);
+            let info = super::read_info(esp, slot)?;
+            let version = bootentries::sorted(&entries)
+                .first()
+                .and_then(|e| e.contents.version.clone())
+                .or_else(|| info.as_ref().map(|i| i.version.clone()));
+            slots.push(SlotView {
+                slot,
+                state: state(&entries),
+                entries: entries.iter().map(|e| e.file.clone()).collect(),
+                version,
+                info,
+            });
+        }
+        Ok(View { slots, next })
+    }
+
+    fn model(&self, esp: &Esp) -> Result<Box<dyn BootModel>> {
+        Ok(Box::new(Model::read(esp)?))
+    }
+
+    fn bootable(&self, esp: &Esp, slot: Slot) -> Result<bool> {
+        Ok(of_slot(&esp.entries()?, slot).iter().any(|e| {
+            e.counter.is_none_or(|c| c.left > 0)
+                && e.contents.linux.as_deref().is_some_and(|p| esp.exists(p))
+        }))
+    }
+
+    fn make_unbootable(&self, esp: &Esp, slot: Slot) -> Result<()> {
+        for e in of_slot(&esp.entries()?, slot) {
+            info!("removing boot entry {}", e.file);
+            esp.remove(&entry_path(&e.file))?;
+        }
+        esp.sync()
+    }
+
+    fn record_space(&self, esp: &Esp, slot: Slot) -> Result<RecordSpace> {
+        Ok(RecordSpace {
+            removed: of_slot(&esp.entries()?, slot)
+                .iter()
+                .map(|e| e.text.len() as u64)
+                .collect(),
+            created: 1,
+        })
+    }
+
+    fn boot_next(
+        &self,
+        esp: &Esp,
+        slot: Slot,
+        tries: u32,
+        version: &str,
+        kernel_params: &str,
+    ) -> Result<()> {
+        let file = EntryName::trying(slot, tries).file_name();
+        let contents = abbundle::layout::boot_entry(slot, version, kernel_params);
+        let path = entry_path(&file);
+        esp.write_file(&path, contents.as_bytes())?;
+        esp.sync()?;
+        esp.drop_cache()?;
+        if esp.read_small(&path)?.as_deref() != Some(contents.as_bytes()) {
+            refuse!(
+                codes::READBACK_MISMATCH,
+                "{path} on the ESP does not read back as written"
+            );
+        }
+        info!("wrote boot entry {file}");
+        Ok(())
+    }
+
+    fn mark_good(&self, esp: &Esp, slot: Slot) -> Result<bool> {
+        let entries = of_slot(&esp.entries()?, slot);
+        if state(&entries) == SlotState::Good && entries.len() == 1 {
+            return Ok(false);
+        }
+        replace(esp, &entries, slot, EntryName::good(slot))?;
+        Ok(true)
+    }
+
+    /// Gives `slot`'s entry 0 tries left: systemd-boot then lists it after every entry that
+    /// has tries left, so it only boots if nothing else can.
+    fn mark_bad(&self, esp: &Esp, slot: Slot) -> Result<()> {
+        let entries = of_slot(&esp.entries()?, slot);
+        let st = state(&entries);
+        if st == SlotState::Empty || (st == SlotState::Bad && entries.len() == 1) {
+            return Ok(());
+        }
+        let done = entries
+            .iter()
+            .filter_map(|e| e.counter)
+            .map(|c| c.done)
+            .max()
+            .unwrap_or(0);
+        replace(
+            esp,
+            &entries,
+            slot,
+            EntryName {
+                slot,
+                counter: Some(Counter { left: 0, done }),
+            },
+        )
+    }
+
+    /// systemd-boot prefers the newest entry: if the other slot has an entry with a newer
+    /// version than the one that booted, that one ran out of tries (or was skipped).
+    fn fallback_from(&self, view: &View, booted: Slot) -> Option<Slot> {
+        let (sv, other) = (view.slot(booted), view.slot(booted.other()));
+        let newer = match (&sv.version, &other.version) {
+            (Some(b), Some(o)) => {
+                bootentries::strverscmp_improved(o, b).is_gt() && !other.entries.is_empty()
+            }
+            (None, Some(_)) => !other.entries.is_empty(),
+            _ => false,
+        };
+        newer.then_some(booted.other())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(file: &str, slot: Slot, version: &str) -> BootEntry {
+        BootEntry::new(file, &abbundle::layout::boot_entry(slot, version, ""))
+    }
+
+    fn model(entries: Vec<BootEntry>) -> Model {
+        let present = Slot::ALL
+            .iter()
+            .map(|s| format!("/{}", s.files().kernel))
+            .collect();
+        Model { entries, present }
+    }
+
+    #[test]
+    fn model_uses_the_tries_then_falls_back() {
+        let mut m = model(vec![
+            entry("slot-a.conf", Slot::A, "1"),
+            entry("slot-b+2.conf", Slot::B, "2"),
+        ]);
+        let boots: Vec<(Slot, String)> = std::iter::from_fn(|| m.boot())
+            .take(4)
+            .map(|b| (b.slot, b.record))
+            .collect();
+        assert_eq!(
+            boots,
+            [
+                (Slot::B, "slot-b+2.conf".to_string()),
+                (Slot::B, "slot-b+1-1.conf".to_string()),
+                (Slot::A, "slot-a.conf".to_string()),
+                (Slot::A, "slot-a.conf".to_string()),
+            ]
+        );
+        assert_eq!(m.next().map(|b| b.version), Some("1".to_string()));
+    }
+
+    #[test]
+    fn model_skips_an_entry_whose_kernel_is_missing() {
+        let mut m = model(vec![
+            entry("slot-a.conf", Slot::A, "1"),
+            entry("slot-b+3.conf", Slot::B, "2"),
+        ]);
+        m.present.retain(|p| !p.contains("b/"));
+        assert_eq!(m.next().map(|b| b.slot), Some(Slot::A));
+    }
+
+    #[test]
+    fn states_from_entry_names() {
+        let a = |f: &str| entry(f, Slot::A, "1");
+        assert_eq!(state(&[]), SlotState::Empty);
+        assert_eq!(state(&[a("slot-a+0-3.conf")]), SlotState::Bad);
+        assert_eq!(
+            state(&[a("slot-a+0-3.conf"), a("slot-a+2-1.conf")]),
+            SlotState::Trying { left: 2 }
+        );
+        assert_eq!(
+            state(&[a("slot-a+2-1.conf"), a("slot-a.conf")]),
+            SlotState::Good
+        );
+    }
+}
