@@ -2,6 +2,7 @@
 //! checked with independent tools (sfdisk, mtools, fsck.fat, dd + sha256sum).
 
 mod apply;
+mod channels;
 mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
