@@ -265,7 +265,8 @@ fn check(
         "channel {} offers version {} (sequence {}, rollout {}%), signed by {signed_by}",
         doc.channel, doc.version, doc.sequence, doc.rollout
     );
-    if let Some(last) = state.sequence(channel).filter(|&l| doc.sequence < l) {
+    // Keyed by the URL without its password: the state file must not hold a secret.
+    if let Some(last) = state.sequence(&shown).filter(|&l| doc.sequence < l) {
         refuse!(
             codes::CHANNEL_REPLAYED,
             "{shown}: sequence {} is lower than {last}, which this device accepted before: \
@@ -290,7 +291,7 @@ fn check(
             doc.compatible
         );
     }
-    state.accept_sequence(channel, doc.sequence);
+    state.accept_sequence(&shown, doc.sequence);
 
     let st = status::collect(ctx)?;
     let slot = |s| st.slots.iter().find(|x| x.slot == s);

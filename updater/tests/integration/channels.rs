@@ -359,3 +359,144 @@ fn file_url_and_plain_path_channels() {
         fs::remove_file(&disk).unwrap();
     }
 }
+
+/// `HH:MM` of minute `m` of the day.
+fn hhmm(m: u64) -> String {
+    format!("{:02}:{:02}", (m % 1440) / 60, m % 60)
+}
+
+/// The test config plus `extra` lines.
+fn set_config(env: &Env, base: &str, extra: &str) {
+    fs::write(env.path("abupdate.toml"), format!("{base}{extra}")).unwrap();
+}
+
+/// The channel and the reboot policy from the config: outside the window an install waits;
+/// a later check inside the window reboots into it; `immediately` reboots after an install
+/// only. The jitter (1 h here) is skipped with --now. `reboot` is a stand-in on PATH.
+#[test]
+fn reboot_policy_from_the_config() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let tree = env.path("www");
+    publish(&env, &tree, &v2.bundle, 100, "1d", None);
+    let url = format!("{}/vps/stable.json", serve_dir(&tree));
+    let bin = env.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let marker = env.path("rebooted");
+    fs::write(
+        bin.join("reboot"),
+        format!("#!/bin/sh\necho yes > '{}'\n", marker.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(bin.join("reboot"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let base = fs::read_to_string(env.path("abupdate.toml")).unwrap();
+    let minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let run = |disk: &Path| -> (i32, Value) {
+        let o = env
+            .cmd(disk, None, &["update", "--now", "--json"])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.code().unwrap(), v)
+    };
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+
+    let outside = format!("{}-{}", hhmm(minute + 60), hhmm(minute + 120));
+    set_config(
+        &env,
+        &base,
+        &format!("channel = \"{url}\"\nupdate-reboot = \"{outside}\"\nupdate-jitter = \"1h\"\n"),
+    );
+    let start = std::time::Instant::now();
+    let (code, r) = run(&disk);
+    assert!(
+        start.elapsed().as_secs() < 60,
+        "--now did not skip the jitter"
+    );
+    assert_eq!(
+        (code, r["outcome"].as_str()),
+        (codes::UPDATE_INSTALLED, Some("installed"))
+    );
+    assert_eq!(r["rebooting"], false);
+    assert!(!marker.exists());
+
+    let inside = format!("{}-{}", hhmm(minute + 1439), hhmm(minute + 3));
+    set_config(
+        &env,
+        &base,
+        &format!("channel = \"{url}\"\nupdate-reboot = \"{inside}\"\n"),
+    );
+    let (code, r) = run(&disk);
+    assert_eq!(
+        (code, r["outcome"].as_str()),
+        (codes::UPDATE_INSTALLED, Some("reboot-pending"))
+    );
+    assert_eq!(r["rebooting"], true);
+    assert!(marker.exists(), "no reboot inside the window");
+
+    fs::remove_file(&marker).unwrap();
+    set_config(
+        &env,
+        &base,
+        &format!("channel = \"{url}\"\nupdate-reboot = \"immediately\"\n"),
+    );
+    let (_, r) = run(&disk);
+    assert_eq!(
+        (r["outcome"].as_str(), &r["rebooting"]),
+        (Some("reboot-pending"), &Value::Bool(false))
+    );
+    assert!(!marker.exists());
+    copy_image(&v1.image, &disk);
+    let (_, r) = run(&disk);
+    assert_eq!(
+        (r["outcome"].as_str(), &r["rebooting"]),
+        (Some("installed"), &Value::Bool(true))
+    );
+    assert!(marker.exists());
+}
+
+/// A server that accepts and never answers: the check ends within the configured bound
+/// (exit 41), nothing changed.
+#[test]
+fn silent_channel_server_is_bounded() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s); // never answered
+        }
+    });
+    let base = fs::read_to_string(env.path("abupdate.toml")).unwrap();
+    set_config(
+        &env,
+        &base,
+        "http-timeout = 3\nhttp-rate-window = 2\nhttp-connect-timeout = 2\n",
+    );
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let before = sha256_file(&disk);
+    let start = std::time::Instant::now();
+    let (code, r, o) = update(
+        &env,
+        &disk,
+        None,
+        &format!("http://127.0.0.1:{port}/vps/stable.json"),
+    );
+    assert!(start.elapsed().as_secs() < 15, "{:?}", start.elapsed());
+    let line = fails(&o, codes::SOURCE_UNAVAILABLE);
+    assert_eq!(code, codes::SOURCE_UNAVAILABLE, "{r}");
+    assert!(line.contains("nothing was changed"), "{line}");
+    assert_eq!(sha256_file(&disk), before);
+}
