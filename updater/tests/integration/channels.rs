@@ -177,6 +177,18 @@ fn published_version_installs_over_http() {
         "{human}"
     );
     assert!(human.contains("/vps/stable.json"), "{human}");
+    let s: Value = serde_json::from_str(&ok(&env.abupdate_booted(
+        &disk,
+        Some("b"),
+        &["status", "--json"],
+    )))
+    .unwrap();
+    let last = &s["update"]["lastCheck"];
+    assert_eq!(
+        (last["outcome"].as_str(), last["code"].as_i64()),
+        (Some("up-to-date"), Some(0))
+    );
+    assert_eq!(last["channelVersion"], "2026.11.2");
 }
 
 /// Each bad channel file (or server) is refused with its own code and a one-line reason,
