@@ -287,11 +287,26 @@ fn bad_channels_are_refused_and_change_nothing() {
     assert_eq!(code, codes::SOURCE_UNAVAILABLE, "{r}");
     assert_eq!(sha256_file(&disk), before);
 
-    // A good file again (a damaged previous file needs --sequence): installs.
+    // The server answers 404: for the channel file, and for the bundle it names.
+    let base = url.trim_end_matches("/vps/stable.json").to_string();
+    let (code, _, o) = update(&env, &disk, None, &format!("{base}/vps/beta.json"));
+    assert!(fails(&o, codes::SOURCE_UNAVAILABLE).contains("404"));
+    assert_eq!(code, codes::SOURCE_UNAVAILABLE);
     publish(&env, &tree, &v2.bundle, 100, "1d", Some(10));
+    let published = tree.join("vps").join(v2.bundle.file_name().unwrap());
+    let hidden = env.path("hidden.abu");
+    fs::rename(&published, &hidden).unwrap();
+    let (code, _, o) = update(&env, &disk, None, &url);
+    assert!(fails(&o, codes::SOURCE_UNAVAILABLE).contains("404"));
+    assert_eq!(code, codes::SOURCE_UNAVAILABLE);
+    assert_eq!(sha256_file(&disk), before);
+    fs::rename(&hidden, &published).unwrap();
+
+    // A good file again (a damaged previous file needs --sequence): installs.
+    publish(&env, &tree, &v2.bundle, 100, "1d", Some(11));
     let (code, r, _) = update(&env, &disk, None, &url);
     assert_eq!(code, codes::UPDATE_INSTALLED, "{r}");
-    assert_eq!(r["sequence"], 10);
+    assert_eq!(r["sequence"], 11);
 }
 
 /// A version that fell back (as boot-check records it) is not installed again; a newer one
