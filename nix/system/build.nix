@@ -15,8 +15,15 @@ let
   checkChannel = s:
     if builtins.match "[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+" s != null then s
     else throw "mkSystem: abupdate.channel '${s}' is not a plain URL or path";
+  # abupdate refuses to load a config it cannot parse, boot-check and mark-good included: a bad
+  # value must fail the build, not the boot.
+  checkJitter = s:
+    if builtins.match "[0-9]+[smhd]?" s != null then s
+    else throw "mkSystem: abupdate.updateJitter '${s}' must be seconds or a number with s, m, h or d (30m)";
   checkReboot = s:
-    if builtins.match "never|immediately|[0-2][0-9]:[0-5][0-9]-[0-2][0-9]:[0-5][0-9]" s != null then s
+    if builtins.match "never|immediately|([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]" s != null
+      && (builtins.stringLength s != 11 || builtins.substring 0 5 s != builtins.substring 6 5 s)
+    then s
     else throw "mkSystem: abupdate.reboot '${s}' must be never, immediately or HH:MM-HH:MM";
   name = checkName "system.name" cfg.system.name;
   compatible =
@@ -273,7 +280,7 @@ let
     '' + (if cfg.abupdate.channel == null then "" else ''
       channel = "${checkChannel cfg.abupdate.channel}"
       update-reboot = "${checkReboot cfg.abupdate.reboot}"
-      update-jitter = "${checkName "abupdate.updateJitter" cfg.abupdate.updateJitter}"
+      update-jitter = "${checkJitter cfg.abupdate.updateJitter}"
     '');
     "abupdate/health-check" = healthCheck;
   } // builtins.listToAttrs (map (k: { name = "abupdate/keys/${baseNameOf k}"; value = k; }) cfg.abupdate.keys)

@@ -343,6 +343,27 @@ fn mksystem_channel_runs_update_periodically() {
         "{looped}"
     );
 
+    // Values abupdate would refuse to load (failing boot-check and mark-good) fail the build.
+    for (option, value) in [
+        ("updateJitter", "soon"),
+        ("reboot", "24:00-01:00"),
+        ("reboot", "03:00-03:00"),
+    ] {
+        let expr = format!(
+            "let ab = import {} {{ pkgs = import {} {{ }}; }}; in (ab.mkSystem {{ modules = [ {} {} \
+             {{ abupdate = {{ channel = \"/media/ssd/vps/stable.json\"; {option} = \"{value}\"; }}; }} ]; }}).etc.drvPath",
+            repo_file("nix/default.nix").display(),
+            repo_file("nix/tests/mock-nixpkgs").display(),
+            repo_file("nix/examples/vps.nix").display(),
+            repo_file("nix/tests/vps-test.nix").display(),
+        );
+        let err = fails(Command::new("nix-instantiate").args(["--eval", "-E", &expr]));
+        assert!(
+            err.contains(&format!("abupdate.{option} '{value}'")),
+            "{err}"
+        );
+    }
+
     let plain = build("bootable.etc");
     assert!(!fs::read_to_string(plain.join("abupdate.toml"))
         .unwrap()
