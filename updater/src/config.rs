@@ -149,6 +149,24 @@ mod tests {
     }
 
     #[test]
+    fn update_settings_are_checked_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "channel = \"/m/stable.json\"\nupdate-reboot = \"03:00-05:00\"\nupdate-jitter = \"30m\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.channel.as_deref(), Some("/m/stable.json"));
+        for bad in ["update-reboot = \"3am\"", "update-jitter = \"soon\""] {
+            std::fs::write(&p, bad).unwrap();
+            let e = format!("{:#}", Config::load(&p).unwrap_err());
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+        }
+    }
+
+    #[test]
     fn errors_are_one_line_with_the_position() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
