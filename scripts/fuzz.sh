@@ -21,3 +21,17 @@ cd fuzz
 cargo +nightly fuzz run bundle_reader corpus/bundle_reader -- \
   -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 2>&1 | tail -n 15
 echo "fuzz: ${seconds}s without a crash"
+
+# The channel file reader (docs/channels.md), seeded with a signed channel file, for a quarter
+# of the time: it is a few hundred lines of JSON handling, not the bundle reader's streaming.
+cd ..
+ccorpus=fuzz/corpus/channel
+mkdir -p "$ccorpus"
+cargo run -q -p abbuild -- -q publish --bundle "$corpus/seed.abu" --channel stable \
+  --key "$seed/fuzz.key" --out-dir "$seed/www"
+cp "$seed/www/fuzz/stable.json" "$ccorpus/seed.json"
+cd fuzz
+cseconds=$(( seconds / 4 > 5 ? seconds / 4 : 5 ))
+cargo +nightly fuzz run channel corpus/channel -- \
+  -max_total_time="$cseconds" -rss_limit_mb=1024 -max_len=70000 -print_final_stats=1 2>&1 | tail -n 15
+echo "fuzz: channel reader ${cseconds}s without a crash"

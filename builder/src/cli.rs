@@ -45,6 +45,43 @@ pub enum Command {
     Rootfs(RootfsArgs),
     /// Show a bundle's manifest and the key ids of its signatures (not verified)
     Inspect(InspectArgs),
+    /// Put a bundle on a channel: copy it into a static tree, write the signed
+    /// channel file
+    ///
+    /// Writes OUT_DIR/IMAGE/BUNDLE.abu and OUT_DIR/IMAGE/CHANNEL.json, with a
+    /// sequence number one above the previous file's (docs/channels.md). Example:
+    ///   abbuild publish --bundle out/vps-2026.11.22.2.abu --channel stable \
+    ///     --key ci.key --out-dir www --rollout 10
+    #[command(verbatim_doc_comment)]
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The bundle to publish
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Channel name (stable, beta, ...)
+    #[arg(long)]
+    pub channel: String,
+    /// Secret key file(s) to sign the channel file with (repeat for rotation)
+    #[arg(long, required = true)]
+    pub key: Vec<PathBuf>,
+    /// Root of the static tree served to devices (created if missing)
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Directory in the tree (default: the bundle's compatible string)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Percentage of devices that install it now (0 to 100)
+    #[arg(long, default_value_t = 100)]
+    pub rollout: u8,
+    /// How long devices accept the channel file: 3600, 30m, 12h, 14d
+    #[arg(long, default_value = "14d")]
+    pub valid_for: String,
+    /// Sequence number to write (default: the previous file's plus one)
+    #[arg(long)]
+    pub sequence: Option<u64>,
 }
 
 #[derive(Args, Debug)]

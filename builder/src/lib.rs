@@ -10,6 +10,7 @@ pub mod esp;
 pub mod image_def;
 pub mod inspect;
 pub mod keygen;
+pub mod publish;
 pub mod squashfs;
 pub mod system;
 
@@ -24,6 +25,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Build(a) => build::run_cli(&a),
         cli::Command::Rootfs(a) => build::run_rootfs(&a),
         cli::Command::Inspect(a) => inspect::run(&a),
+        cli::Command::Publish(a) => publish::run(&a),
     }
 }
 

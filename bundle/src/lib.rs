@@ -10,6 +10,7 @@
 //! the signed manifest before handing it out, with memory bounded by one chunk. The exact layout
 //! is specified in `docs/bundle-format.md`; this crate does no device, ESP or Nix work.
 
+pub mod channel;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;

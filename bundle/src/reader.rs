@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::FormatError;
 use crate::header::{Header, HEADER_LEN, SIGNATURE_ENTRY_LEN};
 use crate::keys::{KeyId, TrustedKeys};
-use crate::manifest::{Manifest, PayloadKind};
+use crate::manifest::{Digest, Manifest, PayloadKind};
 
 /// A verified piece of a payload.
 #[derive(Debug)]
@@ -45,6 +45,8 @@ pub struct Unverified {
     pub header: Header,
     pub manifest: Manifest,
     pub signatures: Vec<SignatureEntry>,
+    /// SHA-256 of the manifest bytes, as a channel file names the bundle.
+    pub manifest_sha256: Digest,
 }
 
 /// A streaming reader over a bundle whose signature has been verified.
@@ -54,6 +56,7 @@ pub struct BundleReader<R> {
     header: Header,
     manifest: Manifest,
     signed_by: KeyId,
+    manifest_sha256: Digest,
     /// Next payload (index into the manifest) and chunk to hand out.
     payload: usize,
     chunk: u64,
@@ -74,6 +77,7 @@ impl<R: Read> BundleReader<R> {
             header,
             manifest,
             signed_by,
+            manifest_sha256: Digest(Sha256::digest(&manifest_bytes).into()),
             payload: 0,
             chunk: 0,
             buf: Vec::new(),
@@ -91,6 +95,11 @@ impl<R: Read> BundleReader<R> {
     /// The trusted key whose signature was accepted.
     pub fn signed_by(&self) -> KeyId {
         self.signed_by
+    }
+
+    /// SHA-256 of the signed manifest bytes (what a channel file pins).
+    pub fn manifest_sha256(&self) -> Digest {
+        self.manifest_sha256
     }
 
     /// Fails unless the bundle's `compatible` string is `expected`.
@@ -188,6 +197,7 @@ pub fn read_unverified<R: Read>(mut inner: R) -> Result<Unverified, FormatError>
         header,
         manifest,
         signatures,
+        manifest_sha256: Digest(Sha256::digest(&manifest_bytes).into()),
     })
 }
 

@@ -11,6 +11,20 @@ let
     if builtins.match "[A-Za-z0-9._+~-]+" s != null then s
     else throw "mkSystem: ${what} '${s}' may only contain A-Z a-z 0-9 . _ + ~ -";
   version = checkName "system.version" cfg.system.version;
+  # Written into abupdate.toml as TOML strings: no quote, backslash or newline may get through.
+  checkChannel = s:
+    if builtins.match "[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+" s != null then s
+    else throw "mkSystem: abupdate.channel '${s}' is not a plain URL or path";
+  # abupdate refuses to load a config it cannot parse, boot-check and mark-good included: a bad
+  # value must fail the build, not the boot.
+  checkJitter = s:
+    if builtins.match "[0-9]+[smhd]?" s != null then s
+    else throw "mkSystem: abupdate.updateJitter '${s}' must be seconds or a number with s, m, h or d (30m)";
+  checkReboot = s:
+    if builtins.match "never|immediately|([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]" s != null
+      && (builtins.stringLength s != 11 || builtins.substring 0 5 s != builtins.substring 6 5 s)
+    then s
+    else throw "mkSystem: abupdate.reboot '${s}' must be never, immediately or HH:MM-HH:MM";
   name = checkName "system.name" cfg.system.name;
   compatible =
     if cfg.abupdate.compatible == null
@@ -131,7 +145,23 @@ let
         else "${bb}/bin/syslogd -n -C${toString cfg.logging.rotateKiB}";
       klogd.command = "${bb}/bin/klogd -n";
     }
+    // (if cfg.abupdate.channel != null then {
+      abupdate-update.command = "${updateLoop}";
+    } else { })
     // cfg.services;
+
+  # The periodic `abupdate update`: a loop respawned by busybox init (no cron, no timers). The
+  # random delay before each check is abupdate's own (update-jitter); the outcome goes to syslog.
+  updateLoop = pkgs.writeScript "abupdate-update-loop" ''
+    #!${sh}
+    PATH=${path}
+    export PATH
+    while :; do
+      out=$(abupdate update 2>&1)
+      logger -t abupdate-update "exit $?: $out" 2>/dev/null
+      sleep ${toString cfg.abupdate.updateInterval}
+    done
+  '';
 
   # busybox init runs a command with special characters through /bin/sh, which the root does not
   # have: every service is a script of its own.
@@ -247,7 +277,11 @@ let
       compatible = "${compatible}"
       keys = "/etc/abupdate/keys"
       boot-tries = ${toString cfg.abupdate.bootTries}
-    '';
+    '' + (if cfg.abupdate.channel == null then "" else ''
+      channel = "${checkChannel cfg.abupdate.channel}"
+      update-reboot = "${checkReboot cfg.abupdate.reboot}"
+      update-jitter = "${checkJitter cfg.abupdate.updateJitter}"
+    '');
     "abupdate/health-check" = healthCheck;
   } // builtins.listToAttrs (map (k: { name = "abupdate/keys/${baseNameOf k}"; value = k; }) cfg.abupdate.keys)
   // cfg.etc;

@@ -116,5 +116,14 @@
     # slot is marked good, or the machine reboots (the boot counter falls back after the tries).
     healthCheck = "exit 0";
     healthTimeout = 120;
+    # Unattended updates (docs/channels.md). channel: the signed channel file's URL
+    # (https://..., file:///... or a path on a mounted medium); null: no periodic check.
+    channel = null;
+    # Seconds between the end of one `abupdate update` and the start of the next.
+    updateInterval = 3600;
+    # Longest random delay before each check (update-jitter): spreads a fleet's requests.
+    updateJitter = "30m";
+    # update-reboot: "never", "immediately", or a daily window "HH:MM-HH:MM" (UTC).
+    reboot = "never";
   };
 }

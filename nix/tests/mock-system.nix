@@ -13,4 +13,19 @@ in
   inherit (ab) abbuild;
   vps = ab.examples.vps;
   bootable = ab.mkSystem { modules = [ ../examples/vps.nix ./vps-test.nix ]; };
+  # With a channel: the periodic `abupdate update` (docs/channels.md).
+  updating = ab.mkSystem {
+    modules = [
+      ../examples/vps.nix
+      ./vps-test.nix
+      {
+        abupdate = {
+          channel = "https://updates.example.org/vps/stable.json";
+          reboot = "03:00-05:00";
+          updateInterval = 600;
+          updateJitter = "5m";
+        };
+      }
+    ];
+  };
 }

@@ -38,6 +38,9 @@ pub struct Request<'a> {
     pub allow_downgrade: bool,
     pub slot: Option<Slot>,
     pub reboot: bool,
+    /// `update`: the SHA-256 of the manifest the channel file pins; any other bundle, even
+    /// one validly signed, is refused before anything is written.
+    pub expect_manifest_sha256: Option<abbundle::Digest>,
 }
 
 pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
@@ -105,6 +108,17 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let stream = source::open(r.source, &ctx.config)?;
     let reader =
         BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
+    if let Some(want) = r.expect_manifest_sha256 {
+        if reader.manifest_sha256() != want {
+            refuse!(
+                codes::CHANNEL_DIGEST_MISMATCH,
+                "{}: the bundle's manifest digest is {}, the channel file names {want}: not the \
+                 bundle that was published; nothing was changed",
+                source::redact(r.source),
+                reader.manifest_sha256()
+            );
+        }
+    }
     reader.check_compatible(compatible)?;
     let m = reader.manifest();
     let version = m.version.clone();

@@ -60,6 +60,34 @@ pub enum Command {
     Rollback,
     /// Record what booted and whether it was a fallback (run early at boot)
     BootCheck,
+    /// Check the channel and install its version if it is newer (unattended)
+    ///
+    /// Fetches the signed channel file (the config's channel, or --channel),
+    /// refuses an older sequence, an expired or foreign file, skips versions
+    /// that failed here and machines outside the rollout share, installs the
+    /// bundle like apply, and reboots as update-reboot says. Exit codes: 0 up
+    /// to date, 50 installed (reboot pending), 51 not in rollout yet, 52 the
+    /// version failed here before, 53 available (--dry-run); see
+    /// docs/channels.md.
+    ///
+    /// Example: abupdate update --channel https://updates.example/vps/stable.json
+    Update(UpdateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Channel file: http(s):// URL, file:// URL or path (default: the config's)
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Print the outcome as JSON (apiVersion abupdate/v1, kind UpdateResult)
+    #[arg(long)]
+    pub json: bool,
+    /// Check and report, install nothing, record nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip the random delay (update-jitter) before the check
+    #[arg(long)]
+    pub now: bool,
 }
 
 #[derive(Args, Debug)]

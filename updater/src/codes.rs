@@ -37,6 +37,39 @@ pub const KEYS_UNSAFE: i32 = 42;
 /// (and clusters lost to an earlier interrupted write) are given back.
 pub const ESP_FULL: i32 = 43;
 
+// `abupdate update` (docs/channels.md). Codes 50 to 53 are outcomes, not errors: nothing is
+// printed on stderr, and `--json` says the same. 0 means up to date.
+/// An update was installed (or an earlier one is installed): it runs after a reboot.
+pub const UPDATE_INSTALLED: i32 = 50;
+/// The channel's version is newer, but this machine is not in its rollout share yet.
+pub const NOT_IN_ROLLOUT: i32 = 51;
+/// The channel's version failed on this machine before (it fell back): skipped until a
+/// newer version is published.
+pub const VERSION_FAILED_BEFORE: i32 = 52;
+/// `--dry-run`: the channel's version would be installed.
+pub const UPDATE_AVAILABLE: i32 = 53;
+/// The channel file is not valid JSON of the documented shape, or names a bundle outside
+/// its tree.
+pub const CHANNEL_MALFORMED: i32 = 54;
+/// The channel file is larger than 64 KiB (refused before parsing).
+pub const CHANNEL_TOO_LARGE: i32 = 55;
+/// The channel file carries no signature.
+pub const CHANNEL_UNSIGNED: i32 = 56;
+/// The channel file is not signed by a trusted key.
+pub const CHANNEL_UNTRUSTED: i32 = 57;
+/// A trusted key's signature on the channel file does not verify: it was altered.
+pub const CHANNEL_BAD_SIGNATURE: i32 = 58;
+/// The channel file's sequence number is lower than one this device accepted (a replay).
+pub const CHANNEL_REPLAYED: i32 = 59;
+/// The channel file has expired.
+pub const CHANNEL_EXPIRED: i32 = 60;
+/// The channel is for another compatible string.
+pub const CHANNEL_INCOMPATIBLE: i32 = 61;
+/// The bundle the channel names is not the one it pins (manifest digest or size differs).
+pub const CHANNEL_DIGEST_MISMATCH: i32 = 62;
+/// No channel is configured and none was given.
+pub const NO_CHANNEL: i32 = 63;
+
 /// A refusal or failure with a documented exit code and a one-line message.
 #[derive(Debug)]
 pub struct Refusal {

@@ -12,6 +12,9 @@
 //! http-timeout = 21600                 # seconds for a whole download
 //! http-min-rate = 16384                # bytes/s a download must average over each window
 //! http-rate-window = 60                # seconds of waiting per rate window
+//! channel = "https://updates.example.org/vps/stable.json"   # for `abupdate update`
+//! update-reboot = "03:00-05:00"        # never, immediately, or a daily window (UTC)
+//! update-jitter = "30m"                # random delay before each `update` check
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +52,13 @@ pub struct Config {
     pub http_min_rate: u64,
     /// Seconds of waiting over which the rate is averaged; also the longest wait for a read.
     pub http_rate_window: u64,
+    /// The channel file `abupdate update` checks: http(s)://, file:// or a plain path.
+    pub channel: Option<String>,
+    /// When `update` reboots into what it installed: `never`, `immediately`, or inside a
+    /// daily window `HH:MM-HH:MM` (UTC).
+    pub update_reboot: String,
+    /// Longest random delay before each `update` check (`30m`; `0`: none).
+    pub update_jitter: String,
 }
 
 impl Default for Config {
@@ -64,6 +74,9 @@ impl Default for Config {
             http_timeout: 6 * 3600,
             http_min_rate: 16 * 1024,
             http_rate_window: 60,
+            channel: None,
+            update_reboot: "never".into(),
+            update_jitter: "0".into(),
         }
     }
 }
@@ -95,6 +108,9 @@ impl Config {
                 bail!("{}: {name} must be at least 1 (seconds)", path.display());
             }
         }
+        crate::update::RebootPolicy::parse(&c.update_reboot)
+            .and_then(|_| abbundle::channel::parse_duration(&c.update_jitter))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(c)
     }
 }
@@ -130,6 +146,24 @@ mod tests {
         assert_eq!(d.boot_tries, 3);
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
         assert_eq!(d.http_min_rate, 16 * 1024);
+    }
+
+    #[test]
+    fn update_settings_are_checked_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "channel = \"/m/stable.json\"\nupdate-reboot = \"03:00-05:00\"\nupdate-jitter = \"30m\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.channel.as_deref(), Some("/m/stable.json"));
+        for bad in ["update-reboot = \"3am\"", "update-jitter = \"soon\""] {
+            std::fs::write(&p, bad).unwrap();
+            let e = format!("{:#}", Config::load(&p).unwrap_err());
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod boot;
 pub mod bootcheck;
 pub mod bootentries;
+pub mod channel_state;
 pub mod cli;
 pub mod codes;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod progress;
 pub mod slots;
 pub mod source;
 pub mod status;
+pub mod update;
 pub mod verify;
 pub mod window;
 
@@ -62,6 +64,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 allow_downgrade: a.allow_downgrade,
                 slot: a.slot,
                 reboot: a.reboot,
+                expect_manifest_sha256: None,
             },
         ),
         cli::Command::Status(a) => status::run(&ctx, a.json),
@@ -69,6 +72,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::MarkBad(a) => mark::mark_bad(&ctx, a.slot),
         cli::Command::Rollback => mark::rollback(&ctx),
         cli::Command::BootCheck => bootcheck::run(&ctx),
+        cli::Command::Update(a) => update::run(&ctx, &a),
     }
 }
 

@@ -390,6 +390,68 @@ fn open_url(url: &str, _: &Config) -> Result<(Box<dyn Read + Send>, Option<u64>)
     )
 }
 
+/// Longest a small document (a channel file) may take to fetch, whatever `http-timeout`
+/// allows a bundle: a check must not hang for hours on a server that trickles.
+pub const DOCUMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Fetches a small document (a channel file) from an http(s):// URL, a `file://` URL or a
+/// plain path, reading at most `max + 1` bytes: the caller refuses anything longer without
+/// parsing it. Every failure to get it is a [`Refusal`] with [`codes::SOURCE_UNAVAILABLE`].
+pub fn fetch_document(location: &str, config: &Config, max: u64) -> Result<Vec<u8>> {
+    let shown = redact(location);
+    let fail = |msg: String| -> anyhow::Error {
+        Refusal::new(
+            codes::SOURCE_UNAVAILABLE,
+            format!("fetching {shown}: {}; nothing was changed", redact(&msg)),
+        )
+        .into()
+    };
+    let mut out = Vec::new();
+    if location.starts_with("http://") || location.starts_with("https://") {
+        let mut c = config.clone();
+        c.http_timeout = c.http_timeout.min(DOCUMENT_TIMEOUT.as_secs());
+        let (stream, _) = open_url(location, &c)?;
+        stream
+            .take(max + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| fail(e.to_string()))?;
+        return Ok(out);
+    }
+    let path = local_path(location).map_err(fail)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a FIFO at the path must not hang the check; regular files only.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    file.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(out)
+}
+
+/// The path of a `file://` URL (percent-escapes not decoded: none are needed for the paths
+/// `abbuild publish` writes) or of a plain path.
+pub fn local_path(location: &str) -> std::result::Result<std::path::PathBuf, String> {
+    let p = match location.strip_prefix("file://") {
+        Some(rest) if rest.starts_with('/') => rest,
+        Some(_) => return Err("a file:// URL needs an absolute path (file:///...)".into()),
+        None if location.contains("://") => {
+            return Err("only http://, https://, file:// and plain paths are supported".into())
+        }
+        None => location,
+    };
+    if p.contains('%') {
+        return Err("percent-escapes in file:// URLs are not supported".into());
+    }
+    Ok(std::path::PathBuf::from(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

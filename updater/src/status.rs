@@ -26,6 +26,17 @@ pub struct Status {
     pub last_boot_was_fallback: Option<bool>,
     pub last_boot: Option<BootRecord>,
     pub slots: Vec<SlotStatus>,
+    /// `abupdate update`: the configured channel and what the update state file says.
+    pub update: UpdateStatus,
+}
+
+/// The channel part of `status` (docs/channels.md).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStatus {
+    pub channel: Option<String>,
+    pub last_check: Option<crate::channel_state::Check>,
+    pub failed_versions: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -85,7 +96,18 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         last_boot_was_fallback: last_boot.as_ref().map(|b| b.fallback),
         last_boot,
         slots: out,
+        update: update_status(ctx),
     })
+}
+
+fn update_status(ctx: &Ctx) -> UpdateStatus {
+    let path = crate::channel_state::path(&ctx.config.state_file);
+    let state = crate::channel_state::UpdateState::load(&path).unwrap_or_default();
+    UpdateStatus {
+        channel: ctx.config.channel.as_deref().map(crate::source::redact),
+        last_check: state.last_check,
+        failed_versions: state.failed_versions,
+    }
 }
 
 pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
@@ -145,6 +167,26 @@ pub fn human(s: &Status) -> String {
                 ),
                 _ => String::new(),
             }
+        ));
+    }
+    let u = &s.update;
+    if let Some(c) = u
+        .channel
+        .as_deref()
+        .or(u.last_check.as_ref().map(|c| c.channel.as_str()))
+    {
+        out.push_str(&format!("update channel: {c}\n"));
+    }
+    if let Some(c) = &u.last_check {
+        out.push_str(&format!(
+            "last update check: {} (time {}, exit {}): {}\n",
+            c.outcome, c.time, c.code, c.message
+        ));
+    }
+    if !u.failed_versions.is_empty() {
+        out.push_str(&format!(
+            "versions that failed here: {} (not installed again)\n",
+            u.failed_versions.join(", ")
         ));
     }
     out

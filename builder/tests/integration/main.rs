@@ -7,5 +7,6 @@ mod disk;
 mod errors;
 mod keys_bundle;
 mod nix;
+mod publish;
 mod repro;
 mod util;

@@ -307,3 +307,83 @@ fn mksystem_ssh_has_scp_and_sftp() {
     use std::os::unix::fs::PermissionsExt;
     assert!(fs::metadata(&server).unwrap().permissions().mode() & 0o111 != 0);
 }
+
+/// mkSystem with `abupdate.channel`: abupdate.toml carries the channel, the reboot window and
+/// the jitter, and busybox init respawns a loop that runs `abupdate update` every interval.
+/// Without a channel, none of it.
+#[test]
+fn mksystem_channel_runs_update_periodically() {
+    if !have_nix_build() {
+        return;
+    }
+    let build = |attr: &str| {
+        let out = stdout(
+            Command::new("nix-build")
+                .args([
+                    "--option",
+                    "sandbox",
+                    "false",
+                    "--option",
+                    "substituters",
+                    "",
+                ])
+                .arg("--no-out-link")
+                .arg(repo_file("nix/tests/mock-system.nix"))
+                .args(["-A", attr]),
+        );
+        PathBuf::from(out.trim())
+    };
+    let etc = build("updating.etc");
+    let toml: toml::Table =
+        toml::from_str(&fs::read_to_string(etc.join("abupdate.toml")).unwrap()).unwrap();
+    assert_eq!(
+        toml["channel"].as_str(),
+        Some("https://updates.example.org/vps/stable.json")
+    );
+    assert_eq!(toml["update-reboot"].as_str(), Some("03:00-05:00"));
+    assert_eq!(toml["update-jitter"].as_str(), Some("5m"));
+    let inittab = fs::read_to_string(etc.join("inittab")).unwrap();
+    let service = inittab
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("::respawn:")
+                .filter(|s| s.ends_with("service-abupdate-update"))
+        })
+        .unwrap_or_else(|| panic!("no abupdate-update service in {inittab}"));
+    let service = fs::read_to_string(service).unwrap();
+    let looped = service.split_whitespace().last().unwrap();
+    let looped = fs::read_to_string(looped).unwrap();
+    assert!(
+        looped.contains("abupdate update") && looped.contains("sleep 600"),
+        "{looped}"
+    );
+
+    // Values abupdate would refuse to load (failing boot-check and mark-good) fail the build.
+    for (option, value) in [
+        ("updateJitter", "soon"),
+        ("reboot", "24:00-01:00"),
+        ("reboot", "03:00-03:00"),
+    ] {
+        let expr = format!(
+            "let ab = import {} {{ pkgs = import {} {{ }}; }}; in (ab.mkSystem {{ modules = [ {} {} \
+             {{ abupdate = {{ channel = \"/media/ssd/vps/stable.json\"; {option} = \"{value}\"; }}; }} ]; }}).etc.drvPath",
+            repo_file("nix/default.nix").display(),
+            repo_file("nix/tests/mock-nixpkgs").display(),
+            repo_file("nix/examples/vps.nix").display(),
+            repo_file("nix/tests/vps-test.nix").display(),
+        );
+        let err = fails(Command::new("nix-instantiate").args(["--eval", "-E", &expr]));
+        assert!(
+            err.contains(&format!("abupdate.{option} '{value}'")),
+            "{err}"
+        );
+    }
+
+    let plain = build("bootable.etc");
+    assert!(!fs::read_to_string(plain.join("abupdate.toml"))
+        .unwrap()
+        .contains("channel"));
+    assert!(!fs::read_to_string(plain.join("inittab"))
+        .unwrap()
+        .contains("abupdate-update"));
+}

@@ -3,6 +3,7 @@
 
 mod apply;
 mod bad_disks;
+mod channels;
 mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
