@@ -9,6 +9,9 @@ packages=(
   nix-bin squashfs-tools mtools dosfstools fdisk gdisk e2fsprogs util-linux kmod
   cpio gzip zstd xz-utils openssl time python3
   musl-tools
+  # GRUB images for boot-backend = "grub" (grub-mkimage), and the tests' grub-editenv,
+  # grub-script-check and grub-bios-setup: the -bin packages never run grub-install.
+  grub-common grub-pc-bin grub-efi-amd64-bin
 )
 missing=()
 for p in "${packages[@]}"; do
