@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cmd;
 pub mod disk;
 pub mod esp;
+pub mod grub;
 pub mod image_def;
 pub mod inspect;
 pub mod keygen;
