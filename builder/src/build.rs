@@ -17,7 +17,7 @@ use crate::disk::{self, Layout, ESP_LABEL, ROOT_A_LABEL};
 use crate::esp::{self, Contents, Source};
 use crate::image_def::{ImageDef, Size};
 use crate::squashfs::{self, SquashfsOptions};
-use crate::{cmd, system};
+use crate::{bios, cmd, grub, system};
 
 /// Output format of the disk image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -116,15 +116,20 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     for k in &o.keys {
         SecretKey::load(k).with_context(|| format!("reading key {}", k.display()))?;
     }
-    let bootloader_len = fs::metadata(&def.bootloader)
-        .with_context(|| {
-            format!(
-                "bootloader {} (install systemd-boot-efi, set `bootloader` or {})",
-                def.bootloader.display(),
-                crate::image_def::BOOTLOADER_ENV
-            )
-        })?
-        .len();
+    // boot-backend = "grub" (grub.rs): GRUB's images instead of systemd-boot.
+    let grub_images = grub::images_for(&def)?;
+    let bootloader_len = match &grub_images {
+        Some(g) => g.esp_len(),
+        None => fs::metadata(&def.bootloader)
+            .with_context(|| {
+                format!(
+                    "bootloader {} (install systemd-boot-efi, set `bootloader` or {})",
+                    def.bootloader.display(),
+                    crate::image_def::BOOTLOADER_ENV
+                )
+            })?
+            .len(),
+    };
     if o.format == DiskFormat::Qcow2 {
         cmd::require_program("qemu-img", "install qemu-utils, or use --format raw")?;
     }
@@ -195,6 +200,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             def.name
         )
     })?;
+    grub::check_kernel_params(&def, &kernel_params)?;
     let build_id = match (&o.build_id, &sys.kind) {
         (Some(id), _) => id.clone(),
         (None, system::SystemKind::StorePath { .. }) => sys.path.to_string_lossy().into_owned(),
@@ -236,7 +242,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             ),
             (a.kernel, Source::Path(sys.kernel.clone())),
             (a.initrd, Source::Path(sys.initrd.clone())),
-            (a.info, Source::Bytes(info_json)),
+            (a.info, Source::Bytes(info_json.clone())),
             (
                 layout::entry_path(&layout::good_entry_name(Slot::A)),
                 Source::Bytes(
@@ -245,11 +251,23 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             ),
         ],
     };
+    // boot-backend = "grub": GRUB's ESP instead (grub.rs).
+    let contents = match &grub_images {
+        Some(g) => grub::esp_contents(g, &sys.kernel, &sys.initrd, info_json, &kernel_params)?,
+        None => contents,
+    };
 
     let raw_path = o.out_dir.join(format!("{stem}.img"));
     let raw_tmp = work.path().join("disk.img");
     info!("writing the disk image");
-    write_disk(&raw_tmp, &layout, &rootfs, &contents, image_epoch)?;
+    write_disk(
+        &raw_tmp,
+        &layout,
+        &rootfs,
+        &contents,
+        image_epoch,
+        grub_images.as_ref(),
+    )?;
     let image = match o.format {
         DiskFormat::Raw => {
             fs::rename(&raw_tmp, &raw_path)
@@ -329,6 +347,7 @@ fn write_disk(
     rootfs: &Path,
     contents: &Contents,
     epoch: u64,
+    grub: Option<&grub::Images>,
 ) -> Result<()> {
     let mut f = File::options()
         .read(true)
@@ -352,6 +371,10 @@ fn write_disk(
     let esp_part = layout.partition(ESP_LABEL);
     let volume_id = u32::from_le_bytes(esp_part.uuid.as_bytes()[..4].try_into().unwrap());
     esp::write(&f, esp_part, volume_id, epoch, contents).context("writing the ESP")?;
+    // boot-backend = "grub": core.img and boot.img for BIOS (bios.rs).
+    if let Some(g) = grub {
+        bios::install(&f, layout, &g.core, &g.boot)?;
+    }
     f.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
     Ok(())

@@ -8,14 +8,17 @@
 //! what `grubenv::next_boot` models.
 
 use std::fmt::Write as _;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use abbundle::grubenv::{self, SlotState, State, DEFAULT_SLOT, ENV_FILES, MAX_TRIES, PARAMS_VAR};
-use abbundle::layout::Slot;
-use anyhow::{bail, Context, Result};
+use abbundle::layout::{self, Slot};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cmd;
+use crate::esp::{Contents, Source};
+use crate::image_def::{BootBackend, ImageDef};
 
 /// The GRUB modules built into both images: disk and partition access, FAT, the script
 /// commands grub.cfg uses (`test`, `loadenv`, `source` from `configfile`, `echo`, `sleep`,
@@ -271,6 +274,101 @@ pub fn mkimage(platform: Platform, out: &Path) -> Result<()> {
     c.args(MODULES);
     cmd::run(&mut c, None).with_context(|| format!("making GRUB's {} image", platform.name()))?;
     Ok(())
+}
+
+/// GRUB's three images for one disk, made once per build.
+pub struct Images {
+    /// The x86_64-efi image: `EFI/BOOT/BOOTX64.EFI`.
+    pub efi: Vec<u8>,
+    /// The i386-pc `core.img`, as grub-mkimage wrote it (the block list is set when it is
+    /// written to the disk, `bios::install`).
+    pub core: Vec<u8>,
+    /// The i386-pc `boot.img`, merged into the MBR.
+    pub boot: Vec<u8>,
+}
+
+impl Images {
+    /// Runs grub-mkimage for both platforms and reads `boot.img`.
+    pub fn make() -> Result<Images> {
+        let dir = tempfile::tempdir().context("creating a directory for GRUB's images")?;
+        let efi = dir.path().join("BOOTX64.EFI");
+        let core = dir.path().join("core.img");
+        mkimage(Platform::X86_64Efi, &efi)?;
+        mkimage(Platform::I386Pc, &core)?;
+        let boot = grub_lib().join(Platform::I386Pc.name()).join("boot.img");
+        let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(Images {
+            efi: read(&efi)?,
+            core: read(&core)?,
+            boot: read(&boot)?,
+        })
+    }
+
+    /// Bytes the loader takes on the ESP (for the ESP size check).
+    pub fn esp_len(&self) -> u64 {
+        (self.efi.len() + 16 * 1024) as u64
+    }
+}
+
+/// Hook for `build.rs`: GRUB's images when the image definition asks for GRUB.
+pub fn images_for(def: &ImageDef) -> Result<Option<Images>> {
+    match def.boot_backend {
+        BootBackend::Grub => Images::make().map(Some),
+        BootBackend::SystemdBoot => Ok(None),
+    }
+}
+
+/// Hook for `build.rs`: on a GRUB image the kernel parameters become GRUB script
+/// (`layout::check_grub_kernel_params`).
+pub fn check_kernel_params(def: &ImageDef, kernel_params: &str) -> Result<()> {
+    if def.boot_backend == BootBackend::Grub {
+        layout::check_grub_kernel_params(kernel_params).map_err(|e| {
+            anyhow!(
+                "{e} (from the system's kernel-params or kernel-params in image {}, which uses boot-backend = \"grub\")",
+                def.name
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Hook for `build.rs`: the ESP of a GRUB image. GRUB's EFI image, grub.cfg, both env copies
+/// saying slot a is good, and slot a's kernel, initrd, info.json and GRUB command line.
+pub fn esp_contents(
+    images: &Images,
+    kernel: &Path,
+    initrd: &Path,
+    info_json: Vec<u8>,
+    kernel_params: &str,
+) -> Result<Contents> {
+    let a = Slot::A.files();
+    let cmdline = grubenv::cmdline_cfg(kernel_params).map_err(|e| anyhow!(e))?;
+    let mut dirs: Vec<String> = ["EFI", "EFI/BOOT", grubenv::GRUB_DIR]
+        .map(String::from)
+        .to_vec();
+    dirs.extend(Slot::ALL.map(|s| s.files().dir));
+    let mut files = vec![
+        (layout::BOOT_EFI.into(), Source::Bytes(images.efi.clone())),
+        (
+            grubenv::GRUB_CFG.into(),
+            Source::Bytes(grub_cfg().into_bytes()),
+        ),
+    ];
+    // The env copies are written while the ESP is empty, so each is one cluster that never
+    // moves: GRUB and abupdate rewrite them in place.
+    for f in ENV_FILES {
+        files.push((f.into(), Source::Bytes(initial_env().to_vec())));
+    }
+    files.extend([
+        (a.kernel, Source::Path(kernel.to_path_buf())),
+        (a.initrd, Source::Path(initrd.to_path_buf())),
+        (a.info, Source::Bytes(info_json)),
+        (
+            grubenv::cmdline_file(Slot::A),
+            Source::Bytes(cmdline.into_bytes()),
+        ),
+    ]);
+    Ok(Contents { dirs, files })
 }
 
 #[cfg(test)]

@@ -112,6 +112,9 @@ pub enum BootBackend {
     /// systemd-boot with Boot Loader Specification entries and boot counting (UEFI).
     #[default]
     SystemdBoot,
+    /// GRUB for legacy BIOS and UEFI on one disk, with its A/B state in GRUB env blocks
+    /// (`grub.rs`, `bios.rs`).
+    Grub,
 }
 
 fn default_block_size() -> Size {
@@ -253,7 +256,7 @@ mod tests {
     #[test]
     fn shipped_definitions_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
-        for name in ["qemu-test", "vps"] {
+        for name in ["qemu-test", "qemu-test-grub", "vps"] {
             let def = ImageDef::load(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(def.name, name);
         }

@@ -1,6 +1,7 @@
 //! `abbuild`: turns a system (a Nix toplevel or a directory) into a signed update bundle and
 //! a bootable disk image. `main.rs` only parses arguments and calls [`run`].
 
+pub mod bios;
 pub mod build;
 pub mod bundle;
 pub mod cli;
