@@ -185,3 +185,27 @@ fn grub_image_is_reproducible() {
     let image2 = build_grub(two.path());
     assert!(same_bytes(&image1, &image2), "GRUB disk images differ");
 }
+
+/// Kernel parameters become GRUB script on a GRUB image: a `$` is refused with a clear error,
+/// and the same parameters still build a systemd-boot image.
+#[test]
+fn grub_image_refuses_script_in_kernel_params() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = fake_system(dir.path());
+    let key = test_key(dir.path());
+    let def = fs::read_to_string(repo_file("images/qemu-test-grub.toml"))
+        .unwrap()
+        .replace("\"panic=5\"]", "\"panic=5\", \"x=$root\"]");
+    let image = dir.path().join("bad.toml");
+    fs::write(&image, &def).unwrap();
+    let err = fails(&mut build_cmd(&image, &sys, &key, &dir.path().join("out")));
+    assert!(
+        err.contains("kernel parameters contain '$', which GRUB would read as script")
+            && err.contains("boot-backend = \"grub\""),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").join(IMAGE).exists());
+    let plain = def.replace("boot-backend = \"grub\"", "boot-backend = \"systemd-boot\"");
+    fs::write(&image, plain).unwrap();
+    ok(&mut build_cmd(&image, &sys, &key, &dir.path().join("out2")));
+}
