@@ -354,8 +354,8 @@ pub fn esp_contents(
             Source::Bytes(grub_cfg().into_bytes()),
         ),
     ];
-    // The env copies are written while the ESP is empty, so each is one cluster that never
-    // moves: GRUB and abupdate rewrite them in place.
+    // Each env copy is one 512-byte file in a cluster of its own that never moves: GRUB and
+    // abupdate rewrite it in place, one sector.
     for f in ENV_FILES {
         files.push((f.into(), Source::Bytes(initial_env().to_vec())));
     }

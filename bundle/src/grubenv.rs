@@ -431,6 +431,28 @@ mod tests {
         );
     }
 
+    /// Every one-byte change of a valid block is refused, or is another valid block that
+    /// encode writes byte for byte: parse accepts no block GRUB would read differently.
+    #[test]
+    fn one_byte_changes_are_refused_or_canonical() {
+        for s in [
+            State::initial(),
+            st(Slot::B, SlotState::Tries(3), SlotState::Good),
+            st(Slot::A, SlotState::UsedUp, SlotState::Tries(100)),
+        ] {
+            let block = encode(&s);
+            for i in 0..ENV_SIZE {
+                for v in [b'#', b'\n', b'=', b' ', b'0', b'1', b'a', b'b', 0, 0xff] {
+                    let mut m = block;
+                    m[i] = v;
+                    if let Ok(t) = parse(&m) {
+                        assert_eq!(encode(&t), m, "byte {i} = {v:#x}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn slot_state_text() {
         for (s, t) in [
