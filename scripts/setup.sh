@@ -10,6 +10,9 @@ packages=(
   cpio gzip zstd xz-utils openssl time python3
   man-db groff-base bash
   musl-tools
+  # GRUB images for boot-backend = "grub" (grub-mkimage), and the tests' grub-editenv,
+  # grub-script-check and grub-bios-setup: the -bin packages never run grub-install.
+  grub-common grub-pc-bin grub-efi-amd64-bin
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -17,7 +17,7 @@ use crate::disk::{self, Layout, ESP_LABEL, ROOT_A_LABEL};
 use crate::esp::{self, Contents, Source};
 use crate::image_def::{BootBackend, ImageDef, Size};
 use crate::squashfs::{self, SquashfsOptions};
-use crate::{cmd, system};
+use crate::{bios, cmd, grub, system};
 
 /// Output format of the disk image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -105,9 +105,11 @@ fn source_date_epoch() -> Result<Option<u64>> {
     }
 }
 
-/// The size of the boot loader's files, checked to be readable before any work.
-fn loader_len(def: &ImageDef) -> Result<u64> {
+/// The size of the boot loader's files, checked to be readable before any work. `grub`: the
+/// images of a GRUB backend.
+fn loader_len(def: &ImageDef, grub: Option<&grub::Images>) -> Result<u64> {
     match def.boot_backend {
+        BootBackend::Grub => Ok(grub.context("GRUB's images were not made")?.esp_len()),
         BootBackend::SystemdBoot => Ok(fs::metadata(&def.bootloader)
             .with_context(|| {
                 format!(
@@ -124,11 +126,12 @@ fn loader_len(def: &ImageDef) -> Result<u64> {
 /// backend), and the backend's loader with its state saying that slot a is good and boots.
 fn esp_contents(
     def: &ImageDef,
+    grub: Option<&grub::Images>,
     sys: &system::System,
     info_json: Vec<u8>,
     version: &str,
     kernel_params: &str,
-) -> Contents {
+) -> Result<Contents> {
     let a = Slot::A.files();
     let slot_files = [
         (a.kernel, Source::Path(sys.kernel.clone())),
@@ -152,11 +155,16 @@ fn esp_contents(
                 layout::entry_path(&layout::good_entry_name(Slot::A)),
                 Source::Bytes(layout::boot_entry(Slot::A, version, kernel_params).into_bytes()),
             ));
-            Contents {
+            Ok(Contents {
                 dirs: layout::esp_dirs(),
                 files,
-            }
+            })
         }
+        BootBackend::Grub => grub::esp_contents(
+            grub.context("GRUB's images were not made")?,
+            slot_files,
+            kernel_params,
+        ),
     }
 }
 
@@ -171,7 +179,9 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     for k in &o.keys {
         SecretKey::load(k).with_context(|| format!("reading key {}", k.display()))?;
     }
-    let bootloader_len = loader_len(&def)?;
+    // boot-backend = "grub" (grub.rs): GRUB's images, made before any other work.
+    let grub_images = grub::images_for(&def)?;
+    let bootloader_len = loader_len(&def, grub_images.as_ref())?;
     if o.format == DiskFormat::Qcow2 {
         cmd::require_program("qemu-img", "install qemu-utils, or use --format raw")?;
     }
@@ -242,6 +252,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             def.name
         )
     })?;
+    grub::check_kernel_params(&def, &kernel_params)?;
     let build_id = match (&o.build_id, &sys.kind) {
         (Some(id), _) => id.clone(),
         (None, system::SystemKind::StorePath { .. }) => sys.path.to_string_lossy().into_owned(),
@@ -269,12 +280,26 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     })?;
 
     let info_json = serde_json::to_vec_pretty(&SlotInfo::of(&manifest))?;
-    let contents = esp_contents(&def, &sys, info_json, version.as_str(), &kernel_params);
+    let contents = esp_contents(
+        &def,
+        grub_images.as_ref(),
+        &sys,
+        info_json,
+        version.as_str(),
+        &kernel_params,
+    )?;
 
     let raw_path = o.out_dir.join(format!("{stem}.img"));
     let raw_tmp = work.path().join("disk.img");
     info!("writing the disk image");
-    write_disk(&raw_tmp, &layout, &rootfs, &contents, image_epoch)?;
+    write_disk(
+        &raw_tmp,
+        &layout,
+        &rootfs,
+        &contents,
+        image_epoch,
+        grub_images.as_ref(),
+    )?;
     let image = match o.format {
         DiskFormat::Raw => {
             fs::rename(&raw_tmp, &raw_path)
@@ -354,6 +379,7 @@ fn write_disk(
     rootfs: &Path,
     contents: &Contents,
     epoch: u64,
+    grub: Option<&grub::Images>,
 ) -> Result<()> {
     let mut f = File::options()
         .read(true)
@@ -377,6 +403,10 @@ fn write_disk(
     let esp_part = layout.partition(ESP_LABEL);
     let volume_id = u32::from_le_bytes(esp_part.uuid.as_bytes()[..4].try_into().unwrap());
     esp::write(&f, esp_part, volume_id, epoch, contents).context("writing the ESP")?;
+    // boot-backend = "grub": core.img and boot.img for BIOS (bios.rs).
+    if let Some(g) = grub {
+        bios::install(&f, layout, &g.core, &g.boot)?;
+    }
     f.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
     Ok(())

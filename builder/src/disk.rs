@@ -11,7 +11,8 @@ use gpt::partition::Partition;
 use gpt::partition_types::{self, Type};
 use uuid::Uuid;
 
-use crate::image_def::{ImageDef, Size, ALIGN};
+use crate::bios::{BIOS_BOOT_LABEL, BIOS_BOOT_NUMBER, BIOS_BOOT_TYPE};
+use crate::image_def::{BootBackend, ImageDef, Size, ALIGN};
 
 /// Logical sector size of the images we write.
 pub const SECTOR: u64 = 512;
@@ -56,7 +57,8 @@ impl PartitionSpec {
     }
 }
 
-/// The partition table of an image: four partitions, in the order of `docs/layout.md`.
+/// The partition table of an image: four partitions, in the order of `docs/layout.md`, and for
+/// `boot-backend = "grub"` a fifth, the BIOS boot partition, first on the disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub disk_size: u64,
@@ -71,12 +73,17 @@ pub fn derived_guid(name: &str, what: &str) -> Uuid {
 
 impl Layout {
     /// Places the ESP at 1 MiB, the two slots after it and the data partition in the rest,
-    /// up to the backup GPT.
+    /// up to the backup GPT. A GRUB image has its BIOS boot partition (number 5) at 1 MiB and
+    /// everything else 1 MiB further.
     pub fn compute(def: &ImageDef) -> Result<Layout> {
         let disk = def.disk_size.0;
         // The data partition ends on a 1 MiB boundary too, below the backup GPT.
         let last_usable_end = disk.saturating_sub(GPT_SECTORS * SECTOR) / ALIGN * ALIGN;
-        let fixed = ALIGN + def.esp_size.0 + 2 * def.slot_size.0;
+        let bios_boot = match def.boot_backend {
+            BootBackend::Grub => ALIGN,
+            BootBackend::SystemdBoot => 0,
+        };
+        let fixed = ALIGN + bios_boot + def.esp_size.0 + 2 * def.slot_size.0;
         // The data partition gets at least 1 MiB, so even the smallest image has one.
         if fixed + ALIGN > last_usable_end {
             bail!(
@@ -87,7 +94,7 @@ impl Layout {
             );
         }
         let guid = |what| derived_guid(&def.name, what);
-        let mut offset = ALIGN;
+        let mut offset = ALIGN + bios_boot;
         let mut partitions = Vec::new();
         let parts = [
             (ESP_LABEL, partition_types::EFI, def.esp_size.0),
@@ -118,6 +125,16 @@ impl Layout {
             });
             offset += size;
         }
+        if bios_boot > 0 {
+            partitions.push(PartitionSpec {
+                number: BIOS_BOOT_NUMBER,
+                label: BIOS_BOOT_LABEL,
+                type_guid: BIOS_BOOT_TYPE,
+                uuid: guid(BIOS_BOOT_LABEL),
+                offset: ALIGN,
+                size: bios_boot,
+            });
+        }
         Ok(Layout {
             disk_size: disk,
             disk_guid: guid("disk"),
@@ -130,7 +147,7 @@ impl Layout {
         self.partitions
             .iter()
             .find(|p| p.label == label)
-            .expect("layouts have all four partitions")
+            .expect("layouts have all four shared partitions")
     }
 }
 
@@ -245,6 +262,26 @@ mod tests {
             l.partition(ROOT_A_LABEL).uuid,
             l.partition(ROOT_B_LABEL).uuid
         );
+    }
+
+    #[test]
+    fn grub_layout_adds_the_bios_boot_partition_first_on_disk() {
+        let mut d = def("1GiB", "64MiB", "300MiB");
+        let plain = Layout::compute(&d).unwrap();
+        d.boot_backend = BootBackend::Grub;
+        let l = Layout::compute(&d).unwrap();
+        let bios = l.partition(BIOS_BOOT_LABEL);
+        assert_eq!((bios.number, bios.offset, bios.size), (5, 1 << 20, 1 << 20));
+        assert_eq!(bios.type_guid, BIOS_BOOT_TYPE);
+        // The four shared partitions keep their numbers; all but data move up 1 MiB, and
+        // data stays last (1 MiB shorter).
+        for (p, q) in plain.partitions.iter().zip(&l.partitions) {
+            assert_eq!((p.number, p.label), (q.number, q.label));
+            assert_eq!(q.offset, p.offset + (1 << 20), "{}", p.label);
+        }
+        let data = l.partition(DATA_LABEL);
+        assert_eq!(data.offset + data.size, (1 << 30) - (1 << 20));
+        assert!(l.partitions.iter().all(|p| p.offset <= data.offset));
     }
 
     #[test]

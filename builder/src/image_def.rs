@@ -111,16 +111,20 @@ pub enum BootBackend {
     /// systemd-boot with Boot Loader Specification entries and boot counting (UEFI).
     #[default]
     SystemdBoot,
+    /// GRUB for legacy BIOS and UEFI on one disk, with its A/B state in GRUB env blocks
+    /// (`grub.rs`, `bios.rs`).
+    Grub,
 }
 
 impl BootBackend {
     /// Every backend, in the order the error for an unknown one lists them.
-    pub const ALL: [BootBackend; 1] = [BootBackend::SystemdBoot];
+    pub const ALL: [BootBackend; 2] = [BootBackend::SystemdBoot, BootBackend::Grub];
 
     /// The name in an image definition's `boot-backend`.
     pub fn name(self) -> &'static str {
         match self {
             BootBackend::SystemdBoot => "systemd-boot",
+            BootBackend::Grub => "grub",
         }
     }
 }
@@ -283,7 +287,7 @@ mod tests {
     #[test]
     fn shipped_definitions_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
-        for name in ["qemu-test", "vps"] {
+        for name in ["qemu-test", "qemu-test-grub", "vps"] {
             let def = ImageDef::load(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(def.name, name);
         }
@@ -305,11 +309,14 @@ mod tests {
                 "name='x'\ncompatible='x'\ndisk-size='1GiB'\nesp-size='64MiB'\nslot-size='100MiB'\nboot-backend='{backend}'"
             ))
         };
-        let e = def("grub").unwrap_err().to_string();
+        let e = def("lilo").unwrap_err().to_string();
         assert!(
-            e.contains("boot-backend \"grub\" is not supported; supported: \"systemd-boot\""),
+            e.contains(
+                "boot-backend \"lilo\" is not supported; supported: \"systemd-boot\", \"grub\""
+            ),
             "{e}"
         );
+        assert_eq!(def("grub").unwrap().boot_backend, BootBackend::Grub);
         assert_eq!(
             def("systemd-boot").unwrap().boot_backend,
             BootBackend::SystemdBoot

@@ -1,12 +1,14 @@
 //! `abbuild`: turns a system (a Nix toplevel or a directory) into a signed update bundle and
 //! a bootable disk image. `main.rs` only parses arguments and calls [`run`].
 
+pub mod bios;
 pub mod build;
 pub mod bundle;
 pub mod cli;
 pub mod cmd;
 pub mod disk;
 pub mod esp;
+pub mod grub;
 pub mod image_def;
 pub mod inspect;
 pub mod keygen;

@@ -180,6 +180,27 @@ pub fn check_kernel_params(params: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Characters refused in kernel parameters on a GRUB disk: there they become GRUB script, a
+/// double-quoted word in `X/cmdline.cfg` (`abbundle::grubenv::cmdline_file`), and each of these
+/// could end the quoting or expand a variable.
+pub const GRUB_FORBIDDEN_CHARS: [char; 5] = ['"', '$', '\\', ';', '\n'];
+
+/// Checks kernel parameters for a GRUB disk: [`check_kernel_params`], and none of
+/// [`GRUB_FORBIDDEN_CHARS`] nor any other control character.
+pub fn check_grub_kernel_params(params: &str) -> Result<(), String> {
+    check_kernel_params(params)?;
+    if let Some(c) = params
+        .chars()
+        .find(|c| GRUB_FORBIDDEN_CHARS.contains(c) || c.is_control())
+    {
+        return Err(format!(
+            "kernel parameters contain {c:?}, which GRUB would read as script: \
+             '\"', '$', '\\', ';', newlines and control characters are not allowed"
+        ));
+    }
+    Ok(())
+}
+
 /// The boot entry of `slot` holding `version`, as a systemd-boot entry file; `kernel_params`
 /// are the bundle's, appended to the options.
 pub fn boot_entry(slot: Slot, version: &str, kernel_params: &str) -> String {
@@ -214,6 +235,24 @@ mod tests {
              options ab.slot=b root=PARTLABEL=root-b console=ttyS0 quiet\n"
         );
         assert!(boot_entry(Slot::A, "1", "").ends_with("options ab.slot=a root=PARTLABEL=root-a\n"));
+    }
+
+    #[test]
+    fn grub_kernel_params() {
+        assert!(check_grub_kernel_params("console=ttyS0,115200n8 quiet x='y z' {a}").is_ok());
+        for bad in [
+            "a=\"b",
+            "a=$root",
+            "a=\\x",
+            "a; reboot",
+            "a\nreboot",
+            "a\tb",
+            "root=x",
+        ] {
+            assert!(check_grub_kernel_params(bad).is_err(), "{bad:?}");
+            // The systemd-boot check lets all but the reserved one through.
+            assert_eq!(check_kernel_params(bad).is_err(), bad.starts_with("root"));
+        }
     }
 
     #[test]

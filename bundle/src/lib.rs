@@ -15,6 +15,7 @@ pub mod channel;
 pub mod cli;
 pub mod error;
 pub mod fat_time;
+pub mod grubenv;
 pub mod header;
 pub mod keys;
 pub mod layout;

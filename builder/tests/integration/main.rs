@@ -5,6 +5,7 @@
 mod api;
 mod disk;
 mod errors;
+mod grub;
 mod keys_bundle;
 mod nix;
 mod publish;
