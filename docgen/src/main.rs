@@ -117,6 +117,7 @@ mod tests {
                 "man1/abupdate-mark-good.1",
                 "man1/abupdate-rollback.1",
                 "man1/abupdate-status.1",
+                "man1/abupdate-update.1",
                 "man1/abupdate-verify.1",
                 "man1/abupdate.1",
             ]

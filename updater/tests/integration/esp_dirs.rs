@@ -1,6 +1,7 @@
-//! An ESP that lacks a directory abupdate writes into (`b/`, `loader/entries`: removed here with
-//! mtools): apply creates it, and `fsck.fat -n` finds the ESP clean afterwards ("." and ".."
-//! first, ".." pointing at the parent, 0 for the root).
+//! An ESP that lacks a directory abupdate writes into (`b/`: removed here with mtools): apply
+//! creates it, and `fsck.fat -n` finds the ESP clean afterwards ("." and ".." first, ".."
+//! pointing at the parent, 0 for the root). Without `loader/entries` there is no entry to fall
+//! back to, so that apply is refused.
 
 use std::process::Command;
 
@@ -43,13 +44,17 @@ fn apply_creates_a_missing_slot_directory_that_fsck_accepts() {
     }
 }
 
+/// Without `loader/entries` the disk has no boot entry at all, so nothing could be fallen back
+/// to: the apply is refused before it creates anything.
 #[test]
-fn apply_creates_a_missing_entries_directory_that_fsck_accepts() {
+fn apply_without_an_entries_directory_is_refused() {
     let env = Env::new();
     let (disk, v2) = without(&env, "loader/entries");
-    ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
-    assert_eq!(mdir(&disk, "loader/entries"), ["slot-b+3.conf"]);
-    if let Err(e) = fsck_esp(&disk) {
-        panic!("fsck.fat -n after creating loader/entries:\n{e}");
-    }
+    let before = sha256_file(&disk);
+    let msg = fails(
+        &env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]),
+        abupdate::codes::NO_FALLBACK,
+    );
+    assert!(msg.contains("nothing was changed"), "{msg}");
+    assert_eq!(sha256_file(&disk), before);
 }
