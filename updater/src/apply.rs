@@ -206,13 +206,18 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     });
     if let Err(e) = written {
         // The target's boot files go, so a failed write (say, a full ESP) keeps no clusters,
-        // and the file system is closed cleanly (FSInfo, no dirty flag).
-        let removed = target
-            .files()
-            .all()
-            .iter()
-            .try_for_each(|p| esp.remove(p))
-            .and_then(|()| esp.close());
+        // and the file system is closed cleanly (FSInfo, no dirty flag). An ESP that holds
+        // none of them is left as it is, byte for byte.
+        let files = target.files();
+        let removed = if files.all().iter().any(|p| esp.exists(p)) {
+            files
+                .all()
+                .iter()
+                .try_for_each(|p| esp.remove(p))
+                .and_then(|()| esp.close())
+        } else {
+            Ok(())
+        };
         if let Err(re) = removed {
             warn!("could not remove slot {target}'s boot files after the failure: {re:#}");
         }

@@ -181,6 +181,8 @@ fn corrupt_payload_mid_stream_keeps_the_running_slot() {
     );
     let entry_a = mtype(&disk, "loader/entries/slot-a.conf");
     let kernel_a = mtype(&disk, "a/vmlinuz");
+    let esp_len = partition(&disk, "esp").1;
+    let esp_before = partition_sha256(&disk, "esp", esp_len);
 
     // A byte in the middle of the rootfs payload: chunks before it get written.
     let rootfs = v2.manifest.payload(PayloadKind::Rootfs);
@@ -203,6 +205,8 @@ fn corrupt_payload_mid_stream_keeps_the_running_slot() {
     assert_eq!(mtype(&disk, "a/vmlinuz"), kernel_a);
     assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
     fsck_esp(&disk).unwrap();
+    // Slot b was empty and the bundle was stopped in the slot: the ESP is byte-identical.
+    assert_eq!(partition_sha256(&disk, "esp", esp_len), esp_before);
 
     // A truncated bundle (ends inside the initrd) likewise.
     let cut = env.path("cut.abu");
