@@ -209,12 +209,20 @@ impl BootLoader for Grub {
         Ok(Box::new(Model::read(esp)?))
     }
 
-    fn check_kernel_params(&self, kernel_params: &str) -> Result<()> {
+    /// The kernel parameters must be safe inside GRUB script, a copy of the env must hold a
+    /// state, and both copies must be rewritable in place.
+    fn check_install(&self, esp: &Esp, kernel_params: &str) -> Result<()> {
         if let Err(e) = abbundle::layout::check_grub_kernel_params(kernel_params) {
             refuse!(
                 codes::UNSAFE_KERNEL_PARAMS,
                 "the bundle's kernel parameters cannot be used on a GRUB disk: {e}; nothing was changed"
             );
+        }
+        current_or_refuse(esp)?;
+        for f in ENV_FILES {
+            if let Err(e) = esp.in_place(f, ENV_SIZE) {
+                refuse!(codes::BAD_DISK, "{e:#}; nothing was changed");
+            }
         }
         Ok(())
     }

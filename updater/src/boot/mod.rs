@@ -127,8 +127,9 @@ pub trait BootLoader {
     /// A snapshot of the loader's state on `esp` as a pure model.
     fn model(&self, esp: &Esp) -> Result<Box<dyn BootModel>>;
 
-    /// Refuses (before anything is written) kernel parameters this loader cannot pass on.
-    fn check_kernel_params(&self, _kernel_params: &str) -> Result<()> {
+    /// Refuses (before anything is written) an install this loader could not finish: kernel
+    /// parameters it cannot pass on, or its own state in a form it cannot change.
+    fn check_install(&self, _esp: &Esp, _kernel_params: &str) -> Result<()> {
         Ok(())
     }
 

@@ -269,3 +269,36 @@ fn kernel_params_grub_would_read_as_script_are_refused() {
     .write(sd.path("dollar.abu"));
     ok(&sd.abupdate(&disk, &["apply", bundle.to_str().unwrap()]));
 }
+
+/// Copy 1 damaged: abupdate reads the state from copy 2 (as grub.cfg does) and writes both
+/// copies valid again. An env file that is not one 512-byte sector in one cluster cannot be
+/// rewritten in place: refused before either copy is written.
+#[test]
+fn damaged_copy_1_and_an_env_file_of_the_wrong_size() {
+    let env = Env::new_grub();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    mput(&disk, ENV_FILES[0], Some(&[0u8; 512]));
+    assert_eq!(grub_env(&disk), [None, Some(State::initial())]);
+    assert_eq!(status(&env, &disk, None)["nextBootSlot"], "a");
+    ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
+    assert_env(&disk, st(Slot::B, S::Good, S::Tries(3)));
+    assert_eq!(editenv_list(&disk, 0), "ab_order=b a\nab_a=good\nab_b=3\n");
+
+    copy_image(&v1.image, &disk);
+    let mut long = grubenv::encode(&State::initial()).to_vec();
+    long.extend([b'#'; 512]);
+    mput(&disk, ENV_FILES[1], Some(&long));
+    let before = sha256_file(&disk);
+    let msg = fails(
+        &env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]),
+        codes::BAD_DISK,
+    );
+    assert!(
+        msg.contains("grub/env2") && msg.contains("in place"),
+        "{msg}"
+    );
+    assert_eq!(sha256_file(&disk), before);
+}
