@@ -127,6 +127,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let initrd = m.payload(PayloadKind::Initrd).clone();
     let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
+    loader.check_install(&esp, &kernel_params)?;
     // Compared with the slot that stays: the newer version boots, so an older bundle would not
     // boot next without demoting that slot (what --allow-downgrade does).
     if let Some(installed) = kv.version.as_deref() {

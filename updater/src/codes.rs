@@ -36,6 +36,9 @@ pub const KEYS_UNSAFE: i32 = 42;
 /// The slot's kernel, initrd and boot entry do not fit on the ESP, even after its old files
 /// (and clusters lost to an earlier interrupted write) are given back.
 pub const ESP_FULL: i32 = 43;
+/// The bundle's kernel parameters cannot be passed on by this disk's boot loader: on a GRUB
+/// disk they become GRUB script, so `"`, `$`, `\`, `;`, newlines and control characters.
+pub const UNSAFE_KERNEL_PARAMS: i32 = 44;
 
 // `abupdate update` (docs/channels.md). Codes 50 to 53 are outcomes, not errors: nothing is
 // printed on stderr, and `--json` says the same. 0 means up to date.

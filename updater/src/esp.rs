@@ -19,6 +19,7 @@ use std::rc::Rc;
 
 use crate::disk::Disk;
 use crate::window::{BlockCache, Window};
+use crate::{codes, refuse};
 
 /// Largest entry or info file we read: they are a few hundred bytes.
 const MAX_SMALL_FILE: u64 = 64 * 1024;
@@ -67,6 +68,15 @@ impl fatfs::TimeProvider for SystemClock {
             },
         }
     }
+}
+
+/// A file on the ESP that is rewritten in place ([`Esp::in_place`]).
+#[derive(Clone, Debug)]
+pub struct InPlace {
+    path: String,
+    /// Byte offset of its data inside the partition.
+    offset: u64,
+    len: usize,
 }
 
 /// An open ESP.
@@ -243,6 +253,77 @@ impl<'d> Esp<'d> {
     /// Whether the directory `dir` exists.
     pub fn dir_exists(&self, dir: &str) -> bool {
         self.fs.root_dir().open_dir(dir).is_ok()
+    }
+
+    /// Locates the file `path` for [`Esp::write_in_place`]: it must be exactly `len` bytes in
+    /// one cluster. Reads only.
+    pub fn in_place(&self, path: &str, len: usize) -> Result<InPlace> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let parent: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+        // The file readers find by its (long) name, and its short name, which the raw lookup
+        // goes by.
+        let short = self
+            .fs
+            .root_dir()
+            .open_dir(dir)
+            .with_context(|| format!("opening {dir} on the ESP"))?
+            .iter()
+            .filter_map(|e| e.ok())
+            .find(|e| e.is_file() && e.file_name().eq_ignore_ascii_case(name))
+            .map(|e| e.short_file_name())
+            .with_context(|| format!("no file {path} on the ESP"))?;
+        let mut w = self.flusher.clone();
+        let ext = crate::fat_dir::file_extent(&mut w, &parent, &short)
+            .with_context(|| format!("locating {path} on the ESP"))?;
+        if ext.len != len as u64 || ext.clusters != 1 || ext.cluster_bytes < ext.len {
+            refuse!(
+                codes::BAD_DISK,
+                "{path} on the ESP is {} bytes in {} clusters, not {len} bytes in one: it cannot \
+                 be rewritten in place",
+                ext.len,
+                ext.clusters
+            );
+        }
+        Ok(InPlace {
+            path: path.to_string(),
+            offset: ext.offset,
+            len,
+        })
+    }
+
+    /// Rewrites a file located by [`Esp::in_place`] in place: one write of its data on the
+    /// partition, never a FAT or directory write (so a power cut leaves the old or the new
+    /// bytes, and the file system as it was); synced, and read back from the device.
+    pub fn write_in_place(&self, f: &InPlace, data: &[u8]) -> Result<()> {
+        let path = &f.path;
+        if data.len() != f.len {
+            anyhow::bail!(
+                "{path}: {} bytes to write in place, not {}",
+                data.len(),
+                f.len
+            );
+        }
+        // The block cache may hold the old sector (read ahead with the directory): write it
+        // out and empty it first, so no stale copy of the sector is written back later.
+        self.flusher.flush_cache().context("writing the ESP")?;
+        let p = self.disk.partition(abbundle::layout::ESP_LABEL)?;
+        self.disk
+            .write_at(p, f.offset, data)
+            .with_context(|| format!("writing {path} on the ESP"))?;
+        // A cut here: the write may or may not have reached the disk.
+        crate::fault::point("esp write");
+        self.disk.sync().context("syncing the ESP")?;
+        let mut buf = crate::direct::AlignedBuf::new(data.len());
+        self.disk
+            .read_from_device(p, f.offset, &mut buf, data.len())
+            .with_context(|| format!("reading back {path} on the ESP"))?;
+        if &buf.as_slice()[..data.len()] != data {
+            refuse!(
+                codes::READBACK_MISMATCH,
+                "{path} on the ESP does not read back as written"
+            );
+        }
+        Ok(())
     }
 
     /// Drops the ESP from the page cache, so what is read next comes from the device.

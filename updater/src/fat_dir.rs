@@ -19,6 +19,9 @@
 //!   points at the parent (0 for the root), the two freed entries end the directory. Anything
 //!   else is an error, and nothing is rewritten.
 //!
+//! [`file_extent`] also reads, for a file rewritten in place (GRUB's environment blocks), where
+//! its data lies, from the same raw parsing.
+//!
 //! The bytes go through the ESP's own [`Window`] (and block cache), the one fatfs uses, so
 //! both see the same sectors, and the ESP's sync makes them durable with the rest.
 
@@ -132,6 +135,21 @@ impl Geometry {
     /// The first cluster of the subdirectory whose short name is `name` in the directory
     /// starting at `dir`.
     fn find(&self, w: &mut Window, dir: u32, name: &[u8; 11]) -> io::Result<Option<u32>> {
+        match self.find_entry(w, dir, name, true)? {
+            Some(e) => self.check_cluster(cluster_of(&e)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The short directory entry named `name` in the directory starting at `dir`, of a
+    /// subdirectory (`want_dir`) or of a file.
+    fn find_entry(
+        &self,
+        w: &mut Window,
+        dir: u32,
+        name: &[u8; 11],
+        want_dir: bool,
+    ) -> io::Result<Option<[u8; ENTRY]>> {
         let mut buf = vec![0u8; self.cluster_bytes as usize];
         for c in self.chain(w, dir)? {
             read_at(w, self.offset(c), &mut buf)?;
@@ -143,8 +161,8 @@ impl Geometry {
                 if e[0] == DELETED || attr == ATTR_LFN || attr & ATTR_VOLUME != 0 {
                     continue;
                 }
-                if &e[..11] == name && attr & ATTR_DIR != 0 {
-                    return self.check_cluster(cluster_of(e)).map(Some);
+                if &e[..11] == name && (attr & ATTR_DIR != 0) == want_dir {
+                    return Ok(Some(e.try_into().expect("one entry")));
                 }
             }
         }
@@ -175,6 +193,49 @@ fn short_name(name: &str) -> Option<[u8; 11]> {
         let mut n = [b' '; 11];
         n[..name.len()].copy_from_slice(name.to_ascii_uppercase().as_bytes());
         n
+    })
+}
+
+/// Where a file's data lies on the ESP (for files rewritten in place, one sector at a time:
+/// GRUB's environment blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Byte offset of the file's first cluster inside the partition.
+    pub offset: u64,
+    /// The file's length from its directory entry.
+    pub len: u64,
+    /// How many clusters its chain has.
+    pub clusters: usize,
+    pub cluster_bytes: u64,
+}
+
+/// The extent of the file whose 8.3 short name is `short` (as fatfs shows it: `ENV1`,
+/// `NAME.EXT`) in directory `parent`, read from the directory entry and the FAT. Reads only.
+pub fn file_extent(w: &mut Window, parent: &[&str], short: &str) -> io::Result<Extent> {
+    let g = Geometry::read(w)?;
+    let dir = g.dir(w, parent)?;
+    let (base, ext) = short.split_once('.').unwrap_or((short, ""));
+    if base.is_empty() || base.len() > 8 || ext.len() > 3 {
+        return Err(bad(format!("'{short}' is not a short name")));
+    }
+    let mut name = [b' '; 11];
+    name[..base.len()].copy_from_slice(base.as_bytes());
+    name[8..8 + ext.len()].copy_from_slice(ext.as_bytes());
+    let e = g
+        .find_entry(w, dir, &name, false)?
+        .ok_or_else(|| bad(format!("no file {short} in /{}", parent.join("/"))))?;
+    let first = cluster_of(&e);
+    let len = u32::from_le_bytes(e[28..32].try_into().expect("4 bytes")) as u64;
+    let clusters = if first == 0 {
+        0
+    } else {
+        g.chain(w, first)?.len()
+    };
+    Ok(Extent {
+        offset: if first == 0 { 0 } else { g.offset(first) },
+        len,
+        clusters,
+        cluster_bytes: g.cluster_bytes,
     })
 }
 

@@ -19,6 +19,8 @@ pub struct Status {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub disk: String,
+    /// The boot loader of the disk: "systemd-boot" or "grub".
+    pub boot_loader: &'static str,
     pub running_slot: Option<Slot>,
     pub next_boot_slot: Option<Slot>,
     pub next_boot_entry: Option<String>,
@@ -90,6 +92,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         api_version: API_VERSION,
         kind: "Status",
         disk: disk.path.display().to_string(),
+        boot_loader: loader.name(),
         running_slot: running,
         next_boot_slot: next,
         next_boot_entry: view.next.map(|n| n.1),

@@ -7,6 +7,7 @@
 //! are written by `apply` itself; a backend only keeps the loader's own state (systemd-boot:
 //! the entries in `loader/entries/`).
 
+pub mod grub;
 pub mod systemd_boot;
 
 use anyhow::Result;
@@ -59,6 +60,9 @@ pub struct View {
     pub slots: Vec<SlotView>,
     /// The slot the loader boots next, and the record it picks.
     pub next: Option<(Slot, String)>,
+    /// The slot the loader tries first, for a loader that keeps an order (GRUB's `ab_order`);
+    /// `None` for systemd-boot, which orders by version.
+    pub first: Option<Slot>,
 }
 
 impl View {
@@ -123,6 +127,12 @@ pub trait BootLoader {
     /// A snapshot of the loader's state on `esp` as a pure model.
     fn model(&self, esp: &Esp) -> Result<Box<dyn BootModel>>;
 
+    /// Refuses (before anything is written) an install this loader could not finish: kernel
+    /// parameters it cannot pass on, or its own state in a form it cannot change.
+    fn check_install(&self, _esp: &Esp, _kernel_params: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether `slot` can serve as the machine's boot target: it has tries left (or is good)
     /// and its kernel exists.
     fn bootable(&self, esp: &Esp, slot: Slot) -> Result<bool>;
@@ -161,10 +171,14 @@ pub trait BootLoader {
     fn fallback_from(&self, view: &View, booted: Slot) -> Option<Slot>;
 }
 
-/// The boot loader of the disk whose ESP is `esp`, from what is on it. systemd-boot is the
-/// only backend so far, and an ESP with no loader recognised is treated as systemd-boot's (so
-/// a bare ESP behaves as it always has). A second backend is recognised here by its own files.
+/// The boot loader of the disk whose ESP is `esp`, from what is on it: GRUB if the ESP has
+/// its env block (`grub/env1`), else systemd-boot. An ESP with no loader recognised is treated
+/// as systemd-boot's (so a bare ESP behaves as it always has).
 pub fn detect(esp: &Esp) -> Box<dyn BootLoader> {
+    if grub::Grub::present(esp) {
+        debug!("GRUB env block on the ESP: the GRUB backend");
+        return Box::new(grub::Grub);
+    }
     if !systemd_boot::SystemdBoot::present(esp) {
         debug!("no boot loader recognised on the ESP; assuming systemd-boot");
     }

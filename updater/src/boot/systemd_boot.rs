@@ -166,7 +166,11 @@ impl BootLoader for SystemdBoot {
                 info,
             });
         }
-        Ok(View { slots, next })
+        Ok(View {
+            slots,
+            next,
+            first: None,
+        })
     }
 
     fn model(&self, esp: &Esp) -> Result<Box<dyn BootModel>> {

@@ -1,16 +1,22 @@
 //! Crash consistency: a power cut after every write and every sync of an apply (and of
 //! mark-good and rollback). The fault-injection build of abupdate stops dead at point N
-//! (`ABUPDATE_FAULT_AFTER=N`); the disk is then judged with the systemd-boot model: every slot
+//! (`ABUPDATE_FAULT_AFTER=N`); the disk is then judged with the boot loader's model: every slot
 //! it would boot, over the next boots (including the fallback after the tries run out), must
 //! be complete: its partition holds the root image of the version its entry names, and its
 //! kernel and initrd on the ESP are that version's.
+//!
+//! The same scenarios run on a systemd-boot disk (judged with `bootentries`) and on a GRUB
+//! disk (judged with `grubenv::next_boot` over both env copies, each boot's try saved into the
+//! copy GRUB read; the version is the slot's `info.json`, and its `cmdline.cfg` must be that
+//! version's too). On GRUB, a cut that leaves grub.cfg booting its baked-in default slot (no
+//! valid copy, or no slot good or being tried) is a failure.
 //!
 //! Run with `cargo test -p abupdate --features fault-injection --test integration crash`.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use abbundle::{Manifest, PayloadKind};
+use abbundle::{grubenv, Manifest, PayloadKind};
 use abupdate::bootentries::{self, Slot};
 use abupdate::codes;
 use abupdate::disk::Disk;
@@ -33,6 +39,9 @@ fn judge(disk_path: &Path, versions: &HashMap<String, &Manifest>) -> Vec<String>
         Ok(e) => e,
         Err(e) => return vec![format!("ESP unreadable: {e:#}")],
     };
+    if esp.exists(grubenv::ENV_FILES[0]) {
+        return judge_grub(&disk, &esp, versions);
+    }
     let mut entries = match esp.entries() {
         Ok(e) => e,
         Err(e) => return vec![format!("entries unreadable: {e:#}")],
@@ -55,6 +64,95 @@ fn judge(disk_path: &Path, versions: &HashMap<String, &Manifest>) -> Vec<String>
                 .into_iter()
                 .map(|p| format!("boot {boot}: {p}")),
         );
+    }
+    problems
+}
+
+/// [`judge`] on a GRUB disk: the generated grub.cfg's model over both env copies. Besides
+/// the five boots, every slot that either valid copy lets boot (good, or tries left) must be
+/// complete: grub.cfg reads copy 2 when copy 1 is torn, and takes the next slot in order when
+/// a kernel does not load.
+fn judge_grub(disk: &Disk, esp: &Esp, versions: &HashMap<String, &Manifest>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut copies = grubenv::ENV_FILES.map(|f| {
+        esp.read_small(f)
+            .ok()
+            .flatten()
+            .and_then(|b| grubenv::parse(&b).ok())
+    });
+    for (i, c) in copies.iter().enumerate() {
+        let Some(state) = c else { continue };
+        for slot in Slot::ALL {
+            if matches!(
+                state.slot(slot),
+                grubenv::SlotState::Good | grubenv::SlotState::Tries(_)
+            ) {
+                problems.extend(
+                    check_grub_slot(disk, esp, slot, versions)
+                        .into_iter()
+                        .map(|p| {
+                            format!(
+                                "env copy {}: slot {slot} is {}: {p}",
+                                i + 1,
+                                state.slot(slot)
+                            )
+                        }),
+                );
+            }
+        }
+    }
+    for boot in 0..5 {
+        let n = grubenv::next_boot(copies[0], copies[1]);
+        if n.kind == grubenv::BootKind::Default {
+            problems.push(format!(
+                "boot {boot}: grub.cfg finds no good or trying slot (env copies: {copies:?}) \
+                 and boots its default slot"
+            ));
+            break;
+        }
+        if let (Some(c), Some(saved)) = (n.copy, n.saved) {
+            copies[c] = Some(saved);
+        }
+        problems.extend(
+            check_grub_slot(disk, esp, n.slot, versions)
+                .into_iter()
+                .map(|p| format!("boot {boot}: {p}")),
+        );
+    }
+    problems
+}
+
+/// Whether `slot` on a GRUB disk holds the version its `info.json` names completely: root
+/// image, kernel, initrd and `cmdline.cfg`.
+fn check_grub_slot(
+    disk: &Disk,
+    esp: &Esp,
+    slot: Slot,
+    versions: &HashMap<String, &Manifest>,
+) -> Vec<String> {
+    let info = esp
+        .read_small(&slot.files().info)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<abbundle::layout::SlotInfo>(&b).ok());
+    let Some(version) = info.map(|i| i.version) else {
+        return vec![format!("slot {slot} boots without an info.json")];
+    };
+    let Some(m) = versions.get(&version) else {
+        return vec![format!("slot {slot} boots unknown version '{version}'")];
+    };
+    let mut problems = check_slot(disk, esp, slot, m);
+    let cmdline = grubenv::cmdline_cfg(&m.kernel_params).unwrap();
+    if esp
+        .read_small(&grubenv::cmdline_file(slot))
+        .ok()
+        .flatten()
+        .as_deref()
+        != Some(cmdline.as_bytes())
+    {
+        problems.push(format!(
+            "slot {slot}: cmdline.cfg is not version {version}'s"
+        ));
     }
     problems
 }
@@ -181,7 +279,17 @@ fn run_scenario(
 
 #[test]
 fn power_cut_after_every_write_and_sync() {
-    let env = Env::new();
+    power_cuts(&Env::new(), "systemd-boot");
+}
+
+/// The same scenarios on a GRUB disk: every env write is a single in-place sector, copy 1
+/// then copy 2, so each cut leaves the old state or the new one.
+#[test]
+fn power_cut_after_every_write_and_sync_grub() {
+    power_cuts(&Env::new_grub(), "grub");
+}
+
+fn power_cuts(env: &Env, loader: &str) {
     let v1 = env.build("2026.11.1", 1, 64 * 1024);
     let v2 = env.build("2026.11.2", 2, 64 * 1024);
     let v3 = env.build("2026.11.3", 3, 64 * 1024);
@@ -237,10 +345,10 @@ fn power_cut_after_every_write_and_sync() {
     // offset order), and without it (every single write of the FAT driver, in program order).
     for uncached in [false, true] {
         for s in &scenarios {
-            let (n, f) = run_scenario(&env, s, &versions, uncached);
+            let (n, f) = run_scenario(env, s, &versions, uncached);
             let mode = if uncached { "uncached" } else { "cached" };
             eprintln!(
-                "crash: {} ({mode}): {n} injection points, {} failures",
+                "crash ({loader}): {} ({mode}): {n} injection points, {} failures",
                 s.name,
                 f.len()
             );
@@ -249,7 +357,7 @@ fn power_cut_after_every_write_and_sync() {
         }
     }
     eprintln!(
-        "crash: {points} injection points in total, {} failures",
+        "crash ({loader}): {points} injection points in total, {} failures",
         failures.len()
     );
     assert!(

@@ -11,6 +11,7 @@ mod esp_dirs;
 mod esp_space;
 mod fallback;
 mod grow;
+mod grub;
 mod keysdir;
 mod messages;
 mod refusals;

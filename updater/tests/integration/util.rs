@@ -66,6 +66,19 @@ impl Env {
         )
     }
 
+    /// Like [`Env::new`], building GRUB images (`boot-backend = "grub"`: BIOS boot partition,
+    /// GRUB env blocks on the ESP).
+    pub fn new_grub() -> Env {
+        let env = Env::new();
+        let def = IMAGE_DEF.replace(
+            r#"boot-backend = "systemd-boot""#,
+            r#"boot-backend = "grub""#,
+        );
+        assert_ne!(def, IMAGE_DEF);
+        fs::write(env.path("image.toml"), def).unwrap();
+        env
+    }
+
     /// In the default temporary directory (a disk file system: the O_DIRECT paths).
     pub fn on_disk() -> Env {
         Env::in_dir(tempfile::tempdir().unwrap())
@@ -405,6 +418,7 @@ pub struct RawBundle<'a> {
     pub chunk_size: u32,
     pub seed: u64,
     pub key_seed: [u8; 32],
+    pub kernel_params: &'a str,
 }
 
 impl Default for RawBundle<'_> {
@@ -415,6 +429,7 @@ impl Default for RawBundle<'_> {
             chunk_size: 64 * 1024,
             seed: 1,
             key_seed: TEST_ONLY_SEED,
+            kernel_params: "",
         }
     }
 }
@@ -449,7 +464,7 @@ impl RawBundle<'_> {
             version: self.version.parse().unwrap(),
             build_id: "test".into(),
             created: 0,
-            kernel_params: String::new(),
+            kernel_params: self.kernel_params.into(),
             chunk_size: self.chunk_size,
         };
         let mut out = Vec::new();
@@ -462,4 +477,10 @@ impl RawBundle<'_> {
         fs::write(&path, self.bytes()).unwrap();
         path
     }
+}
+
+/// The GRUB env copies (`grub/env1`, `grub/env2`) as parsed (`None`: not valid), read with
+/// mtools.
+pub fn grub_env(img: &Path) -> [Option<abbundle::grubenv::State>; 2] {
+    abbundle::grubenv::ENV_FILES.map(|f| abbundle::grubenv::parse(&mtype(img, f)).ok())
 }
