@@ -56,20 +56,24 @@ class Machine:
     """One virtual machine: a disk image, an optional second disk (the update medium), and
     its own copy of the UEFI variable store, kept across reboots and power cuts."""
 
-    def __init__(self, workdir, disk, log_name, memory="512"):
+    def __init__(self, workdir, disk, log_name, memory="512", firmware=(OVMF_CODE, OVMF_VARS),
+                 machine="q35"):
         self.workdir = workdir
         self.disk = disk
         self.memory = memory
+        self.code = firmware[0]
+        self.machine_type = machine
         self.media = None
         self.proc = None
         self.buf = bytearray()
         self.pos = 0  # everything before this offset has been consumed by expect()
+        self.stamps = []  # (end offset in buf, time.monotonic()) of each chunk read
         self.lock = threading.Condition()
         self.log_path = os.path.join(workdir, log_name)
         self.log = open(self.log_path, "ab")
         self.vars = os.path.join(workdir, "OVMF_VARS.fd")
         if not os.path.exists(self.vars):
-            shutil.copy(OVMF_VARS, self.vars)
+            shutil.copy(firmware[1], self.vars)
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
@@ -79,9 +83,9 @@ class Machine:
         self.media = media
         cmd = [
             "qemu-system-x86_64", "-accel", self.accel, "-m", self.memory, "-smp", "1",
-            "-machine", "q35", "-nographic", "-no-user-config", "-nodefaults",
+            "-machine", self.machine_type, "-nographic", "-no-user-config", "-nodefaults",
             "-serial", "stdio", "-monitor", "none", "-nic", "none",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
             "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe",
         ]
@@ -93,6 +97,7 @@ class Machine:
         with self.lock:
             self.buf.clear()
             self.pos = 0
+            self.stamps = []
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
 
     def _pump(self, proc):
@@ -104,6 +109,7 @@ class Machine:
             self.log.flush()
             with self.lock:
                 self.buf += data
+                self.stamps.append((len(self.buf), time.monotonic()))
                 self.lock.notify_all()
         with self.lock:
             self.lock.notify_all()
@@ -124,6 +130,20 @@ class Machine:
                 if self.proc.poll() is not None and not rx.search(self.buf, self.pos):
                     raise GuestError(f"QEMU exited waiting for {rx.pattern!r}")
                 self.lock.wait(min(left, 1.0))
+
+    def offset(self):
+        """How much output there is so far (for `seen`)."""
+        with self.lock:
+            return len(self.buf)
+
+    def seen(self, pattern, since=0):
+        """When `pattern` (bytes regex) was first printed after offset `since` of the output
+        since power-on: the arrival time (time.monotonic()) of its end, or None."""
+        with self.lock:
+            m = re.compile(pattern).search(self.buf, since)
+            if not m:
+                return None
+            return next(t for end, t in self.stamps if end >= m.end())
 
     def wait_ready(self, timeout=300):
         """Waits for the fixture's READY line; returns (slot, version)."""
