@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -71,6 +72,7 @@ class Machine:
         self.lock = threading.Condition()
         self.log_path = os.path.join(workdir, log_name)
         self.log = open(self.log_path, "ab")
+        self.qmp_path = os.path.join(workdir, f"{log_name}.qmp")
         self.vars = os.path.join(workdir, "OVMF_VARS.fd")
         if not os.path.exists(self.vars):
             shutil.copy(firmware[1], self.vars)
@@ -87,7 +89,8 @@ class Machine:
             "-serial", "stdio", "-monitor", "none", "-nic", "none",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
-            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe",
+            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe,id=disk0",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
         for medium in media:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
@@ -136,6 +139,11 @@ class Machine:
         with self.lock:
             return len(self.buf)
 
+    def output(self, since=0):
+        """The output since power-on, from offset `since`."""
+        with self.lock:
+            return bytes(self.buf[since:])
+
     def seen(self, pattern, since=0):
         """When `pattern` (bytes regex) was first printed after offset `since` of the output
         since power-on: the arrival time (time.monotonic()) of its end, or None."""
@@ -158,12 +166,14 @@ class Machine:
         # The marker is split in the command so the echoed command line never matches.
         line = f"{command}; echo \"@@{tag}\"'@@'$?'@@'\n"
         with self.lock:
-            self.pos = len(self.buf)
+            self.pos = sent = len(self.buf)
         self.proc.stdin.write(line.encode())
         self.proc.stdin.flush()
         m = self.expect(re.compile(rb"@@" + tag.encode() + rb"@@(\d+)@@"), timeout)
         with self.lock:
-            text = bytes(self.buf[: m.start()])
+            # From the send on: a long command's echo is wrapped by the console, so the search
+            # below can miss it, and then nothing of the boot log may come along.
+            text = bytes(self.buf[sent: m.start()])
         out = text.decode(errors="replace")
         # Output starts after the echoed command line.
         first = out.rfind(command[-20:])
@@ -178,6 +188,30 @@ class Machine:
         _, out = self.run("abupdate status --json 2>/dev/null")
         start = out.find("{")
         return json.loads(out[start: out.rfind("}") + 1])
+
+    def qmp(self, command, **arguments):
+        """One QMP command to the running QEMU; returns its "return" value."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(self.qmp_path)
+            f = sock.makefile("rwb")
+            json.loads(f.readline())  # greeting
+            reply = None
+            for cmd, args in (("qmp_capabilities", {}), (command, arguments)):
+                f.write(json.dumps({"execute": cmd, "arguments": args}).encode() + b"\n")
+                f.flush()
+                while True:
+                    reply = json.loads(f.readline())
+                    if "return" in reply or "error" in reply:
+                        break  # (events are skipped)
+                if "error" in reply:
+                    raise GuestError(f"QMP {cmd}: {reply['error']}")
+            return reply["return"]
+
+    def grow_disk(self, extra):
+        """Makes the disk `extra` bytes larger while the machine runs (the guest kernel sees
+        the new capacity at once), as a VPS provider's resize does."""
+        self.qmp("block_resize", device="disk0", size=os.path.getsize(self.disk) + extra)
 
     def send(self, text):
         self.proc.stdin.write(text.encode())

@@ -1,27 +1,42 @@
 """Random power cuts: 20 cuts at random points of apply, first boot, mark-good, rollback, growth.
 
-The plug is pulled at N random points (20 unless ABTEST_CUTS or `run.py --cuts N` says
-otherwise) across apply (slot and ESP writes), the first boot of the new slot, mark-good,
-rollback, and the growth of the data partition (boot-check) and of its file system (initrd).
-After every cut the machine must boot the old or the new system, and every marker file written
-to /data before a cut must be there.
+The plug is pulled (SIGKILL of QEMU) at N random points, 20 unless ABTEST_CUTS or
+`run.py --cuts N` says otherwise, in these steps:
 
-The seed is printed; ABTEST_SEED=S replays it. Each kind of step first runs once uncut to
-measure how long it takes; cut k then falls at a fraction (from the seed and k) of that window
-after the step's command is sent or its first serial line is printed. One machine for the whole
-run: a cut is followed by a power-on, never by a new disk; growth steps make the disk file
-32 MiB larger while the machine is off.
+- apply: `abupdate apply` of the next version (1 -> 2 -> 3 -> 2 ...): slot write, read-back,
+  ESP write, boot entry; cut within the command's duration;
+- first-boot: a reboot after a completed apply; cut anywhere until READY (firmware,
+  systemd-boot's try counter, initrd, boot-check);
+- mark-good: the new slot's first boot, from the line `health check passed` until `mark-good
+  exited`;
+- rollback: `abupdate rollback`; cut within its duration;
+- grow-partition: the disk grows by 32 MiB under the running system (QMP block_resize) and
+  `abupdate boot-check`, what every boot runs, moves the backup GPT and grows the data
+  partition; cut within its duration;
+- grow-fs: the next boot, from the initrd's `growing the data filesystem` until the system's
+  init starts (e2fsck -f, resize2fs).
+
+After every cut the machine must boot to READY on a system that could be running (the old one,
+or the new one if the step could have finished), `status` must agree and call it good, and
+every marker file written to /data/cuts before a cut must be there.
+
+Each step first runs once uncut to measure its window (the first boot gives the boot windows);
+cut k then comes at a fraction of the window, times 1.1, drawn from the seed and k. The seed is
+printed; ABTEST_SEED=S (or --seed S) replays it. Each cut goes to the step with the fewest cuts
+among those possible without an extra boot (rollback needs a good other slot, grow-fs a grown
+partition); a step two cuts behind gets the boot it needs. One machine for the whole run.
 """
 
+import json
 import os
 import random
+import re
 import time
 
 GROW_MIB = 32  # the initrd grows the file system when its partition is >= 8 MiB larger
 PHASES = ["apply", "first-boot", "mark-good", "rollback", "grow-partition", "grow-fs"]
 MEDIA = {"2": "/dev/vdb", "3": "/dev/vdc"}  # which medium holds which version's bundle
 # Serial lines that start and end the steps timed inside a boot (nix/fixture, nix/initrd).
-BOOTCHECK = (rb"abtest: version \S+, slot", rb"abtest: abupdate boot-check exited")
 MARKGOOD = (rb"abtest: health check passed", rb"abtest: abupdate mark-good exited")
 GROWFS = (rb"abinit: growing the data filesystem", rb"abtest: init of version")
 GREW_PARTITION = rb"grew the data partition"
@@ -43,34 +58,32 @@ class Cutter:
         self.m = t.machine("1")
         self.media = [t.bundle("qemu-test-2"), t.bundle("qemu-test-3")]
         self.markers = []  # contents of /data/cuts/*, in order
-        self.windows = {}  # phase -> seconds, measured uncut
+        self.windows = {}  # step -> seconds, measured uncut
         self.state = None  # (slot, version) running
         self.status = None
         self.fs_pending = False  # the data partition is larger than its file system
         self.since = 0  # output offset where the current boot starts
+        self.tracked = 0  # output offset up to which track_growth has looked
         self.counts = {p: 0 for p in PHASES}
         self.outcomes = {"old": 0, "new": 0}
+        self.boots = 0
 
     # --- booting and checking ----------------------------------------------------------
 
-    def verified_boot(self, allowed, label):
-        """Waits for READY and checks slot, version, status and the markers."""
-        slot, version = self.m.wait_ready(timeout=900)
-        assert (slot, version) in allowed, \
-            f"{label}: booted slot {slot} version {version}, expected one of {sorted(allowed)}"
-        st = self.m.status_json()
-        assert st["runningSlot"] == slot, (label, st)
-        mine = slot_info(st, slot)
-        assert mine["version"] == version and mine["state"] == "good", (label, st)
-        if self.markers:
-            found = self.m.run("cat /data/cuts/*")[1].split()
-            assert found == self.markers, f"{label}: /data/cuts holds {found}, wrote {self.markers}"
-        self.state, self.status = (slot, version), st
-        return slot, version
-
     def start(self):
         self.m.start(media=self.media)
-        self.since = 0
+        self.since = self.tracked = 0
+
+    def track_growth(self):
+        """Follows what the output shows about a bigger disk: the initrd growing the file
+        system to its partition, boot-check (at boot or run by hand) growing the partition to
+        the disk. The last of them tells whether the file system has a growth pending. Run
+        before every cut too: a cut boot may have done either."""
+        out = self.m.output(self.tracked)
+        self.tracked += len(out)
+        events = re.findall(GROWFS[0] + rb"|" + GREW_PARTITION, out)
+        if events:
+            self.fs_pending = events[-1].startswith(b"grew")
 
     def reboot(self):
         self.since = self.m.offset()
@@ -79,14 +92,37 @@ class Cutter:
     def seen(self, pattern):
         return self.m.seen(pattern, self.since)
 
-    def power_off(self):
-        """An orderly power-off for a disk change: everything synced, then the plug."""
-        self.m.run("sync")
-        self.m.kill()
+    def span(self, marks):
+        start, end = self.seen(marks[0]), self.seen(marks[1])
+        assert start is not None and end is not None, f"serial lines {marks} not seen"
+        return end - start
 
-    def grow_disk(self):
-        with open(self.m.disk, "r+b") as f:
-            f.truncate(os.path.getsize(self.m.disk) + (GROW_MIB << 20))
+    def measured(self, step, seconds):
+        self.windows[step] = seconds
+        self.t.time(f"window {step} (uncut)", seconds)
+
+    def verified_boot(self, allowed, label):
+        """Waits for READY and checks slot, version, status and the markers."""
+        slot, version = self.m.wait_ready(timeout=900)
+        self.boots += 1
+        assert (slot, version) in allowed, \
+            f"{label}: booted slot {slot} version {version}, expected one of {sorted(allowed)}"
+        # One round trip for the status and the markers.
+        # (The marker is split in the command so that its echo does not match.)
+        out = self.m.run("abupdate status --json 2>/dev/null; echo '<mark''ers>'; "
+                         "cat /data/cuts/* 2>/dev/null; true")[1]
+        status, _, markers = out.rpartition("<markers>")
+        st = json.loads(status[status.find("{"): status.rfind("}") + 1])
+        assert st["runningSlot"] == slot, (label, st)
+        mine = slot_info(st, slot)
+        assert mine["version"] == version and mine["state"] == "good", (label, st)
+        found = markers.split()
+        assert found == self.markers, f"{label}: /data/cuts holds {found}, wrote {self.markers}"
+        self.state, self.status = (slot, version), st
+        if "grow-fs" not in self.windows and self.seen(GROWFS[0]):
+            self.measured("grow-fs", self.span(GROWFS))
+        self.track_growth()
+        return slot, version
 
     def apply_command(self):
         """The next update for the running version: 1 -> 2, 2 -> 3, 3 -> 2 (a downgrade)."""
@@ -95,43 +131,72 @@ class Cutter:
         flag = " --allow-downgrade" if new < running else ""
         return new, f"abupdate apply{flag} {MEDIA[new]}"
 
+    def timed(self, command):
+        start = time.monotonic()
+        self.m.run(command, timeout=900)
+        return time.monotonic() - start
+
     def apply_uncut(self):
         new, cmd = self.apply_command()
+        seconds = self.timed(cmd)
+        return new, seconds
+
+    def grow_uncut(self):
+        self.m.grow_disk(GROW_MIB << 20)
         start = time.monotonic()
-        self.m.run(cmd, timeout=900)
-        return new, time.monotonic() - start
+        out = self.m.run("abupdate boot-check 2>&1", timeout=300)[1]
+        seconds = time.monotonic() - start
+        assert "grew the data partition" in out, out
+        self.fs_pending = True
+        return seconds
 
-    def span(self, marks):
-        start, end = self.seen(marks[0]), self.seen(marks[1])
-        assert start is not None and end is not None, f"serial lines {marks} not seen"
-        return end - start
-
-    # --- calibration: each step once, uncut --------------------------------------------
-
-    def calibrate(self):
-        t, m = self.t, self.m
+    def first_boot(self):
+        start = time.monotonic()
         self.start()
         self.verified_boot({("a", "1")}, "first boot")
-        new, self.windows["apply"] = self.apply_uncut()
-        start = time.monotonic()
-        self.reboot()
-        self.verified_boot({("b", new)}, "calibration: first boot of the new slot")
-        self.windows["first-boot"] = self.seen(READY) - start
-        self.windows["mark-good"] = self.span(MARKGOOD)
-        start = time.monotonic()
-        m.run("abupdate rollback")
-        self.windows["rollback"] = time.monotonic() - start
-        self.power_off()
-        self.grow_disk()
-        self.start()
-        self.verified_boot({("a", "1")}, "calibration: rollback, then a bigger disk")
-        assert self.seen(GREW_PARTITION), "boot-check did not grow the data partition"
-        self.windows["grow-partition"] = self.span(BOOTCHECK)
-        self.reboot()
-        self.verified_boot({("a", "1")}, "calibration: file system growth")
-        self.windows["grow-fs"] = self.span(GROWFS)
-        for phase in PHASES:
-            t.time(f"window {phase} (uncut)", self.windows[phase])
+        self.measured("first-boot", self.seen(READY) - start)
+        self.measured("mark-good", self.span(MARKGOOD))
+
+    # --- choosing a step ----------------------------------------------------------------
+
+    def possible(self, step):
+        """Whether `step` can be cut now without an extra boot."""
+        if step == "rollback":
+            nxt = self.status["nextBootSlot"]
+            if "rollback" not in self.windows and nxt != self.state[0]:
+                return False  # the measuring run is undone by mark-good of the running slot
+            return slot_info(self.status, other(nxt))["state"] == "good"
+        if step == "grow-fs":
+            return self.fs_pending and "grow-fs" in self.windows
+        return True
+
+    def prepare(self, step):
+        """Makes a step possible that has fallen behind (an update booted, a grown partition)."""
+        if step == "rollback":
+            slot = self.state[0]
+            new, _ = self.apply_uncut()
+            self.reboot()
+            self.verified_boot({(other(slot), new)}, f"{step}: an update to roll back")
+        elif step == "grow-fs":
+            if not self.fs_pending or "grow-fs" not in self.windows:
+                self.grow_uncut()
+            if "grow-fs" not in self.windows:
+                self.reboot()
+                self.verified_boot({self.state}, "grow-fs: measuring the growth")
+                self.grow_uncut()
+
+    def choose(self, k):
+        rng = random.Random(f"{self.seed}/{k}/step")
+        top = max(self.counts.values())
+        behind = [p for p in PHASES if self.counts[p] < top - 1]
+        if behind:
+            step = behind[0]
+            if not self.possible(step):
+                self.prepare(step)
+            return step
+        ready = [p for p in PHASES if self.possible(p)]
+        fewest = min(self.counts[p] for p in ready)
+        return rng.choice([p for p in ready if self.counts[p] == fewest])
 
     # --- one cut ------------------------------------------------------------------------
 
@@ -140,72 +205,67 @@ class Cutter:
         self.m.run(f"mkdir -p /data/cuts && echo {token} > /data/cuts/{k:04d} && sync")
         self.markers.append(token)
 
-    def pull(self, k, phase, frac, allowed, old):
-        """Sleeps frac of the phase's window (plus 10% so its end is covered), cuts, boots."""
-        delay = frac * self.windows[phase] * 1.1
+    def pull(self, k, step, frac, allowed):
+        """Sleeps frac of the step's window (plus 10% so its end is covered), cuts, boots."""
+        old = self.state
+        delay = frac * self.windows[step] * 1.1
         time.sleep(delay)
         self.m.kill()
-        self.start()
+        self.track_growth()
         start = time.monotonic()
-        got = self.verified_boot(allowed, f"cut {k} ({phase}, {delay:.2f} s)")
-        self.t.step(f"cut {k}: {phase} at +{delay:.2f} s -> slot {got[0]} version {got[1]} "
+        self.start()
+        got = self.verified_boot(allowed, f"cut {k} ({step} at +{delay:.2f} s)")
+        self.t.step(f"cut {k}: {step} at +{delay:.2f} s -> slot {got[0]} version {got[1]} "
                     f"({time.monotonic() - start:.0f} s to READY)")
-        self.counts[phase] += 1
+        self.counts[step] += 1
         self.outcomes["old" if got == old else "new"] += 1
 
     def cut(self, k):
-        phase = PHASES[k % len(PHASES)]
+        step = self.choose(k)
         frac = random.Random(f"{self.seed}/{k}").random()
         m = self.m
-        slot, version = self.state
-        if phase == "apply":
+        running = self.state
+        nxt = self.status["nextBootSlot"]
+        allowed = {running, (nxt, slot_info(self.status, nxt)["version"])}
+        if step in ("apply", "first-boot", "mark-good") and "apply" not in self.windows:
+            _, seconds = self.apply_uncut()
+            self.measured("apply", seconds)
+        if step == "apply":
             new, cmd = self.apply_command()
             self.mark(k)
             # Piped through cat: progress lines, no redrawn bar.
             m.send(f"{cmd} 2>&1 | cat\n")
-            self.pull(k, phase, frac, {(slot, version), (other(slot), new)}, (slot, version))
-        elif phase in ("first-boot", "mark-good"):
+            self.pull(k, step, frac, allowed | {(other(running[0]), new)})
+        elif step in ("first-boot", "mark-good"):
             new, _ = self.apply_uncut()
             self.mark(k)
             self.reboot()
-            if phase == "mark-good":
+            if step == "mark-good":
                 m.expect(MARKGOOD[0], 900)
-            self.pull(k, phase, frac, {(slot, version), (other(slot), new)}, (slot, version))
-        elif phase == "rollback":
-            if slot_info(self.status, other(slot))["state"] != "good":
-                new, _ = self.apply_uncut()
-                self.reboot()
-                self.verified_boot({(other(slot), new)}, f"cut {k}: before the rollback")
-                slot, version = self.state
-            back = (other(slot), slot_info(self.status, other(slot))["version"])
+            self.pull(k, step, frac, {running, (other(running[0]), new)})
+        elif step == "rollback":
+            if "rollback" not in self.windows:
+                self.measured("rollback", self.timed("abupdate rollback"))
+                self.timed("abupdate mark-good")  # undoes it: the running slot is good again
+                st = m.status_json()
+                assert st["nextBootSlot"] == nxt, st
+            back = other(nxt)
             self.mark(k)
             m.send("abupdate rollback\n")
-            self.pull(k, phase, frac, {(slot, version), back}, (slot, version))
-        elif phase == "grow-partition":
-            nxt = self.status["nextBootSlot"]
-            allowed = {(slot, version), (nxt, slot_info(self.status, nxt)["version"])}
+            self.pull(k, step, frac, allowed | {(back, slot_info(self.status, back)["version"])})
+        elif step == "grow-partition":
+            if "grow-partition" not in self.windows:
+                self.measured("grow-partition", self.grow_uncut())
             self.mark(k)
-            self.power_off()
-            self.grow_disk()
-            self.start()
-            m.expect(BOOTCHECK[0], 900)
-            self.pull(k, phase, frac, allowed, (slot, version))
-            # The boot after the cut grew the partition (the cut came before boot-check
-            # wrote it) or its file system (after).
-            self.fs_pending = self.seen(GREW_PARTITION) is not None
-        elif phase == "grow-fs":
-            if not self.fs_pending:
-                self.power_off()
-                self.grow_disk()
-                self.start()
-                self.verified_boot({(slot, version)}, f"cut {k}: before the file system growth")
-                assert self.seen(GREW_PARTITION), "boot-check did not grow the data partition"
+            m.grow_disk(GROW_MIB << 20)
+            m.send("abupdate boot-check\n")
+            self.pull(k, step, frac, allowed)
+        elif step == "grow-fs":
             self.mark(k)
             self.reboot()
             hit = m.expect(GROWFS[0] + rb"|(" + READY + rb")", 900)
             assert not hit.group(1), "the initrd did not grow the data file system"
-            self.pull(k, phase, frac, {(slot, version)}, (slot, version))
-            self.fs_pending = False
+            self.pull(k, step, frac, allowed)
 
 
 def run(t):
@@ -213,16 +273,16 @@ def run(t):
     cuts = int(os.environ.get("ABTEST_CUTS") or 20)
     t.step(f"seed {seed}, {cuts} cuts (replay: ABTEST_SEED={seed} ABTEST_CUTS={cuts})")
     c = Cutter(t, seed)
-    start = time.monotonic()
-    c.calibrate()
-    t.time("calibration", time.monotonic() - start)
+    c.first_boot()
     size_before = int(c.m.run("cat /sys/class/block/vda4/size")[1].split()[0])
     start = time.monotonic()
     for k in range(cuts):
         c.cut(k)
     t.time(f"{cuts} cuts", time.monotonic() - start)
     t.step(f"cuts per step {c.counts}; booted the old system {c.outcomes['old']} times, "
-           f"the new one {c.outcomes['new']} times; seed {seed}")
+           f"the new one {c.outcomes['new']} times; {c.boots} boots to READY; seed {seed}")
+    if cuts >= 2 * len(PHASES):
+        assert min(c.counts.values()) >= 1, c.counts
     if c.counts["grow-partition"]:
         size_after = int(c.m.run("cat /sys/class/block/vda4/size")[1].split()[0])
         assert size_after > size_before, (size_before, size_after)
