@@ -173,10 +173,16 @@ class Cutter:
     def prepare(self, step):
         """Makes a step possible that has fallen behind (an update booted, a grown partition)."""
         if step == "rollback":
-            slot = self.state[0]
-            new, _ = self.apply_uncut()
-            self.reboot()
-            self.verified_boot({(other(slot), new)}, f"{step}: an update to roll back")
+            # An update booted: the old slot stays good, unless the update was a downgrade
+            # (3 -> 2), which demotes it; then one more update (2 -> 3) does it.
+            for _ in range(2):
+                if self.possible(step):
+                    break
+                slot = self.state[0]
+                new, _ = self.apply_uncut()
+                self.reboot()
+                self.verified_boot({(other(slot), new)}, f"{step}: an update to roll back")
+            assert self.possible(step), self.status
         elif step == "grow-fs":
             if not self.fs_pending or "grow-fs" not in self.windows:
                 self.grow_uncut()
