@@ -16,8 +16,9 @@ cd "$repo"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 cargo build -q --release -p abbuild
 cargo build -q --release --target x86_64-unknown-linux-musl -p abupdate
-abbuild=$repo/target/release/abbuild
-abupdate_static=$repo/target/x86_64-unknown-linux-musl/release/abupdate
+target=${CARGO_TARGET_DIR:-$repo/target}
+abbuild=$target/release/abbuild
+abupdate_static=$target/x86_64-unknown-linux-musl/release/abupdate
 
 # Test-only keys: made once per output directory.
 if [ ! -f "$out/keys/test.key" ]; then

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -56,20 +57,25 @@ class Machine:
     """One virtual machine: a disk image, an optional second disk (the update medium), and
     its own copy of the UEFI variable store, kept across reboots and power cuts."""
 
-    def __init__(self, workdir, disk, log_name, memory="512"):
+    def __init__(self, workdir, disk, log_name, memory="512", firmware=(OVMF_CODE, OVMF_VARS),
+                 machine="q35"):
         self.workdir = workdir
         self.disk = disk
         self.memory = memory
+        self.code = firmware[0]
+        self.machine_type = machine
         self.media = None
         self.proc = None
         self.buf = bytearray()
         self.pos = 0  # everything before this offset has been consumed by expect()
+        self.stamps = []  # (end offset in buf, time.monotonic()) of each chunk read
         self.lock = threading.Condition()
         self.log_path = os.path.join(workdir, log_name)
         self.log = open(self.log_path, "ab")
+        self.qmp_path = os.path.join(workdir, f"{log_name}.qmp")
         self.vars = os.path.join(workdir, "OVMF_VARS.fd")
         if not os.path.exists(self.vars):
-            shutil.copy(OVMF_VARS, self.vars)
+            shutil.copy(firmware[1], self.vars)
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
@@ -79,11 +85,12 @@ class Machine:
         self.media = media
         cmd = [
             "qemu-system-x86_64", "-accel", self.accel, "-m", self.memory, "-smp", "1",
-            "-machine", "q35", "-nographic", "-no-user-config", "-nodefaults",
+            "-machine", self.machine_type, "-nographic", "-no-user-config", "-nodefaults",
             "-serial", "stdio", "-monitor", "none", "-nic", "none",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
-            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe",
+            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe,id=disk0",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
         for medium in media:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
@@ -93,6 +100,7 @@ class Machine:
         with self.lock:
             self.buf.clear()
             self.pos = 0
+            self.stamps = []
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
 
     def _pump(self, proc):
@@ -104,6 +112,7 @@ class Machine:
             self.log.flush()
             with self.lock:
                 self.buf += data
+                self.stamps.append((len(self.buf), time.monotonic()))
                 self.lock.notify_all()
         with self.lock:
             self.lock.notify_all()
@@ -125,6 +134,25 @@ class Machine:
                     raise GuestError(f"QEMU exited waiting for {rx.pattern!r}")
                 self.lock.wait(min(left, 1.0))
 
+    def offset(self):
+        """How much output there is so far (for `seen`)."""
+        with self.lock:
+            return len(self.buf)
+
+    def output(self, since=0):
+        """The output since power-on, from offset `since`."""
+        with self.lock:
+            return bytes(self.buf[since:])
+
+    def seen(self, pattern, since=0):
+        """When `pattern` (bytes regex) was first printed after offset `since` of the output
+        since power-on: the arrival time (time.monotonic()) of its end, or None."""
+        with self.lock:
+            m = re.compile(pattern).search(self.buf, since)
+            if not m:
+                return None
+            return next(t for end, t in self.stamps if end >= m.end())
+
     def wait_ready(self, timeout=300):
         """Waits for the fixture's READY line; returns (slot, version)."""
         m = self.expect(READY, timeout)
@@ -138,12 +166,14 @@ class Machine:
         # The marker is split in the command so the echoed command line never matches.
         line = f"{command}; echo \"@@{tag}\"'@@'$?'@@'\n"
         with self.lock:
-            self.pos = len(self.buf)
+            self.pos = sent = len(self.buf)
         self.proc.stdin.write(line.encode())
         self.proc.stdin.flush()
         m = self.expect(re.compile(rb"@@" + tag.encode() + rb"@@(\d+)@@"), timeout)
         with self.lock:
-            text = bytes(self.buf[: m.start()])
+            # From the send on: a long command's echo is wrapped by the console, so the search
+            # below can miss it, and then nothing of the boot log may come along.
+            text = bytes(self.buf[sent: m.start()])
         out = text.decode(errors="replace")
         # Output starts after the echoed command line.
         first = out.rfind(command[-20:])
@@ -158,6 +188,30 @@ class Machine:
         _, out = self.run("abupdate status --json 2>/dev/null")
         start = out.find("{")
         return json.loads(out[start: out.rfind("}") + 1])
+
+    def qmp(self, command, **arguments):
+        """One QMP command to the running QEMU; returns its "return" value."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(self.qmp_path)
+            f = sock.makefile("rwb")
+            json.loads(f.readline())  # greeting
+            reply = None
+            for cmd, args in (("qmp_capabilities", {}), (command, arguments)):
+                f.write(json.dumps({"execute": cmd, "arguments": args}).encode() + b"\n")
+                f.flush()
+                while True:
+                    reply = json.loads(f.readline())
+                    if "return" in reply or "error" in reply:
+                        break  # (events are skipped)
+                if "error" in reply:
+                    raise GuestError(f"QMP {cmd}: {reply['error']}")
+            return reply["return"]
+
+    def grow_disk(self, extra):
+        """Makes the disk `extra` bytes larger while the machine runs (the guest kernel sees
+        the new capacity at once), as a VPS provider's resize does."""
+        self.qmp("block_resize", device="disk0", size=os.path.getsize(self.disk) + extra)
 
     def send(self, text):
         self.proc.stdin.write(text.encode())

@@ -4,7 +4,9 @@ fresh copies of the fixture images that build-fixtures.sh made. Prints each scen
 time and timings, keeps every serial log, prints the log tail of a failed scenario, and ends
 with 'N passed, M failed'.
 
-    python3 qemu-tests/run.py [--artifacts DIR] [SCENARIO ...]
+    python3 qemu-tests/run.py [--artifacts DIR] [--cuts N] [--seed S] [SCENARIO ...]
+
+--cuts and --seed are for 08_random_cuts (the same as ABTEST_CUTS and ABTEST_SEED).
 """
 
 import argparse
@@ -44,8 +46,11 @@ class Test:
         assert os.path.exists(path), f"missing fixture bundle {name}"
         return path
 
-    def machine(self, version="1"):
-        m = harness.Machine(self.workdir, self.image(version), f"serial-{len(self.machines)}.log")
+    def machine(self, version="1", **options):
+        """A machine booting a fresh copy of `version`'s image; `options` go to harness.Machine
+        (memory, firmware, machine)."""
+        m = harness.Machine(self.workdir, self.image(version), f"serial-{len(self.machines)}.log",
+                            **options)
         self.machines.append(m)
         return m
 
@@ -69,8 +74,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", default=os.path.join(here, "..", "out", "qemu"))
     ap.add_argument("--timings", help="append a markdown table of timings to this file")
+    ap.add_argument("--cuts", type=int, help="power cuts of 08_random_cuts (default 20)")
+    ap.add_argument("--seed", type=int, help="replay 08_random_cuts with this seed")
     ap.add_argument("scenarios", nargs="*", help="names like 01_happy_path (default: all)")
     args = ap.parse_args()
+    if args.cuts is not None:
+        os.environ["ABTEST_CUTS"] = str(args.cuts)
+    if args.seed is not None:
+        os.environ["ABTEST_SEED"] = str(args.seed)
     files = sorted(f for f in os.listdir(os.path.join(here, "scenarios")) if f.endswith(".py"))
     if args.scenarios:
         files = [f for f in files if f[:-3] in args.scenarios or f[:2] in args.scenarios]

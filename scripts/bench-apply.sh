@@ -10,7 +10,8 @@
 # Every tool runs once per round, rounds interleaved, so a slow spell of the (shared, virtual)
 # machine hits all tools alike; the page cache is dropped before each run.
 # Prints a markdown table and the goal ratios. Needs root (losetup), mtools, gdisk, dosfstools,
-# rauc, dbus.
+# rauc, dbus. RAUC is a peer the goals are measured against: when it is missing the script
+# installs Debian's package, and stops with an error if that fails (never a table without it).
 # Usage: sudo bash scripts/bench-apply.sh [SIZES_MIB...]   (default: 100 1024)
 #        BENCH_ROUNDS=N (default 5) sets the number of rounds.
 set -euo pipefail
@@ -19,6 +20,20 @@ root=$PWD
 sizes=("${@:-100 1024}")
 read -r -a sizes <<<"${sizes[*]}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+# The peer first, before minutes of building: a run without RAUC would hide the 2x goal.
+need_peer() {
+  if ! command -v rauc >/dev/null || ! command -v dbus-run-session >/dev/null; then
+    echo "bench-apply: rauc or dbus-run-session missing: apt-get install rauc dbus" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rauc dbus >&2 || true
+  fi
+  if ! command -v rauc >/dev/null || ! command -v dbus-run-session >/dev/null; then
+    echo "bench-apply: error: RAUC (Debian package rauc, with dbus) is needed as the peer of this benchmark and could not be installed; install it and run again" >&2
+    exit 1
+  fi
+  echo "bench-apply: peer $(rauc --version 2>/dev/null | head -n1)" >&2
+}
+need_peer
 # The binary that ships: static musl (size.sh builds it and prints its stripped size).
 bash scripts/size.sh || echo "bench-apply: abupdate is over its size goal (docs/benchmarks.md)"
 cargo build -q --release -p abbuild
@@ -132,11 +147,11 @@ for size in "${sizes[@]}"; do
   loops+=("$loop")
   slot_a=$(part_loop "$work/loop.img" 2)
   slot_b=$(part_loop "$work/loop.img" 3)
-  run_tools=("${tools[@]}")
-  if command -v rauc >/dev/null; then
-    bash scripts/rauc-bench/run.sh prepare "$work" "$work/rootfs" "$slot_a" "$slot_b"
-    run_tools+=(rauc)
-  fi
+  run_tools=("${tools[@]}" rauc)
+  bash scripts/rauc-bench/run.sh prepare "$work" "$work/rootfs" "$slot_a" "$slot_b" || {
+    echo "bench-apply: error: preparing the RAUC bundle failed" >&2
+    exit 1
+  }
 
   declare -A times=() rss=()
   for round in $(seq "$rounds"); do
@@ -163,7 +178,7 @@ for size in "${sizes[@]}"; do
     a=${med[apply_$tgt]}
     line="- ${size} MiB, ${label[apply_$tgt]#*|}: $(ratio "$a" "$(slower "${med[dd_$tgt]}" "${med[openssl]}")") of the slower of dd and openssl (goal 0.7x)"
     line+=", $(ratio "$a" "${med[floor_$tgt]}") of the write + read-back floor"
-    [[ $tgt == loop && -n ${med[rauc]:-} ]] && line+=", $(ratio "$a" "${med[rauc]}") of RAUC (goal 2x)"
+    [[ $tgt == loop ]] && line+=", $(ratio "$a" "${med[rauc]}") of RAUC (goal 2x)"
     goals+=("$line")
   done
   unset times rss med
