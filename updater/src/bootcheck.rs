@@ -101,8 +101,9 @@ pub fn judge(loader: &dyn BootLoader, view: &View, slot: Slot) -> BootRecord {
     }
 }
 
-/// Writes `path` so that a power cut leaves the old or the new file, never a torn one.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `path` so that a power cut leaves the old or the new file, never a torn one (the
+/// boot-check record here, the update state in `channel_state`).
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

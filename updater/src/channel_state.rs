@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::bootcheck::write_atomic;
+
 /// Versions remembered as failed, newest last; older ones drop out (a channel only moves
 /// forward, so a version this old will not be offered again).
 const MAX_FAILED: usize = 32;
@@ -187,37 +189,6 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     f.take(MAX_STATE_LEN).read_to_end(&mut out)?;
     Ok(out)
-}
-
-/// Writes `path` so that a power cut leaves the old or the new file, never a torn one, and
-/// never writes through a link planted at the temporary name (as boot-check's state file).
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing a stale {}", tmp.display())),
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]
