@@ -3,6 +3,8 @@
 # Nix fixture (nix/fixture, built with Debian's nix-build) -> `abbuild build` -> disk image
 # and signed bundle. Output in out/qemu (or $1):
 #   qemu-test-{1,2,3}.img/.abu   systems v1..v3 (the .img of v1 is what the scenarios boot)
+#   qemu-test-grub-1.img         v1's system on the GRUB disk (images/qemu-test-grub.toml: the
+#                                same compatible, so the bundles above install on it too)
 #   broken.abu                   v4 whose system init fails at once
 #   corrupt.abu                  v2 with one byte of its rootfs payload flipped
 #   wrong-key.abu                v2 signed by a key the devices do not trust
@@ -43,6 +45,13 @@ for v in 1 2 3 4; do
     --key "$out/keys/test.key" --out-dir "$out"
 done
 mv "$out/qemu-test-4.abu" "$out/broken.abu"
+
+# The same v1 system on a GRUB disk (BIOS and UEFI); its bundle is the one above.
+mkdir -p "$out/grub"
+"$abbuild" -q build --image images/qemu-test-grub.toml --system "$(readlink -f "$out/system-1")" \
+  --version 1 --key "$out/keys/test.key" --out-dir "$out/grub"
+mv "$out/grub/qemu-test-grub-1.img" "$out/qemu-test-grub-1.img"
+rm -rf "$out/grub"
 rm -f "$out/qemu-test-4.img"
 
 # v2 signed by an untrusted key.

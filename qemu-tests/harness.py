@@ -1,5 +1,6 @@
-"""QEMU harness for the end-to-end scenarios: boots a disk image with OVMF and systemd-boot
-under TCG, drives the guest's root shell over the serial console, and can pull the plug.
+"""QEMU harness for the end-to-end scenarios: boots a disk image under TCG with OVMF (UEFI) or
+QEMU's default SeaBIOS (legacy BIOS), drives the guest's root shell over the serial console,
+and can pull the plug.
 
 The guest is the Nix fixture system (nix/fixture): after boot-check, the health check and
 mark-good it prints `ABTEST READY slot=<x> version=<v>` and runs a root shell on ttyS0.
@@ -17,6 +18,10 @@ import time
 
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+# Firmware choices: OVMF (UEFI, code + variable store as pflash) or QEMU's built-in SeaBIOS
+# (legacy BIOS: no pflash drives at all). A (code, vars) pair selects another OVMF build.
+OVMF = (OVMF_CODE, OVMF_VARS)
+SEABIOS = "seabios"
 READY = re.compile(rb"ABTEST READY slot=([ab]) version=(\S+)")
 
 
@@ -55,14 +60,15 @@ def kvm_works():
 
 class Machine:
     """One virtual machine: a disk image, an optional second disk (the update medium), and
-    its own copy of the UEFI variable store, kept across reboots and power cuts."""
+    under OVMF its own copy of the UEFI variable store, kept across reboots and power cuts.
+    `firmware` is OVMF (the default), SEABIOS ("seabios") or an OVMF (code, vars) pair; `start`
+    can switch it (and the RAM) between power-ons of the same disk."""
 
-    def __init__(self, workdir, disk, log_name, memory="512", firmware=(OVMF_CODE, OVMF_VARS),
-                 machine="q35"):
+    def __init__(self, workdir, disk, log_name, memory="512", firmware=OVMF, machine="q35"):
         self.workdir = workdir
         self.disk = disk
         self.memory = memory
-        self.code = firmware[0]
+        self.firmware = firmware
         self.machine_type = machine
         self.media = None
         self.proc = None
@@ -73,28 +79,40 @@ class Machine:
         self.log_path = os.path.join(workdir, log_name)
         self.log = open(self.log_path, "ab")
         self.qmp_path = os.path.join(workdir, f"{log_name}.qmp")
-        self.vars = os.path.join(workdir, "OVMF_VARS.fd")
-        if not os.path.exists(self.vars):
-            shutil.copy(firmware[1], self.vars)
+        self.vars = os.path.join(workdir, "OVMF_VARS.fd")  # made at the first OVMF power-on
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
-    def start(self, media=()):
+    def start(self, media=(), firmware=None, memory=None):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
-        on a USB stick or an extra disk: the offline update case)."""
+        on a USB stick or an extra disk: the offline update case). `firmware` and `memory`,
+        if given, replace the machine's from this power-on on (the same disk under another
+        firmware)."""
         self.media = media
+        if firmware is not None:
+            self.firmware = firmware
+        if memory is not None:
+            self.memory = str(memory)
         cmd = [
             "qemu-system-x86_64", "-accel", self.accel, "-m", self.memory, "-smp", "1",
             "-machine", self.machine_type, "-nographic", "-no-user-config", "-nodefaults",
             "-serial", "stdio", "-monitor", "none", "-nic", "none",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
+        ]
+        if self.firmware != SEABIOS:
+            code, vars_template = self.firmware
+            if not os.path.exists(self.vars):
+                shutil.copy(vars_template, self.vars)
+            cmd += [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
+            ]
+        cmd += [
             "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe,id=disk0",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
         for medium in media:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
-        self.log.write(f"\n===== power on: {' '.join(cmd)}\n".encode())
+        self.log.write(f"\n===== power on ({self.firmware_name()}): {' '.join(cmd)}\n".encode())
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         with self.lock:
@@ -102,6 +120,9 @@ class Machine:
             self.pos = 0
             self.stamps = []
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+
+    def firmware_name(self):
+        return "seabios" if self.firmware == SEABIOS else "ovmf"
 
     def _pump(self, proc):
         while True:
@@ -233,3 +254,79 @@ class Machine:
             self.proc.kill()
             self.proc.wait()
         self.log.flush()
+
+
+# --- The disk image seen from the host, between power-offs ------------------------------------
+
+def esp_file(disk, path):
+    """Where the ESP file `path` (like "grub/env1") is in the disk image `disk`: (byte offset of
+    its first byte, its size). Reads the GPT (the ESP is partition 1) and the FAT32 directories;
+    the file must fit in its first cluster (GRUB's env blocks are one sector)."""
+    with open(disk, "rb") as f:
+        def at(offset, n):
+            f.seek(offset)
+            return f.read(n)
+
+        gpt = at(512, 92)
+        assert gpt[:8] == b"EFI PART", "no GPT header at LBA 1"
+        entries_lba = int.from_bytes(gpt[72:80], "little")
+        esp = int.from_bytes(at(entries_lba * 512 + 32, 8), "little") * 512
+        bpb = at(esp, 512)
+        sector = int.from_bytes(bpb[11:13], "little")
+        per_cluster = bpb[13] * sector
+        reserved = int.from_bytes(bpb[14:16], "little") * sector
+        fat_size = int.from_bytes(bpb[36:40], "little") * sector
+        assert int.from_bytes(bpb[22:24], "little") == 0 and fat_size, "the ESP is not FAT32"
+        data = esp + reserved + bpb[16] * fat_size
+
+        def cluster(c):
+            return data + (c - 2) * per_cluster
+
+        def chain(c):
+            while 2 <= c < 0x0FFFFFF8:
+                yield c
+                c = int.from_bytes(at(esp + reserved + 4 * c, 4), "little") & 0x0FFFFFFF
+
+        c = int.from_bytes(bpb[44:48], "little")  # the root directory
+        size = None
+        for name in path.upper().split("/"):
+            base, _, ext = name.partition(".")
+            want = base.ljust(8).encode() + ext.ljust(3).encode()
+            found = None
+            for dc in chain(c):
+                block = at(cluster(dc), per_cluster)
+                for i in range(0, per_cluster, 32):
+                    e = block[i:i + 32]
+                    if e[0] == 0:
+                        break
+                    if e[0] != 0xE5 and e[11] != 0x0F and e[:11] == want:
+                        found = e
+                        break
+                if found:
+                    break
+            assert found, f"{path} not found on the ESP of {disk}"
+            c = (int.from_bytes(found[20:22], "little") << 16) | int.from_bytes(found[26:28], "little")
+            size = int.from_bytes(found[28:32], "little")
+        assert size <= per_cluster, f"{path} is larger than a cluster"
+        return cluster(c), size
+
+
+def grub_env(disk, copy):
+    """GRUB env copy `copy` (1 or 2) of a GRUB disk image: its variables as a dict, or None if
+    it is not an environment block."""
+    offset, size = esp_file(disk, f"grub/env{copy}")
+    with open(disk, "rb") as f:
+        f.seek(offset)
+        block = f.read(size)
+    if not block.startswith(b"# GRUB Environment Block\n"):
+        return None
+    lines = block.split(b"\n")[1:]
+    return dict(line.decode(errors="replace").split("=", 1) for line in lines if b"=" in line)
+
+
+def damage_grub_env(disk, copy, garbage=b"\x00" * 512):
+    """Overwrites GRUB env copy `copy` of a powered-off disk image in place with `garbage`."""
+    offset, size = esp_file(disk, f"grub/env{copy}")
+    with open(disk, "r+b") as f:
+        f.seek(offset)
+        f.write(garbage[:size].ljust(size, b"\x00"))

@@ -32,9 +32,14 @@ class Test:
         self.machines = []
         self.timings = []
 
-    def image(self, version):
-        """A fresh, private copy of the disk image of `version`."""
-        src = os.path.join(self.artifacts, f"qemu-test-{version}.img")
+    # Disk flavours: the image definition each fixture disk was built from.
+    FLAVOURS = {"systemd-boot": "qemu-test", "grub": "qemu-test-grub"}
+
+    def image(self, version, flavour="systemd-boot"):
+        """A fresh, private copy of the disk image of `version` (systemd-boot: v1-v3; grub: v1,
+        the same system on the GRUB disk of images/qemu-test-grub.toml)."""
+        src = os.path.join(self.artifacts, f"{self.FLAVOURS[flavour]}-{version}.img")
+        assert os.path.exists(src), f"missing fixture image {src}"
         dst = os.path.join(self.workdir, f"disk-{len(self.machines)}.img")
         subprocess.run(["cp", "--sparse=always", src, dst], check=True)
         return dst
@@ -46,11 +51,12 @@ class Test:
         assert os.path.exists(path), f"missing fixture bundle {name}"
         return path
 
-    def machine(self, version="1", **options):
-        """A machine booting a fresh copy of `version`'s image; `options` go to harness.Machine
-        (memory, firmware, machine)."""
-        m = harness.Machine(self.workdir, self.image(version), f"serial-{len(self.machines)}.log",
-                            **options)
+    def machine(self, version="1", flavour="systemd-boot", **options):
+        """A machine booting a fresh copy of `version`'s image of `flavour` ("systemd-boot" or
+        "grub"); `options` go to harness.Machine (memory, firmware: harness.OVMF, the default,
+        or harness.SEABIOS; machine)."""
+        m = harness.Machine(self.workdir, self.image(version, flavour),
+                            f"serial-{len(self.machines)}.log", **options)
         self.machines.append(m)
         return m
 
