@@ -2,7 +2,7 @@
 #
 #   nix-build nix -A abupdate                      # static musl abupdate
 #   nix-build nix -A abbuild                       # the image builder (glibc, for CI)
-#   nix-build nix -A examples.vps.toplevel         # the example system for images/vps.toml
+#   nix-build nix -A examples.vps.toplevel         # the example system for images/vps{,-uefi}.toml
 #   (import ./nix { }).mkSystem { modules = [ ./my-system.nix ]; }
 #
 # pkgs: a nixpkgs package set for the build machine (x86_64-linux); the systems' user space comes
