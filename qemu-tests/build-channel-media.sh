@@ -48,7 +48,7 @@ publish() { # medium-name bundle [publish options]
   cp "$dir/tree/qemu-test/stable.json" "$stage/qemu-test/"
   cp "$dir/tree/qemu-test/$(basename "$bundle")" "$stage/qemu-test/"
   local kib=$(($(du -sk "$stage" | cut -f1) + 4096))
-  mkfs.ext4 -q -F -O ^has_journal -L "$label" -d "$stage" "$dir/medium-$name.img" "${kib}k"
+  mkfs.ext4 -q -F -O ^has_journal -L "$label" -d "$stage" "$dir/medium-$name.img" "${kib}k" >/dev/null
   rm -rf "$stage"
 }
 publish 1 "$dir/qemu-test-1.abu"

@@ -65,6 +65,9 @@ def run(t):
     m.start(media=[medium["1"]], rtc=noon)
     assert m.wait_ready() == ("a", "1")
     c = wait_check(m, 0)
+    if c["code"] == 60:
+        raise AssertionError("the media's channels expired (published with --valid-for 14d): "
+                             "run qemu-tests/build-fixtures.sh again")
     assert (c["outcome"], c["code"], c["channelVersion"]) == ("up-to-date", 0, "1"), c
     st = m.status_json()
     assert st["update"]["channel"].endswith("/qemu-test/stable.json"), st
