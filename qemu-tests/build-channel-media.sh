@@ -12,7 +12,7 @@
 # usage: build-channel-media.sh OUT ABBUILD ABUPDATE_STATIC
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-out=$1
+out=$(cd "$1" && pwd)
 abbuild=$2
 abupdate_static=$3
 dir=$out/channel
