@@ -41,7 +41,10 @@ abupdate=
 kver=
 e2fsprogs=true
 channel=
-update=
+interval=
+jitter=
+reboot=
+medium=
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,10 +59,10 @@ while [ $# -gt 0 ]; do
         --kernel-version) [ $# -ge 2 ] || usage; kver=$2; shift 2 ;;
         --no-e2fsprogs) e2fsprogs=false; shift ;;
         --channel) [ $# -ge 2 ] || usage; channel=$2; shift 2 ;;
-        --update-interval) [ $# -ge 2 ] || usage; update="$update updateInterval $2"; shift 2 ;;
-        --update-jitter) [ $# -ge 2 ] || usage; update="$update updateJitter $2"; shift 2 ;;
-        --update-reboot) [ $# -ge 2 ] || usage; update="$update updateReboot $2"; shift 2 ;;
-        --channel-medium) [ $# -ge 2 ] || usage; update="$update channelMedium $2"; shift 2 ;;
+        --update-interval) [ $# -ge 2 ] || usage; interval=$2; shift 2 ;;
+        --update-jitter) [ $# -ge 2 ] || usage; jitter=$2; shift 2 ;;
+        --update-reboot) [ $# -ge 2 ] || usage; reboot=$2; shift 2 ;;
+        --channel-medium) [ $# -ge 2 ] || usage; medium=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "build-fixture: unknown argument: $1" >&2; usage ;;
     esac
@@ -107,9 +110,10 @@ set -- "$@" "$repo/nix/fixture" \
 [ -z "$pubkey" ] || set -- "$@" --argstr pubkey "$pubkey"
 [ -z "$kver" ] || set -- "$@" --argstr kernelVersion "$kver"
 [ -z "$channel" ] || set -- "$@" --argstr channel "$channel"
-# (name value pairs; the values have no spaces: nix/fixture checks them)
-# shellcheck disable=SC2086
-[ -z "$update" ] || { set -f; set -- "$@" $(printf -- ' --argstr %s %s' $update); set +f; }
+[ -z "$interval" ] || set -- "$@" --argstr updateInterval "$interval"
+[ -z "$jitter" ] || set -- "$@" --argstr updateJitter "$jitter"
+[ -z "$reboot" ] || set -- "$@" --argstr updateReboot "$reboot"
+[ -z "$medium" ] || set -- "$@" --argstr channelMedium "$medium"
 
 if [ -n "$nooutlink" ]; then
     set -- "$@" --no-out-link
