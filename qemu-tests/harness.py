@@ -79,9 +79,10 @@ class Machine:
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
-    def start(self, media=()):
+    def start(self, media=(), rtc=None):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
-        on a USB stick or an extra disk: the offline update case)."""
+        on a USB stick or an extra disk: the offline update case). `rtc`: the guest clock's
+        time at power-on (QEMU -rtc base=, e.g. "2026-11-28T12:00:00"), default the host's."""
         self.media = media
         cmd = [
             "qemu-system-x86_64", "-accel", self.accel, "-m", self.memory, "-smp", "1",
@@ -94,6 +95,8 @@ class Machine:
         ]
         for medium in media:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
+        if rtc:
+            cmd += ["-rtc", f"base={rtc}"]
         self.log.write(f"\n===== power on: {' '.join(cmd)}\n".encode())
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)

@@ -30,4 +30,18 @@ in
       }
     ];
   };
+  # Air-gapped: the channel on a medium the update loop mounts for each check.
+  updatingOffline = ab.mkSystem {
+    modules = [
+      ../examples/vps.nix
+      ./vps-test.nix
+      {
+        abupdate = {
+          channel = "/run/media/abupdates/vps/stable.json";
+          channelMedium = { device = "LABEL=abupdates"; mountPoint = "/run/media/abupdates"; };
+          reboot = "immediately";
+        };
+      }
+    ];
+  };
 }

@@ -535,3 +535,70 @@ fn mksystem_channel_runs_update_periodically() {
         .unwrap()
         .contains("abupdate-update"));
 }
+
+/// mkSystem with `abupdate.channelMedium` (air-gapped sites): the update loop mounts the medium
+/// read-only before `abupdate update` and unmounts it after, so it can be swapped between
+/// checks; without a medium the loop mounts nothing; a device that is not a plain word fails
+/// the build. The loop itself runs in QEMU in qemu-tests/scenarios/14_unattended.py (the
+/// fixture's copy of it).
+#[test]
+fn mksystem_channel_medium_is_mounted_for_each_check() {
+    if !have_nix_build() {
+        return;
+    }
+    let update_loop = |attr: &str| {
+        let etc = PathBuf::from(
+            stdout(
+                Command::new("nix-build")
+                    .args([
+                        "--option",
+                        "sandbox",
+                        "false",
+                        "--option",
+                        "substituters",
+                        "",
+                    ])
+                    .arg("--no-out-link")
+                    .arg(repo_file("nix/tests/mock-system.nix"))
+                    .args(["-A", attr]),
+            )
+            .trim(),
+        );
+        let inittab = fs::read_to_string(etc.join("inittab")).unwrap();
+        let service = inittab
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("::respawn:")
+                    .filter(|s| s.ends_with("service-abupdate-update"))
+            })
+            .unwrap_or_else(|| panic!("no abupdate-update service in {inittab}"));
+        let service = fs::read_to_string(service).unwrap();
+        fs::read_to_string(service.split_whitespace().last().unwrap()).unwrap()
+    };
+    let looped = update_loop("updatingOffline.etc");
+    let at = |s: &str| {
+        looped
+            .find(s)
+            .unwrap_or_else(|| panic!("no {s:?} in {looped}"))
+    };
+    at("mount -t auto -o ro,nosuid,nodev,noexec 'LABEL=abupdates' '/run/media/abupdates'");
+    assert!(at("mkdir -p '/run/media/abupdates'") < at("mount -t auto"));
+    assert!(at("mount -t auto") < at("abupdate update"));
+    assert!(at("abupdate update") < at("umount '/run/media/abupdates'"));
+    assert!(at("umount") < at("sleep 3600"));
+    assert!(!update_loop("updating.etc").contains("mount"));
+
+    let expr = format!(
+        "let ab = import {} {{ pkgs = import {} {{ }}; }}; in (ab.mkSystem {{ modules = [ {} {} \
+         {{ abupdate = {{ channel = \"/run/m/vps/stable.json\"; channelMedium.device = \"/dev/sdb1 /x\"; }}; }} ]; }}).etc.drvPath",
+        repo_file("nix/default.nix").display(),
+        repo_file("nix/tests/mock-nixpkgs").display(),
+        repo_file("nix/examples/vps.nix").display(),
+        repo_file("nix/tests/vps-test.nix").display(),
+    );
+    let err = fails(Command::new("nix-instantiate").args(["--eval", "-E", &expr]));
+    assert!(
+        err.contains("abupdate.channelMedium.device '/dev/sdb1 /x'"),
+        "{err}"
+    );
+}
