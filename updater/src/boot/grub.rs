@@ -292,6 +292,13 @@ impl BootLoader for Grub {
         update(esp, |s| s.set(slot, EnvState::Good))
     }
 
+    /// The order alone says which slot boots first: the other slot first, `slot` unchanged
+    /// (a good slot stays good). `boot_next` already did this, so nothing is written.
+    fn keep_as_fallback(&self, esp: &Esp, slot: Slot) -> Result<()> {
+        update(esp, |s| s.first = slot.other())?;
+        Ok(())
+    }
+
     /// `0` (used up), and the other slot first: grub.cfg passes the slot over.
     fn mark_bad(&self, esp: &Esp, slot: Slot) -> Result<()> {
         update(esp, |s| {
@@ -307,8 +314,7 @@ impl BootLoader for Grub {
     /// over (its tries ran out, or its kernel did not load). A first slot that is `none` was
     /// taken out on purpose (marked bad, or being written): not a fallback.
     fn fallback_from(&self, view: &View, booted: Slot) -> Option<Slot> {
-        let first = view.first?;
-        (first != booted && view.slot(first).state != SlotState::Empty).then_some(first)
+        super::fallback_by_order(view, booted)
     }
 }
 

@@ -56,7 +56,7 @@ fn editenv_list(disk: &Path, n: usize) -> String {
 
 /// GRUB spending one try, as grub.cfg does (the model's `saved` state written into the copy
 /// it read, with mtools).
-fn grub_boots(disk: &Path) -> grubenv::NextBoot {
+pub(crate) fn grub_boots(disk: &Path) -> grubenv::NextBoot {
     let [c1, c2] = grub_env(disk);
     let n = grubenv::next_boot(c1, c2);
     if let (Some(copy), Some(saved)) = (n.copy, n.saved) {
