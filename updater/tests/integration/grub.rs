@@ -158,6 +158,14 @@ fn tries_run_out_then_the_fallback_is_reported() {
     assert_eq!(s["lastBootWasFallback"], true);
     assert_eq!(s["lastBoot"]["failedSlot"], "b");
     assert_eq!(s["lastBoot"]["failedVersion"], "2026.11.2");
+    let human = ok(&env.abupdate_booted(&disk, Some("a"), &["status"]));
+    assert_eq!(
+        human.lines().take(2).collect::<Vec<_>>(),
+        [
+            format!("disk {}: running slot a, next boot slot a", disk.display()),
+            "boot loader: grub".to_string()
+        ]
+    );
     let msg = fails(
         &env.abupdate_booted(&disk, Some("a"), &["rollback"]),
         codes::NO_FALLBACK,
