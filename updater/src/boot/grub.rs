@@ -17,7 +17,7 @@ use abbundle::grubenv::{
     self, BootKind, SlotState as EnvState, State, ENV_FILES, ENV_SIZE, GRUB_CFG,
 };
 
-use super::{BootLoader, BootModel, Booted, RecordSpace, Slot, SlotState, SlotView, View};
+use super::{BootLoader, BootModel, Booted, RecordSpace, Slot, SlotRecords, SlotState, View};
 use crate::codes;
 use crate::esp::Esp;
 use crate::refuse;
@@ -183,25 +183,17 @@ impl BootLoader for Grub {
         let model = Model::read(esp)?;
         let state = current(&model.copies);
         let next = model.next().map(|b| (b.slot, b.record));
-        let mut slots = Vec::new();
-        for slot in Slot::ALL {
-            let info = super::read_info(esp, slot)?;
+        View::build(esp, next, state.map(|s| s.first), |slot| {
             let st = state.map_or(EnvState::None, |s| s.slot(slot));
-            slots.push(SlotView {
-                slot,
+            SlotRecords {
                 state: slot_state(st),
                 entries: match (state, st) {
                     (Some(s), st) if st != EnvState::None => vec![record(&s, slot)],
                     _ => Vec::new(),
                 },
-                version: info.as_ref().map(|i| i.version.clone()),
-                info,
-            });
-        }
-        Ok(View {
-            slots,
-            next,
-            first: state.map(|s| s.first),
+                // The versions are in `X/info.json`.
+                version: None,
+            }
         })
     }
 
@@ -321,6 +313,7 @@ impl BootLoader for Grub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::SlotView;
 
     fn st(first: Slot, a: EnvState, b: EnvState) -> State {
         State { first, a, b }

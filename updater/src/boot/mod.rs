@@ -80,6 +80,42 @@ impl View {
     }
 }
 
+/// What a backend's records say about one slot, for [`View::build`].
+pub struct SlotRecords {
+    pub state: SlotState,
+    /// The records by name (as [`SlotView::entries`]).
+    pub entries: Vec<String>,
+    /// The version the records name, if they name one (systemd-boot's entries do).
+    pub version: Option<String>,
+}
+
+impl View {
+    /// Both slots' views from a backend's `records` of each and the slot's `X/info.json` (the
+    /// version from there when the records name none).
+    pub fn build(
+        esp: &Esp,
+        next: Option<(Slot, String)>,
+        first: Option<Slot>,
+        records: impl Fn(Slot) -> SlotRecords,
+    ) -> Result<View> {
+        let mut slots = Vec::new();
+        for slot in Slot::ALL {
+            let r = records(slot);
+            let info = read_info(esp, slot)?;
+            slots.push(SlotView {
+                slot,
+                state: r.state,
+                entries: r.entries,
+                version: r
+                    .version
+                    .or_else(|| info.as_ref().map(|i| i.version.clone())),
+                info,
+            });
+        }
+        Ok(View { slots, next, first })
+    }
+}
+
 /// A slot's `info.json` on the ESP, if present and readable.
 pub fn read_info(esp: &Esp, slot: Slot) -> Result<Option<SlotInfo>> {
     Ok(esp

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use anyhow::Result;
 use tracing::info;
 
-use super::{BootLoader, BootModel, Booted, RecordSpace, SlotState, SlotView, View};
+use super::{BootLoader, BootModel, Booted, RecordSpace, SlotRecords, SlotState, View};
 use crate::bootentries::{self, BootEntry, Counter, EntryName, EntryState, Slot, SORT_KEY};
 use crate::codes;
 use crate::esp::{entry_path, Esp};
@@ -186,31 +186,25 @@ impl BootLoader for SystemdBoot {
     fn view(&self, esp: &Esp) -> Result<View> {
         let model = Model::read(esp)?;
         let next = model.next().map(|b| (b.slot, b.record));
-        let mut slots = Vec::new();
-        let mut first = None;
-        for slot in Slot::ALL {
+        let marked: Vec<Slot> = Slot::ALL
+            .into_iter()
+            .filter(|s| of_slot(&model.entries, *s).iter().any(kept_fallback))
+            .collect();
+        // Both marked (never written by abupdate): no order is meant.
+        let first = match marked[..] {
+            [kept] => Some(kept.other()),
+            _ => None,
+        };
+        View::build(esp, next, first, |slot| {
             let entries = of_slot(&model.entries, slot);
-            if entries.iter().any(kept_fallback) {
-                // Both marked (never written by abupdate): no order is meant.
-                first = match first {
-                    None => Some(slot.other()),
-                    Some(_) => None,
-                };
-            }
-            let info = super::read_info(esp, slot)?;
-            let version = bootentries::sorted(&entries)
-                .first()
-                .and_then(|e| e.contents.version.clone())
-                .or_else(|| info.as_ref().map(|i| i.version.clone()));
-            slots.push(SlotView {
-                slot,
+            SlotRecords {
                 state: state(&entries),
                 entries: entries.iter().map(|e| e.file.clone()).collect(),
-                version,
-                info,
-            });
-        }
-        Ok(View { slots, next, first })
+                version: bootentries::sorted(&entries)
+                    .first()
+                    .and_then(|e| e.contents.version.clone()),
+            }
+        })
     }
 
     fn model(&self, esp: &Esp) -> Result<Box<dyn BootModel>> {
