@@ -15,7 +15,7 @@
       packages.${system} = {
         inherit (ab) abupdate abbuild;
         default = ab.abbuild;
-        # The example system for images/vps.toml: its toplevel store path.
+        # The example system for images/vps.toml and images/vps-uefi.toml: its toplevel store path.
         vps = ab.examples.vps.toplevel;
       };
 

@@ -2,7 +2,7 @@
 #
 #   nix-build nix -A abupdate                      # static musl abupdate
 #   nix-build nix -A abbuild                       # the image builder (glibc, for CI)
-#   nix-build nix -A examples.vps.toplevel         # the example system for images/vps.toml
+#   nix-build nix -A examples.vps.toplevel         # the example system for images/vps{,-uefi}.toml
 #   (import ./nix { }).mkSystem { modules = [ ./my-system.nix ]; }
 #
 # pkgs: a nixpkgs package set for the build machine (x86_64-linux); the systems' user space comes
@@ -59,9 +59,23 @@ let
     cp ${pkgs.systemd}/lib/systemd/boot/efi/systemd-bootx64.efi $out
   '';
 
+  # GRUB's module directories for boot-backend = "grub", side by side as abbuild reads them from
+  # ABBUILD_GRUB_LIB (builder/src/grub.rs): nixpkgs builds one GRUB platform per package, each
+  # into lib/grub/<grubTarget>: grub2 is i386-pc (BIOS: core.img, boot.img), grub2_efi is
+  # x86_64-efi. Checked here, so a changed layout fails this build rather than an image build.
+  grubLib = pkgs.runCommand "abbuild-grub-lib" { } ''
+    mkdir $out
+    ln -s ${pkgs.grub2}/lib/grub/i386-pc $out/i386-pc
+    ln -s ${pkgs.grub2_efi}/lib/grub/x86_64-efi $out/x86_64-efi
+    for f in i386-pc/moddep.lst i386-pc/boot.img x86_64-efi/moddep.lst; do
+      test -f $out/$f || { echo "GRUB has no $f"; exit 1; }
+    done
+  '';
+
   # The builder runs in CI, not on devices: built for the build machine, with the programs it calls
-  # and the boot loader it installs (ABBUILD_SYSTEMD_BOOT_EFI: the default for image definitions
-  # without `bootloader`; docs/nix.md), so that it needs nothing from the host but Nix.
+  # (grub-mkimage: the same program makes images for both GRUB platforms) and the boot loaders it
+  # installs (ABBUILD_SYSTEMD_BOOT_EFI: the default for image definitions without `bootloader`;
+  # ABBUILD_GRUB_LIB: GRUB's modules; docs/nix.md), so that it needs nothing from the host but Nix.
   abbuild = pkgs.rustPlatform.buildRustPackage {
     pname = "abbuild";
     inherit version src;
@@ -71,8 +85,10 @@ let
     doCheck = false;
     nativeBuildInputs = [ pkgs.makeWrapper pkgs.installShellFiles ];
     postInstall = installDocs "abbuild" + ''
-      wrapProgram $out/bin/abbuild --prefix PATH : ${pkgs.squashfsTools}/bin:${pkgs.qemu-utils or pkgs.qemu}/bin \
-        --set-default ABBUILD_SYSTEMD_BOOT_EFI ${systemdBootEfi}
+      wrapProgram $out/bin/abbuild \
+        --prefix PATH : ${pkgs.squashfsTools}/bin:${pkgs.qemu-utils or pkgs.qemu}/bin:${pkgs.grub2}/bin \
+        --set-default ABBUILD_SYSTEMD_BOOT_EFI ${systemdBootEfi} \
+        --set-default ABBUILD_GRUB_LIB ${grubLib}
     '';
     meta.mainProgram = "abbuild";
   };
@@ -80,6 +96,6 @@ let
   mkSystem = import ./system { inherit pkgs abupdate; };
 in
 {
-  inherit abupdate abbuild mkSystem src systemdBootEfi;
+  inherit abupdate abbuild mkSystem src systemdBootEfi grubLib;
   examples.vps = mkSystem { modules = [ ./examples/vps.nix ]; };
 }

@@ -8,6 +8,7 @@
 #   broken.abu                   v4 whose system init fails at once
 #   corrupt.abu                  v2 with one byte of its rootfs payload flipped
 #   wrong-key.abu                v2 signed by a key the devices do not trust
+#   channel/                     build-channel-media.sh: systems with a channel, channel media
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$repo/out/qemu}
@@ -78,3 +79,6 @@ with open(dst, "r+b") as f:
     f.write(bytes([b[0] ^ 0xFF]))
 PY
 ls -la "$out"/*.abu "$out"/*.img
+
+# 14_unattended: channel-configured systems and the channel media (air-gapped updates).
+bash qemu-tests/build-channel-media.sh "$out" "$abbuild" "$abupdate_static"

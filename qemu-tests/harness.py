@@ -83,11 +83,12 @@ class Machine:
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
-    def start(self, media=(), firmware=None, memory=None):
+    def start(self, media=(), firmware=None, memory=None, rtc=None):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
         on a USB stick or an extra disk: the offline update case). `firmware` and `memory`,
         if given, replace the machine's from this power-on on (the same disk under another
-        firmware)."""
+        firmware). `rtc`: the guest clock's time at power-on (QEMU -rtc base=, e.g.
+        "2026-11-28T12:00:00"), default the host's."""
         self.media = media
         if firmware is not None:
             self.firmware = firmware
@@ -112,6 +113,8 @@ class Machine:
         ]
         for medium in media:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
+        if rtc:
+            cmd += ["-rtc", f"base={rtc}"]
         self.log.write(f"\n===== power on ({self.firmware_name()}): {' '.join(cmd)}\n".encode())
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)

@@ -10,11 +10,14 @@
 # usage: scripts/build-fixture.sh [--version V] [--broken] [--unhealthy] [--pubkey FILE.pub]
 #            [--compatible STRING] [--out-link PATH | --no-out-link] [--abupdate STATIC_BINARY]
 #            [--kernel-version KVER] [--no-e2fsprogs]
+#            [--channel URL [--update-interval S] [--update-jitter J] [--update-reboot R]
+#             [--channel-medium DEVICE:MOUNTPOINT]]
 #
 # Defaults: version 1, healthy, not broken, no key, compatible "qemu-test", out link
 # ./result-fixture-<version>[-broken|-unhealthy], abupdate built here with
 # cargo build --release --target x86_64-unknown-linux-musl -p abupdate (in $CARGO_TARGET_DIR or
-# target/). Same arguments, same store path: running it again only re-checks.
+# target/). --channel and the rest: unattended updates (nix/fixture/default.nix, docs/nix.md).
+# Same arguments, same store path: running it again only re-checks.
 set -eu
 
 die() {
@@ -37,6 +40,11 @@ nooutlink=
 abupdate=
 kver=
 e2fsprogs=true
+channel=
+interval=
+jitter=
+reboot=
+medium=
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,6 +58,11 @@ while [ $# -gt 0 ]; do
         --abupdate) [ $# -ge 2 ] || usage; abupdate=$2; shift 2 ;;
         --kernel-version) [ $# -ge 2 ] || usage; kver=$2; shift 2 ;;
         --no-e2fsprogs) e2fsprogs=false; shift ;;
+        --channel) [ $# -ge 2 ] || usage; channel=$2; shift 2 ;;
+        --update-interval) [ $# -ge 2 ] || usage; interval=$2; shift 2 ;;
+        --update-jitter) [ $# -ge 2 ] || usage; jitter=$2; shift 2 ;;
+        --update-reboot) [ $# -ge 2 ] || usage; reboot=$2; shift 2 ;;
+        --channel-medium) [ $# -ge 2 ] || usage; medium=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "build-fixture: unknown argument: $1" >&2; usage ;;
     esac
@@ -96,6 +109,11 @@ set -- "$@" "$repo/nix/fixture" \
     --arg hostE2fsprogs "$e2fsprogs"
 [ -z "$pubkey" ] || set -- "$@" --argstr pubkey "$pubkey"
 [ -z "$kver" ] || set -- "$@" --argstr kernelVersion "$kver"
+[ -z "$channel" ] || set -- "$@" --argstr channel "$channel"
+[ -z "$interval" ] || set -- "$@" --argstr updateInterval "$interval"
+[ -z "$jitter" ] || set -- "$@" --argstr updateJitter "$jitter"
+[ -z "$reboot" ] || set -- "$@" --argstr updateReboot "$reboot"
+[ -z "$medium" ] || set -- "$@" --argstr channelMedium "$medium"
 
 if [ -n "$nooutlink" ]; then
     set -- "$@" --no-out-link

@@ -156,7 +156,7 @@ fn esp_contents(
                 Source::Bytes(layout::boot_entry(Slot::A, version, kernel_params).into_bytes()),
             ));
             Ok(Contents {
-                dirs: layout::esp_dirs(),
+                dirs: layout::systemd_boot_esp_dirs(),
                 files,
             })
         }

@@ -341,10 +341,7 @@ pub fn esp_contents(
     kernel_params: &str,
 ) -> Result<Contents> {
     let cmdline = grubenv::cmdline_cfg(kernel_params).map_err(|e| anyhow!(e))?;
-    let mut dirs: Vec<String> = ["EFI", "EFI/BOOT", grubenv::GRUB_DIR]
-        .map(String::from)
-        .to_vec();
-    dirs.extend(Slot::ALL.map(|s| s.files().dir));
+    let dirs = layout::grub_esp_dirs();
     let mut files = vec![
         (layout::BOOT_EFI.into(), Source::Bytes(images.efi.clone())),
         (

@@ -287,10 +287,27 @@ mod tests {
     #[test]
     fn shipped_definitions_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
-        for name in ["qemu-test", "qemu-test-grub", "vps"] {
-            let def = ImageDef::load(&dir.join(format!("{name}.toml"))).unwrap();
-            assert_eq!(def.name, name);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let def = ImageDef::load(&path).unwrap();
+                // The file is named after the image.
+                assert_eq!(Some(def.name.as_str()), path.file_stem().unwrap().to_str());
+                names.push((def.name, def.boot_backend));
+            }
         }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            names,
+            [
+                ("qemu-test".to_string(), BootBackend::SystemdBoot),
+                ("qemu-test-grub".to_string(), BootBackend::Grub),
+                // The VPS image boots under BIOS and UEFI; vps-uefi is for UEFI-only machines.
+                ("vps".to_string(), BootBackend::Grub),
+                ("vps-uefi".to_string(), BootBackend::SystemdBoot),
+            ]
+        );
     }
 
     #[test]

@@ -108,12 +108,45 @@ pub const ENTRIES_DIR: &str = "loader/entries";
 /// Every entry abupdate manages is named `slot-X[+LEFT[-DONE]].conf`.
 pub const ENTRY_PREFIX: &str = "slot-";
 
-/// Every directory of the ESP, parents first: the boot loader's and each slot's.
-pub fn esp_dirs() -> Vec<String> {
-    let mut dirs: Vec<String> = ["EFI", "EFI/BOOT", "loader", ENTRIES_DIR]
-        .map(String::from)
-        .to_vec();
-    dirs.extend(Slot::ALL.map(|s| s.files().dir));
+/// Every directory of a systemd-boot ESP, parents first: [`BOOT_EFI`]'s, systemd-boot's
+/// (`loader/entries`) and each slot's. The builder creates exactly these.
+pub fn systemd_boot_esp_dirs() -> Vec<String> {
+    esp_dirs_with(&[ENTRIES_DIR])
+}
+
+/// Every directory of a GRUB ESP, parents first: [`BOOT_EFI`]'s, GRUB's
+/// ([`crate::grubenv::GRUB_DIR`]: grub.cfg and the env blocks) and each slot's (its files and
+/// `X/cmdline.cfg`). The builder creates exactly these.
+pub fn grub_esp_dirs() -> Vec<String> {
+    esp_dirs_with(&[crate::grubenv::GRUB_DIR])
+}
+
+/// The parents of [`BOOT_EFI`], the loader's directories `loader_dirs` with their parents, then
+/// each slot's directory: each once, parents first.
+fn esp_dirs_with(loader_dirs: &[&str]) -> Vec<String> {
+    let mut dirs: Vec<String> = Vec::new();
+    let mut add = |path: &str| {
+        let mut prefix = String::new();
+        for part in path.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if !dirs.contains(&prefix) {
+                dirs.push(prefix.clone());
+            }
+        }
+    };
+    add(BOOT_EFI
+        .rsplit_once('/')
+        .expect("BOOT_EFI is in a directory")
+        .0);
+    for d in loader_dirs {
+        add(d);
+    }
+    for s in Slot::ALL {
+        add(&s.files().dir);
+    }
     dirs
 }
 
@@ -235,6 +268,44 @@ mod tests {
              options ab.slot=b root=PARTLABEL=root-b console=ttyS0 quiet\n"
         );
         assert!(boot_entry(Slot::A, "1", "").ends_with("options ab.slot=a root=PARTLABEL=root-a\n"));
+    }
+
+    /// Each loader's list holds the directory of every file the builder or abupdate puts on
+    /// that loader's ESP, every directory after its parent.
+    #[test]
+    fn esp_dirs_hold_every_files_directory() {
+        let dir_of = |p: &str| p.rsplit_once('/').map(|(d, _)| d.to_string());
+        let slot_files: Vec<String> = Slot::ALL
+            .iter()
+            .flat_map(|s| s.files().all().map(String::from))
+            .collect();
+        let mut sd_files = vec![BOOT_EFI.to_string(), LOADER_CONF.to_string()];
+        sd_files.extend(Slot::ALL.map(|s| entry_path(&good_entry_name(s))));
+        let mut grub_files = vec![BOOT_EFI.to_string(), crate::grubenv::GRUB_CFG.to_string()];
+        grub_files.extend(crate::grubenv::ENV_FILES.map(String::from));
+        grub_files.extend(Slot::ALL.map(crate::grubenv::cmdline_file));
+        for (dirs, mut files) in [
+            (systemd_boot_esp_dirs(), sd_files),
+            (grub_esp_dirs(), grub_files),
+        ] {
+            files.extend(slot_files.iter().cloned());
+            for f in &files {
+                let d = dir_of(f).unwrap();
+                assert!(dirs.contains(&d), "{d} (of {f}) missing from {dirs:?}");
+            }
+            for (i, d) in dirs.iter().enumerate() {
+                if let Some(parent) = dir_of(d) {
+                    assert!(dirs[..i].contains(&parent), "{d} before {parent}: {dirs:?}");
+                }
+            }
+        }
+        assert_eq!(
+            systemd_boot_esp_dirs(),
+            ["EFI", "EFI/BOOT", "loader", "loader/entries", "a", "b"]
+        );
+        assert_eq!(grub_esp_dirs(), ["EFI", "EFI/BOOT", "grub", "a", "b"]);
+        // A loader's directories are not the other's.
+        assert!(!grub_esp_dirs().iter().any(|d| d.starts_with("loader")));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-# The example system for images/vps.toml (compatible "vps-x86_64"): a small VPS reachable over
-# ssh, with DHCP on eth0. Build its toplevel, then the image and bundle:
+# The example system for images/vps.toml (BIOS and UEFI, GRUB) and images/vps-uefi.toml (UEFI,
+# systemd-boot), both compatible "vps-x86_64": a small VPS reachable over ssh, with DHCP on eth0.
+# Build its toplevel, then the image and bundle:
 #
 #   nix build .#vps            (or: nix-build nix -A examples.vps.toplevel)
 #   abbuild build --image images/vps.toml --system ./result --version 1 --key ci.key --out-dir out

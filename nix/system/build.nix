@@ -20,6 +20,13 @@ let
   checkJitter = s:
     if builtins.match "[0-9]+[smhd]?" s != null then s
     else throw "mkSystem: abupdate.updateJitter '${s}' must be seconds or a number with s, m, h or d (30m)";
+  medium = cfg.abupdate.channelMedium;
+  checkMedium = what: s:
+    if builtins.match "[A-Za-z0-9._=/:-]+" s != null then s
+    else throw "mkSystem: abupdate.channelMedium.${what} '${s}' is not a plain device, path or type";
+  mediumDevice = checkMedium "device" (medium.device or (throw "mkSystem: abupdate.channelMedium needs a device (LABEL=..., UUID=... or /dev/...)"));
+  mediumMountPoint = checkMedium "mountPoint" (medium.mountPoint or "/run/media/abupdates");
+  mediumType = checkMedium "fsType" (medium.fsType or "auto");
   checkReboot = s:
     if builtins.match "never|immediately|([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]" s != null
       && (builtins.stringLength s != 11 || builtins.substring 0 5 s != builtins.substring 6 5 s)
@@ -152,13 +159,22 @@ let
 
   # The periodic `abupdate update`: a loop respawned by busybox init (no cron, no timers). The
   # random delay before each check is abupdate's own (update-jitter); the outcome goes to syslog.
+  # With a channel medium, it is mounted read-only for the check only: it may be swapped between
+  # checks (the root is read-only, so the mount point must be under /run, /tmp or /data).
   updateLoop = pkgs.writeScript "abupdate-update-loop" ''
     #!${sh}
     PATH=${path}
     export PATH
     while :; do
+      ${if medium == null then "" else ''
+        mkdir -p '${mediumMountPoint}'
+        grep -q ' ${mediumMountPoint} ' /proc/mounts ||
+          mount -t ${mediumType} -o ro,nosuid,nodev,noexec '${mediumDevice}' '${mediumMountPoint}' 2>/dev/null
+      ''}
       out=$(abupdate update 2>&1)
-      logger -t abupdate-update "exit $?: $out" 2>/dev/null
+      rc=$?
+      ${if medium == null then "" else "umount '${mediumMountPoint}' 2>/dev/null"}
+      logger -t abupdate-update "exit $rc: $out" 2>/dev/null
       sleep ${toString cfg.abupdate.updateInterval}
     done
   '';

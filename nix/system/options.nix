@@ -125,5 +125,11 @@
     updateJitter = "30m";
     # update-reboot: "never", "immediately", or a daily window "HH:MM-HH:MM" (UTC).
     reboot = "never";
+    # Air-gapped sites: the medium holding the published tree, mounted read-only by the update
+    # loop for each check and unmounted after (so it may be plugged in, swapped or pulled
+    # between checks): { device = "LABEL=abupdates"; mountPoint = "/run/media/abupdates";
+    # fsType = "auto"; } with channel = "/run/media/abupdates/<image>/<channel>.json".
+    # null: the channel needs no mount.
+    channelMedium = null;
   };
 }

@@ -2,11 +2,13 @@
 #   nix-instantiate nix/tests/mock-system.nix -A vps.toplevel --argstr abupdate "$PWD/<static abupdate>"
 #   nix-build --option sandbox false nix/tests/mock-system.nix -A bootable.toplevel --argstr abupdate ...
 # "bootable" is the example VPS system adjusted to what the mock can really run (see vps-test.nix).
-# The Nix-built abbuild, wrapped with the mock systemd's EFI binary (see mock-nixpkgs):
+# The Nix-built abbuild, wrapped with the mock systemd's EFI binary and the mock GRUB (see
+# mock-nixpkgs):
 #   nix-build --option sandbox false nix/tests/mock-system.nix -A abbuild --argstr abbuild "$PWD/<abbuild>"
-{ abupdate ? null, abbuild ? null, abdocgen ? null, systemdBootEfi ? null, kernelVersion ? null }:
+{ abupdate ? null, abbuild ? null, abdocgen ? null, systemdBootEfi ? null, grubLib ? null
+, kernelVersion ? null }:
 let
-  pkgs = import ./mock-nixpkgs { inherit abupdate abbuild abdocgen systemdBootEfi kernelVersion; };
+  pkgs = import ./mock-nixpkgs { inherit abupdate abbuild abdocgen systemdBootEfi grubLib kernelVersion; };
   ab = import ../default.nix { inherit pkgs; };
 in
 {
@@ -24,6 +26,20 @@ in
           reboot = "03:00-05:00";
           updateInterval = 600;
           updateJitter = "5m";
+        };
+      }
+    ];
+  };
+  # Air-gapped: the channel on a medium the update loop mounts for each check.
+  updatingOffline = ab.mkSystem {
+    modules = [
+      ../examples/vps.nix
+      ./vps-test.nix
+      {
+        abupdate = {
+          channel = "/run/media/abupdates/vps/stable.json";
+          channelMedium = { device = "LABEL=abupdates"; mountPoint = "/run/media/abupdates"; };
+          reboot = "immediately";
         };
       }
     ];

@@ -229,13 +229,13 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     }
 
     // A downgrade (or reinstall) has a version no newer than the other slot's, so the loader
-    // may keep booting the other slot: take that one out of the running while keeping it as
-    // the fallback (marked bad, it boots if the new one fails).
+    // may keep booting the other slot: list that one after the target, as the fallback (a good
+    // slot stays good; it boots if the new one fails).
     let after = loader.view(&esp)?;
     if after.next_slot() != Some(target) {
         let other = target.other();
-        warn!("slot {target} has an older or equal version than slot {other}: demoting slot {other}'s entry");
-        loader.mark_bad(&esp, other)?;
+        warn!("slot {target} has an older or equal version than slot {other}: slot {other} boots only if slot {target} does not come up");
+        loader.keep_as_fallback(&esp, other)?;
     }
     esp.close()?;
 

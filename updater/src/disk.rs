@@ -13,8 +13,9 @@ use crate::fault;
 use crate::gpt::ReadError;
 use crate::window::{BlockCache, Window};
 
-/// The partition labels abupdate looks up (docs/layout.md); each may appear at most once.
-const USED_LABELS: [&str; 4] = ["esp", "root-a", "root-b", "data"];
+/// The partition labels abupdate looks up (docs/layout.md); each may appear at most once
+/// ([`Disk::open`] refuses a disk where one appears twice).
+const USED_LABELS: [&str; 4] = abbundle::layout::PARTITIONS;
 
 /// One GPT partition.
 #[derive(Clone, Debug)]
@@ -85,28 +86,26 @@ impl Disk {
         })
     }
 
-    /// The partition named `label`, or a refusal naming what is missing.
+    /// The partition named `label` (one of [`USED_LABELS`], which [`Disk::open`] made sure
+    /// appear at most once), or a refusal naming what is missing.
     pub fn partition(&self, label: &str) -> Result<&Partition> {
-        let mut found = self.partitions.iter().filter(|p| p.label == label);
-        match (found.next(), found.next()) {
-            (Some(p), None) => Ok(p),
-            (Some(_), Some(_)) => Err(Refusal::new(
-                codes::BAD_DISK,
-                format!(
-                    "{}: more than one partition is named '{label}'",
-                    self.path.display()
-                ),
-            )
-            .into()),
-            (None, _) => Err(Refusal::new(
-                codes::NO_SUCH_SLOT,
-                format!(
-                    "{}: no partition named '{label}' (see docs/layout.md)",
-                    self.path.display()
-                ),
-            )
-            .into()),
-        }
+        debug_assert!(
+            USED_LABELS.contains(&label),
+            "{label} is not a layout label"
+        );
+        self.partitions
+            .iter()
+            .find(|p| p.label == label)
+            .ok_or_else(|| {
+                Refusal::new(
+                    codes::NO_SUCH_SLOT,
+                    format!(
+                        "{}: no partition named '{label}' (see docs/layout.md)",
+                        self.path.display()
+                    ),
+                )
+                .into()
+            })
     }
 
     /// A read/write/seek window onto `p`, with a write-back block cache if `cache` is given.

@@ -132,6 +132,7 @@ pub fn human(s: &Status) -> String {
         slot(s.running_slot),
         slot(s.next_boot_slot)
     );
+    out.push_str(&format!("boot loader: {}\n", s.boot_loader));
     out.push_str(&format!(
         "{:<6}{:<18}{:<20}{}\n",
         "slot", "state", "version", "build id"

@@ -1,6 +1,7 @@
 //! The disk image and bundle from a directory system: partition table, ESP, slot A.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util::*;
@@ -158,23 +159,65 @@ fn slot_a_holds_the_bundles_rootfs() {
     assert_eq!(a.nlink(), 2);
 }
 
-#[test]
-fn vps_definition_builds_a_10gb_image() {
-    let dir = tempfile::tempdir().unwrap();
-    let sys = fake_system(dir.path());
-    let key = test_key(dir.path());
-    let out = dir.path().join("out");
+/// Builds `images/NAME.toml` with the fake system; returns the disk image.
+fn build_shipped(dir: &Path, name: &str) -> PathBuf {
+    let sys = fake_system(dir);
+    let key = test_key(dir);
+    let out = dir.join("out");
     ok(&mut build_cmd(
-        &repo_file("images/vps.toml"),
+        &repo_file(&format!("images/{name}.toml")),
         &sys,
         &key,
         &out,
     ));
-    let image = out.join("vps-2026.11.22.1.img");
+    let image = out.join(format!("{name}-2026.11.22.1.img"));
     assert!(fs::metadata(&image).unwrap().len() <= 10_000_000_000);
     assert_eq!(partition(&image, "esp").1, 256 << 20);
     assert_eq!(partition(&image, "root-b").1, 2 << 30);
-    fsck_esp(&image, dir.path());
+    let verify = stdout(Command::new("sgdisk").arg("-v").arg(&image));
+    assert!(verify.contains("No problems found"), "{verify}");
+    fsck_esp(&image, dir);
+    image
+}
+
+/// images/vps.toml: the 10 GB VPS disk boots under BIOS and UEFI (GRUB): a BIOS boot
+/// partition, GRUB's boot.img in the MBR and GRUB as the ESP's BOOTX64.EFI.
+#[test]
+fn vps_definition_builds_a_10gb_bios_and_uefi_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = build_shipped(dir.path(), "vps");
+    let names: Vec<_> = sfdisk(&image)
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["esp", "root-a", "root-b", "data", "bios-boot"]);
+    assert_eq!(partition(&image, "bios-boot"), (1 << 20, 1 << 20));
+    // data: from the end of root-b to the last 1 MiB boundary before the backup GPT.
+    assert_eq!(
+        partition(&image, "data"),
+        (4354 << 20, (9536 - 4354 - 1) << 20)
+    );
+    // The MBR carries boot code (a systemd-boot image's is zero) and the ESP has GRUB's files.
+    let mbr = read_range(&image, 0, 440);
+    assert!(mbr.iter().any(|b| *b != 0), "no boot code in the MBR");
+    assert!(mtype(&image, "grub/grub.cfg").contains("ab_load /grub/env1"));
+}
+
+/// images/vps-uefi.toml: the same disk for UEFI only, with systemd-boot: no BIOS boot partition.
+#[test]
+fn vps_uefi_definition_builds_a_10gb_systemd_boot_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = build_shipped(dir.path(), "vps-uefi");
+    let names: Vec<_> = sfdisk(&image)
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["esp", "root-a", "root-b", "data"]);
+    assert_eq!(
+        partition(&image, "data"),
+        (4353 << 20, (9536 - 4353 - 1) << 20)
+    );
+    assert!(mtype(&image, "loader/entries/slot-a.conf").contains("options ab.slot=a"));
 }
 
 /// Unmounts on drop, so a failing assertion does not leave a mount behind.

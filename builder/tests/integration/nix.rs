@@ -184,20 +184,9 @@ fn mkinitrd_module_trees() {
     );
 }
 
-/// The Nix-built abbuild (nix/default.nix, built against nix/tests/mock-nixpkgs with this
-/// abbuild binary) carries systemd-boot from the systemd package: its wrapper names the store
-/// copy, and an image definition without `bootloader` gets exactly that file as BOOTX64.EFI,
-/// whatever the host has in /usr/lib/systemd/boot/efi.
-#[test]
-fn nix_built_abbuild_carries_systemd_boot() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(top) = nix_toplevel(dir.path()) else {
-        return;
-    };
-    // Stands for the systemd package's EFI binary: bytes no host file has.
-    let efi = dir.path().join("systemd-bootx64.efi");
-    let efi_bytes = noise(150_000, 11);
-    fs::write(&efi, &efi_bytes).unwrap();
+/// nix/default.nix's abbuild, built against nix/tests/mock-nixpkgs around this build's abbuild
+/// binary, its systemd being `systemd_boot_efi` and its GRUB the host's: the package's path.
+fn nix_built_abbuild(systemd_boot_efi: &Path) -> PathBuf {
     // The real man page generator when this build has it (cargo test --workspace builds it);
     // else the mock's stand-in.
     let docgen = Path::new(env!("CARGO_BIN_EXE_abbuild")).with_file_name("abdocgen");
@@ -226,17 +215,35 @@ fn nix_built_abbuild_carries_systemd_boot() {
             ])
             .arg("--argstr")
             .arg("systemdBootEfi")
-            .arg(&efi),
+            .arg(systemd_boot_efi),
     );
-    let wrapped = PathBuf::from(pkg.trim()).join("bin/abbuild");
+    PathBuf::from(pkg.trim())
+}
+
+/// The Nix-built abbuild (nix/default.nix, built against nix/tests/mock-nixpkgs with this
+/// abbuild binary) carries systemd-boot from the systemd package: its wrapper names the store
+/// copy, and an image definition without `bootloader` gets exactly that file as BOOTX64.EFI,
+/// whatever the host has in /usr/lib/systemd/boot/efi.
+#[test]
+fn nix_built_abbuild_carries_systemd_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(top) = nix_toplevel(dir.path()) else {
+        return;
+    };
+    // Stands for the systemd package's EFI binary: bytes no host file has.
+    let efi = dir.path().join("systemd-bootx64.efi");
+    let efi_bytes = noise(150_000, 11);
+    fs::write(&efi, &efi_bytes).unwrap();
+    let pkg = nix_built_abbuild(&efi);
+    let wrapped = pkg.join("bin/abbuild");
     // postInstall installed the man pages and completions, and removed the generator.
-    let share = PathBuf::from(pkg.trim()).join("share");
+    let share = pkg.join("share");
     let page = fs::read_to_string(share.join("man/man1/abbuild.1")).unwrap();
     assert!(page.contains(".TH"), "{page}");
     assert!(share
         .join("bash-completion/completions/abbuild.bash")
         .exists());
-    assert!(!PathBuf::from(pkg.trim()).join("bin/abdocgen").exists());
+    assert!(!pkg.join("bin/abdocgen").exists());
 
     // qemu-test.toml names Debian's file; without that line the default applies.
     let def = fs::read_to_string(repo_file("images/qemu-test.toml")).unwrap();
@@ -269,6 +276,147 @@ fn nix_built_abbuild_carries_systemd_boot() {
         fs::read(&got).unwrap() == efi_bytes,
         "BOOTX64.EFI is not the store's systemd-boot"
     );
+}
+
+/// The absolute path of `program` on this host's PATH.
+fn host_program(program: &str) -> PathBuf {
+    let out = stdout(Command::new("sh").args(["-c", &format!("command -v {program}")]));
+    PathBuf::from(out.trim())
+}
+
+/// The Nix-built abbuild carries GRUB (nix/default.nix, against nix/tests/mock-nixpkgs, whose
+/// grub2 and grub2_efi are the host's GRUB laid out as nixpkgs lays them out): its wrapper sets
+/// ABBUILD_GRUB_LIB to a store directory with both GRUB platforms and puts grub-mkimage on
+/// PATH, and a GRUB image builds through it with the host's GRUB out of reach (no grub-mkimage
+/// on PATH, and /usr/lib/grub hidden in a mount namespace where the test may make one), where
+/// the cargo-built abbuild fails.
+#[test]
+fn nix_built_abbuild_carries_grub() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(top) = nix_toplevel(dir.path()) else {
+        return;
+    };
+    let pkg = nix_built_abbuild(Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi"));
+    let wrapped = pkg.join("bin/abbuild");
+    let wrapper = fs::read_to_string(&wrapped).unwrap();
+
+    // The GRUB directory the wrapper names: in the store, with both platforms.
+    let lib = wrapper
+        .split_once("ABBUILD_GRUB_LIB=")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(v, _)| PathBuf::from(v))
+        .unwrap_or_else(|| panic!("the wrapper sets no ABBUILD_GRUB_LIB:\n{wrapper}"));
+    assert!(lib.starts_with("/nix/store"), "{}", lib.display());
+    for f in [
+        "i386-pc/moddep.lst",
+        "i386-pc/boot.img",
+        "x86_64-efi/moddep.lst",
+    ] {
+        let real = fs::canonicalize(lib.join(f)).unwrap();
+        assert!(real.starts_with("/nix/store"), "{}", real.display());
+    }
+    // The grub-mkimage the wrapper puts on PATH, also in the store.
+    let path_line = wrapper
+        .lines()
+        .find(|l| l.starts_with("PATH="))
+        .expect("the wrapper sets PATH");
+    let mkimage = path_line
+        .split(['\'', ':'])
+        .map(|d| Path::new(d).join("grub-mkimage"))
+        .find(|p| p.starts_with("/nix/store") && p.exists())
+        .unwrap_or_else(|| panic!("no grub-mkimage on the wrapper's PATH: {path_line}"));
+
+    // PATH with only what abbuild needs besides GRUB.
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    for p in ["mksquashfs", "nix-store"] {
+        std::os::unix::fs::symlink(host_program(p), bin.join(p)).unwrap();
+    }
+    // /usr/lib/grub hidden under an empty tmpfs, if this test may make a mount namespace.
+    let (unshare, mount, sh) = (
+        host_program("unshare"),
+        host_program("mount"),
+        host_program("sh"),
+    );
+    let hide = Command::new(&unshare)
+        .arg("-m")
+        .arg(&sh)
+        .arg("-c")
+        .arg(format!("{} -t tmpfs none /usr/lib/grub", mount.display()))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !hide {
+        eprintln!("cannot make a mount namespace here: /usr/lib/grub stays visible");
+    }
+    let key = test_key(dir.path());
+    let out = dir.path().join("out");
+    let args = build_cmd(&repo_file("images/qemu-test-grub.toml"), &top, &key, &out);
+    let run = |program: &Path, path: &str| {
+        let mut c = if hide {
+            let mut c = Command::new(&unshare);
+            c.arg("-m")
+                .arg(&sh)
+                .arg("-c")
+                .arg(format!(
+                    "{} -t tmpfs none /usr/lib/grub && exec \"$@\"",
+                    mount.display()
+                ))
+                .arg("sh")
+                .arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        c.args(args.get_args())
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .env("PATH", path)
+            .env_remove("ABBUILD_GRUB_LIB");
+        c
+    };
+    let bin_path = bin.to_str().unwrap().to_string();
+    let cargo_abbuild = Path::new(env!("CARGO_BIN_EXE_abbuild"));
+    // Without the wrapper there is no GRUB here: no grub-mkimage ...
+    let e = fails(&mut run(cargo_abbuild, &bin_path));
+    assert!(e.contains("grub-mkimage not found"), "{e}");
+    // ... and with the store's grub-mkimage, no modules (when /usr/lib/grub is hidden).
+    if hide {
+        let with_mkimage = format!("{bin_path}:{}", mkimage.parent().unwrap().display());
+        let e = fails(&mut run(cargo_abbuild, &with_mkimage));
+        assert!(e.contains("modules are not in /usr/lib/grub"), "{e}");
+    }
+    // The wrapper brings both.
+    ok(&mut run(&wrapped, &bin_path));
+
+    let image = out.join("qemu-test-grub-2026.11.22.1.img");
+    let verify = stdout(Command::new("sgdisk").arg("-v").arg(&image));
+    assert!(verify.contains("No problems found"), "{verify}");
+    assert_eq!(partition(&image, "bios-boot"), (1 << 20, 1 << 20));
+    // BOOTX64.EFI is GRUB's EFI image made from the store's x86_64-efi modules.
+    let expect = dir.path().join("expect.efi");
+    ok(Command::new(&mkimage)
+        .args(["-O", "x86_64-efi", "-d"])
+        .arg(lib.join("x86_64-efi"))
+        .arg("-p")
+        .arg(abbuild::grub::prefix())
+        .arg("-o")
+        .arg(&expect)
+        .args(abbuild::grub::MODULES));
+    let (off, _) = partition(&image, "esp");
+    let got = dir.path().join("BOOTX64.EFI");
+    ok(Command::new("mcopy")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg("::EFI/BOOT/BOOTX64.EFI")
+        .arg(&got));
+    assert!(
+        fs::read(&got).unwrap() == fs::read(&expect).unwrap(),
+        "BOOTX64.EFI is not GRUB made from the store's modules"
+    );
+    // The MBR carries the store's boot.img code: from after the patched drive check
+    // (abbuild::bios) up to the disk signature, the bytes are boot.img's.
+    let boot_img = fs::read(lib.join("i386-pc/boot.img")).unwrap();
+    let mbr = read_range(&image, 0, 512);
+    assert_eq!(mbr[0x68..0x1b8], boot_img[0x68..0x1b8]);
 }
 
 /// mkSystem's ssh (built against nix/tests/mock-nixpkgs, whose dropbear records the override
@@ -386,4 +534,71 @@ fn mksystem_channel_runs_update_periodically() {
     assert!(!fs::read_to_string(plain.join("inittab"))
         .unwrap()
         .contains("abupdate-update"));
+}
+
+/// mkSystem with `abupdate.channelMedium` (air-gapped sites): the update loop mounts the medium
+/// read-only before `abupdate update` and unmounts it after, so it can be swapped between
+/// checks; without a medium the loop mounts nothing; a device that is not a plain word fails
+/// the build. The loop itself runs in QEMU in qemu-tests/scenarios/14_unattended.py (the
+/// fixture's copy of it).
+#[test]
+fn mksystem_channel_medium_is_mounted_for_each_check() {
+    if !have_nix_build() {
+        return;
+    }
+    let update_loop = |attr: &str| {
+        let etc = PathBuf::from(
+            stdout(
+                Command::new("nix-build")
+                    .args([
+                        "--option",
+                        "sandbox",
+                        "false",
+                        "--option",
+                        "substituters",
+                        "",
+                    ])
+                    .arg("--no-out-link")
+                    .arg(repo_file("nix/tests/mock-system.nix"))
+                    .args(["-A", attr]),
+            )
+            .trim(),
+        );
+        let inittab = fs::read_to_string(etc.join("inittab")).unwrap();
+        let service = inittab
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("::respawn:")
+                    .filter(|s| s.ends_with("service-abupdate-update"))
+            })
+            .unwrap_or_else(|| panic!("no abupdate-update service in {inittab}"));
+        let service = fs::read_to_string(service).unwrap();
+        fs::read_to_string(service.split_whitespace().last().unwrap()).unwrap()
+    };
+    let looped = update_loop("updatingOffline.etc");
+    let at = |s: &str| {
+        looped
+            .find(s)
+            .unwrap_or_else(|| panic!("no {s:?} in {looped}"))
+    };
+    at("mount -t auto -o ro,nosuid,nodev,noexec 'LABEL=abupdates' '/run/media/abupdates'");
+    assert!(at("mkdir -p '/run/media/abupdates'") < at("mount -t auto"));
+    assert!(at("mount -t auto") < at("abupdate update"));
+    assert!(at("abupdate update") < at("umount '/run/media/abupdates'"));
+    assert!(at("umount") < at("sleep 3600"));
+    assert!(!update_loop("updating.etc").contains("mount"));
+
+    let expr = format!(
+        "let ab = import {} {{ pkgs = import {} {{ }}; }}; in (ab.mkSystem {{ modules = [ {} {} \
+         {{ abupdate = {{ channel = \"/run/m/vps/stable.json\"; channelMedium.device = \"/dev/sdb1 /x\"; }}; }} ]; }}).etc.drvPath",
+        repo_file("nix/default.nix").display(),
+        repo_file("nix/tests/mock-nixpkgs").display(),
+        repo_file("nix/examples/vps.nix").display(),
+        repo_file("nix/tests/vps-test.nix").display(),
+    );
+    let err = fails(Command::new("nix-instantiate").args(["--eval", "-E", &expr]));
+    assert!(
+        err.contains("abupdate.channelMedium.device '/dev/sdb1 /x'"),
+        "{err}"
+    );
 }

@@ -9,9 +9,11 @@
 # $ABUPDATE_STATIC), abbuild (an abbuild binary, default $ABBUILD_BIN; without one abbuild is a
 # stub), abdocgen (the man page and completion generator the packages run in postInstall;
 # default $ABDOCGEN_BIN; without one, a stand-in writes placeholder files), systemdBootEfi (the file the mock systemd provides as systemd-boot's EFI binary; default
-# Debian's, from systemd-boot-efi), kernelVersion; anything else (`system` when imported as
-# nixpkgs) is ignored.
-args@{ kernelVersion ? null, ... }:
+# Debian's, from systemd-boot-efi), grubLib (the directory the mock grub2 and grub2_efi take
+# GRUB's i386-pc and x86_64-efi modules from; default Debian's /usr/lib/grub, from grub-pc-bin
+# and grub-efi-amd64-bin), kernelVersion; anything else (`system` when imported as nixpkgs) is
+# ignored.
+args@{ kernelVersion ? null, grubLib ? null, ... }:
 let
   argOrEnv = name: env:
     let e = builtins.getEnv env; in
@@ -78,6 +80,15 @@ let
     mkdir -p $out/lib/systemd/boot/efi
     cp ${builtins.path { name = "systemd-bootx64.efi"; path = /. + systemdBootEfi; }} $out/lib/systemd/boot/efi/systemd-bootx64.efi
   '' { };
+
+  # grub2 / grub2_efi stand-ins: one GRUB platform each, laid out as nixpkgs' (bin/grub-mkimage,
+  # lib/grub/<grubTarget>), copied from the host's GRUB (Debian's grub-common and -bin packages).
+  grubDir = if grubLib != null then grubLib else "/usr/lib/grub";
+  grubFor = platform: drv "grub-host-${platform}" ''
+    mkdir -p $out/bin $out/lib/grub
+    cp /usr/bin/grub-mkimage $out/bin/grub-mkimage
+    cp -r ${grubDir}/${platform} $out/lib/grub/${platform}
+  '' { } // { grubTarget = platform; };
 
   # makeWrapper's wrapProgram, for the options nix/default.nix uses (--prefix, --set-default).
   # nixpkgs' installShellFiles hook: man pages and completions into $out/share.
@@ -150,6 +161,8 @@ let
 
   self = {
     inherit system kernel rustPlatform systemd;
+    grub2 = grubFor "i386-pc";
+    grub2_efi = grubFor "x86_64-efi";
     pkgsMusl = self;
     pkgsStatic = self;
     # As on nixpkgs master since 2026: no linux-kernel (nix/system/build.nix falls back to bzImage).

@@ -17,7 +17,7 @@ use abbundle::grubenv::{
     self, BootKind, SlotState as EnvState, State, ENV_FILES, ENV_SIZE, GRUB_CFG,
 };
 
-use super::{BootLoader, BootModel, Booted, RecordSpace, Slot, SlotState, SlotView, View};
+use super::{BootLoader, BootModel, Booted, RecordSpace, Slot, SlotRecords, SlotState, View};
 use crate::codes;
 use crate::esp::Esp;
 use crate::refuse;
@@ -183,25 +183,17 @@ impl BootLoader for Grub {
         let model = Model::read(esp)?;
         let state = current(&model.copies);
         let next = model.next().map(|b| (b.slot, b.record));
-        let mut slots = Vec::new();
-        for slot in Slot::ALL {
-            let info = super::read_info(esp, slot)?;
+        View::build(esp, next, state.map(|s| s.first), |slot| {
             let st = state.map_or(EnvState::None, |s| s.slot(slot));
-            slots.push(SlotView {
-                slot,
+            SlotRecords {
                 state: slot_state(st),
                 entries: match (state, st) {
                     (Some(s), st) if st != EnvState::None => vec![record(&s, slot)],
                     _ => Vec::new(),
                 },
-                version: info.as_ref().map(|i| i.version.clone()),
-                info,
-            });
-        }
-        Ok(View {
-            slots,
-            next,
-            first: state.map(|s| s.first),
+                // The versions are in `X/info.json`.
+                version: None,
+            }
         })
     }
 
@@ -292,6 +284,13 @@ impl BootLoader for Grub {
         update(esp, |s| s.set(slot, EnvState::Good))
     }
 
+    /// The order alone says which slot boots first: the other slot first, `slot` unchanged
+    /// (a good slot stays good). `boot_next` already did this, so nothing is written.
+    fn keep_as_fallback(&self, esp: &Esp, slot: Slot) -> Result<()> {
+        update(esp, |s| s.first = slot.other())?;
+        Ok(())
+    }
+
     /// `0` (used up), and the other slot first: grub.cfg passes the slot over.
     fn mark_bad(&self, esp: &Esp, slot: Slot) -> Result<()> {
         update(esp, |s| {
@@ -307,14 +306,14 @@ impl BootLoader for Grub {
     /// over (its tries ran out, or its kernel did not load). A first slot that is `none` was
     /// taken out on purpose (marked bad, or being written): not a fallback.
     fn fallback_from(&self, view: &View, booted: Slot) -> Option<Slot> {
-        let first = view.first?;
-        (first != booted && view.slot(first).state != SlotState::Empty).then_some(first)
+        super::fallback_by_order(view, booted)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::SlotView;
 
     fn st(first: Slot, a: EnvState, b: EnvState) -> State {
         State { first, a, b }

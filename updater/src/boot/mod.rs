@@ -60,8 +60,9 @@ pub struct View {
     pub slots: Vec<SlotView>,
     /// The slot the loader boots next, and the record it picks.
     pub next: Option<(Slot, String)>,
-    /// The slot the loader tries first, for a loader that keeps an order (GRUB's `ab_order`);
-    /// `None` for systemd-boot, which orders by version.
+    /// The slot the loader is meant to try first, for a loader that keeps an order (GRUB's
+    /// `ab_order`); for systemd-boot, which orders by version, only after a downgrade: the
+    /// slot whose entry is not the kept fallback.
     pub first: Option<Slot>,
 }
 
@@ -76,6 +77,42 @@ impl View {
     /// The slot that boots next, if any.
     pub fn next_slot(&self) -> Option<Slot> {
         self.next.as_ref().map(|n| n.0)
+    }
+}
+
+/// What a backend's records say about one slot, for [`View::build`].
+pub struct SlotRecords {
+    pub state: SlotState,
+    /// The records by name (as [`SlotView::entries`]).
+    pub entries: Vec<String>,
+    /// The version the records name, if they name one (systemd-boot's entries do).
+    pub version: Option<String>,
+}
+
+impl View {
+    /// Both slots' views from a backend's `records` of each and the slot's `X/info.json` (the
+    /// version from there when the records name none).
+    pub fn build(
+        esp: &Esp,
+        next: Option<(Slot, String)>,
+        first: Option<Slot>,
+        records: impl Fn(Slot) -> SlotRecords,
+    ) -> Result<View> {
+        let mut slots = Vec::new();
+        for slot in Slot::ALL {
+            let r = records(slot);
+            let info = read_info(esp, slot)?;
+            slots.push(SlotView {
+                slot,
+                state: r.state,
+                entries: r.entries,
+                version: r
+                    .version
+                    .or_else(|| info.as_ref().map(|i| i.version.clone())),
+                info,
+            });
+        }
+        Ok(View { slots, next, first })
     }
 }
 
@@ -162,6 +199,11 @@ pub trait BootLoader {
     /// `slot` gets no tries left: it only boots if nothing else can (it stays the last resort).
     fn mark_bad(&self, esp: &Esp, slot: Slot) -> Result<()>;
 
+    /// A downgrade: `slot` would still boot before the older version just installed in the
+    /// other slot. Let the other slot boot first while `slot` stays the fallback (and, if it is
+    /// good, good: it boots whenever the other one does not come up).
+    fn keep_as_fallback(&self, esp: &Esp, slot: Slot) -> Result<()>;
+
     /// The other slot boots next instead of `current`, which is marked bad.
     fn rollback(&self, esp: &Esp, current: Slot) -> Result<()> {
         self.mark_bad(esp, current)
@@ -169,6 +211,13 @@ pub trait BootLoader {
 
     /// If this boot of `booted` is a fallback, the slot that should have booted instead.
     fn fallback_from(&self, view: &View, booted: Slot) -> Option<Slot>;
+}
+
+/// For a loader with an order ([`View::first`]): booting a slot other than the first one is a
+/// fallback, unless the first has no record (taken out on purpose, or being written).
+pub fn fallback_by_order(view: &View, booted: Slot) -> Option<Slot> {
+    let first = view.first?;
+    (first != booted && view.slot(first).state != SlotState::Empty).then_some(first)
 }
 
 /// The boot loader of the disk whose ESP is `esp`, from what is on it: GRUB if the ESP has

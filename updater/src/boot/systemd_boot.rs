@@ -5,17 +5,31 @@
 //! Every change writes the new name first, syncs, then removes the old name(s) and syncs
 //! again (fatfs cannot rename atomically): a power cut in between leaves two entries for the
 //! slot, which boot the same slot, so the machine never loses its last bootable entry.
+//!
+//! A downgrade needs the newer, good slot listed after the older one, and systemd-boot lists
+//! an entry last only when it has 0 tries left. Such an entry carries [`FALLBACK_MARK`]: the
+//! slot is still good (the fallback), and the other slot is the one meant to boot first, as
+//! GRUB's `ab_order` says (docs/updater.md, "Downgrades").
 
 use std::collections::HashSet;
 
 use anyhow::Result;
 use tracing::info;
 
-use super::{BootLoader, BootModel, Booted, RecordSpace, SlotState, SlotView, View};
+use super::{BootLoader, BootModel, Booted, RecordSpace, SlotRecords, SlotState, View};
 use crate::bootentries::{self, BootEntry, Counter, EntryName, EntryState, Slot, SORT_KEY};
 use crate::codes;
 use crate::esp::{entry_path, Esp};
 use crate::refuse;
+
+/// The comment line (systemd-boot skips `#` lines) of a good slot's entry that a downgrade
+/// gave 0 tries left so that the older slot boots first.
+pub const FALLBACK_MARK: &str = "# abupdate: good, kept as the fallback of a downgrade";
+
+/// Whether `e` is a good slot's entry demoted for a downgrade (see [`FALLBACK_MARK`]).
+fn kept_fallback(e: &BootEntry) -> bool {
+    e.counter.is_some_and(|c| c.left == 0) && e.text.lines().any(|l| l.trim_end() == FALLBACK_MARK)
+}
 
 /// The systemd-boot backend (stateless: everything is read from the ESP each time).
 pub struct SystemdBoot;
@@ -42,6 +56,7 @@ fn state(entries: &[BootEntry]) -> SlotState {
     let states: Vec<EntryState> = entries
         .iter()
         .map(|e| match EntryName::parse(&e.file) {
+            _ if kept_fallback(e) => EntryState::Good,
             Some(n) => n.state(),
             None => match e.counter {
                 None => EntryState::Good,
@@ -69,17 +84,38 @@ fn state(entries: &[BootEntry]) -> SlotState {
 }
 
 /// Replaces all of `slot`'s `entries` by one named `new`, keeping the text of the entry
-/// systemd-boot would pick among them (adding `sort-key` if it lacks one).
-fn replace(esp: &Esp, entries: &[BootEntry], slot: Slot, new: EntryName) -> Result<()> {
+/// systemd-boot would pick among them (adding `sort-key` if it lacks one), with
+/// [`FALLBACK_MARK`] if `fallback`, else without.
+fn replace(
+    esp: &Esp,
+    entries: &[BootEntry],
+    slot: Slot,
+    new: EntryName,
+    fallback: bool,
+) -> Result<()> {
     let Some(best) = bootentries::sorted(entries).first().copied() else {
         refuse!(codes::NO_ENTRY, "slot {slot} has no boot entry");
     };
     let mut text = best.text.clone();
-    if best.contents.sort_key.is_none() {
+    if text.lines().any(|l| l.trim_end() == FALLBACK_MARK) {
+        text = text
+            .lines()
+            .filter(|l| l.trim_end() != FALLBACK_MARK)
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    let mut add = |line: &str| {
         if !text.ends_with('\n') && !text.is_empty() {
             text.push('\n');
         }
-        text.push_str(&format!("sort-key {SORT_KEY}\n"));
+        text.push_str(line);
+        text.push('\n');
+    };
+    if best.contents.sort_key.is_none() {
+        add(&format!("sort-key {SORT_KEY}"));
+    }
+    if fallback {
+        add(FALLBACK_MARK);
     }
     let new_file = new.file_name();
     let old: Vec<&str> = entries
@@ -150,26 +186,24 @@ impl BootLoader for SystemdBoot {
     fn view(&self, esp: &Esp) -> Result<View> {
         let model = Model::read(esp)?;
         let next = model.next().map(|b| (b.slot, b.record));
-        let mut slots = Vec::new();
-        for slot in Slot::ALL {
+        let marked: Vec<Slot> = Slot::ALL
+            .into_iter()
+            .filter(|s| of_slot(&model.entries, *s).iter().any(kept_fallback))
+            .collect();
+        // Both marked (never written by abupdate): no order is meant.
+        let first = match marked[..] {
+            [kept] => Some(kept.other()),
+            _ => None,
+        };
+        View::build(esp, next, first, |slot| {
             let entries = of_slot(&model.entries, slot);
-            let info = super::read_info(esp, slot)?;
-            let version = bootentries::sorted(&entries)
-                .first()
-                .and_then(|e| e.contents.version.clone())
-                .or_else(|| info.as_ref().map(|i| i.version.clone()));
-            slots.push(SlotView {
-                slot,
+            SlotRecords {
                 state: state(&entries),
                 entries: entries.iter().map(|e| e.file.clone()).collect(),
-                version,
-                info,
-            });
-        }
-        Ok(View {
-            slots,
-            next,
-            first: None,
+                version: bootentries::sorted(&entries)
+                    .first()
+                    .and_then(|e| e.contents.version.clone()),
+            }
         })
     }
 
@@ -179,7 +213,7 @@ impl BootLoader for SystemdBoot {
 
     fn bootable(&self, esp: &Esp, slot: Slot) -> Result<bool> {
         Ok(of_slot(&esp.entries()?, slot).iter().any(|e| {
-            e.counter.is_none_or(|c| c.left > 0)
+            (e.counter.is_none_or(|c| c.left > 0) || kept_fallback(e))
                 && e.contents.linux.as_deref().is_some_and(|p| esp.exists(p))
         }))
     }
@@ -228,17 +262,33 @@ impl BootLoader for SystemdBoot {
 
     fn mark_good(&self, esp: &Esp, slot: Slot) -> Result<bool> {
         let entries = of_slot(&esp.entries()?, slot);
-        if state(&entries) == SlotState::Good && entries.len() == 1 {
+        if state(&entries) == SlotState::Good
+            && entries.len() == 1
+            && !entries.iter().any(kept_fallback)
+        {
             return Ok(false);
         }
-        replace(esp, &entries, slot, EntryName::good(slot))?;
+        replace(esp, &entries, slot, EntryName::good(slot), false)?;
         Ok(true)
     }
 
     /// Gives `slot`'s entry 0 tries left: systemd-boot then lists it after every entry that
-    /// has tries left, so it only boots if nothing else can.
+    /// has tries left, so it only boots if nothing else can. If the other slot is a
+    /// downgrade's kept fallback (0 tries left too), it is made plainly good first: with both
+    /// at 0, the version or the name would decide, and equal versions would pick `slot-b`.
     fn mark_bad(&self, esp: &Esp, slot: Slot) -> Result<()> {
-        let entries = of_slot(&esp.entries()?, slot);
+        let all = esp.entries()?;
+        let other = of_slot(&all, slot.other());
+        if other.iter().any(kept_fallback) {
+            replace(
+                esp,
+                &other,
+                slot.other(),
+                EntryName::good(slot.other()),
+                false,
+            )?;
+        }
+        let entries = of_slot(&all, slot);
         let st = state(&entries);
         if st == SlotState::Empty || (st == SlotState::Bad && entries.len() == 1) {
             return Ok(());
@@ -257,12 +307,36 @@ impl BootLoader for SystemdBoot {
                 slot,
                 counter: Some(Counter { left: 0, done }),
             },
+            false,
         )
     }
 
+    /// A good slot gets 0 tries left, so systemd-boot lists it after the older slot, and
+    /// [`FALLBACK_MARK`], so it stays good. A slot that is not good is marked bad.
+    fn keep_as_fallback(&self, esp: &Esp, slot: Slot) -> Result<()> {
+        let entries = of_slot(&esp.entries()?, slot);
+        if state(&entries) != SlotState::Good {
+            return self.mark_bad(esp, slot);
+        }
+        replace(
+            esp,
+            &entries,
+            slot,
+            EntryName {
+                slot,
+                counter: Some(Counter { left: 0, done: 0 }),
+            },
+            true,
+        )
+    }
+
+    /// After a downgrade, the order is the one meant ([`View::first`]), as on GRUB. Otherwise
     /// systemd-boot prefers the newest entry: if the other slot has an entry with a newer
     /// version than the one that booted, that one ran out of tries (or was skipped).
     fn fallback_from(&self, view: &View, booted: Slot) -> Option<Slot> {
+        if view.first.is_some() {
+            return super::fallback_by_order(view, booted);
+        }
         let (sv, other) = (view.slot(booted), view.slot(booted.other()));
         let newer = match (&sv.version, &other.version) {
             (Some(b), Some(o)) => {
@@ -321,6 +395,23 @@ mod tests {
         ]);
         m.present.retain(|p| !p.contains("b/"));
         assert_eq!(m.next().map(|b| b.slot), Some(Slot::A));
+    }
+
+    #[test]
+    fn a_kept_fallback_is_good_and_boots_last() {
+        let text = format!(
+            "{}{FALLBACK_MARK}\n",
+            abbundle::layout::boot_entry(Slot::B, "2", "")
+        );
+        let b = BootEntry::new("slot-b+0.conf", &text);
+        assert_eq!(state(std::slice::from_ref(&b)), SlotState::Good);
+        // The same name without the mark is a bad slot.
+        assert_eq!(
+            state(&[entry("slot-b+0.conf", Slot::B, "2")]),
+            SlotState::Bad
+        );
+        let m = model(vec![entry("slot-a+3.conf", Slot::A, "1"), b]);
+        assert_eq!(m.next().map(|x| x.slot), Some(Slot::A));
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn fallback_after_three_failed_boots_is_reported() {
         human,
         format!(
             "disk {}: running slot a, next boot slot a\n\
+             boot loader: systemd-boot\n\
              slot  state             version             build id\n\
              a*>   good              2026.11.1           {}\n\
              b     bad               2026.11.2           {}\n\

@@ -306,6 +306,14 @@ fn power_cuts(env: &Env, loader: &str) {
     let v2_good = env.path("v2-good.img");
     copy_image(&after_v2, &v2_good);
     ok(&env.abupdate_booted(&v2_good, Some("b"), &["mark-good"]));
+    // v1 back into a: a on trial, b the good fallback listed after it.
+    let downgraded = env.path("downgraded.img");
+    copy_image(&v2_good, &downgraded);
+    ok(&env.abupdate_booted(
+        &downgraded,
+        Some("b"),
+        &["apply", "--allow-downgrade", &path(&v1)],
+    ));
 
     let scenarios = [
         Scenario {
@@ -337,6 +345,12 @@ fn power_cuts(env: &Env, loader: &str) {
             base: &v2_good,
             booted: Some("b"),
             args: vec!["apply".into(), "--allow-downgrade".into(), path(&v1)],
+        },
+        Scenario {
+            name: "rollback-after-downgrade",
+            base: &downgraded,
+            booted: None,
+            args: vec!["rollback".into()],
         },
     ];
     let mut points = 0;

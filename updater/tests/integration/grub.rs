@@ -56,7 +56,7 @@ fn editenv_list(disk: &Path, n: usize) -> String {
 
 /// GRUB spending one try, as grub.cfg does (the model's `saved` state written into the copy
 /// it read, with mtools).
-fn grub_boots(disk: &Path) -> grubenv::NextBoot {
+pub(crate) fn grub_boots(disk: &Path) -> grubenv::NextBoot {
     let [c1, c2] = grub_env(disk);
     let n = grubenv::next_boot(c1, c2);
     if let (Some(copy), Some(saved)) = (n.copy, n.saved) {
@@ -158,6 +158,14 @@ fn tries_run_out_then_the_fallback_is_reported() {
     assert_eq!(s["lastBootWasFallback"], true);
     assert_eq!(s["lastBoot"]["failedSlot"], "b");
     assert_eq!(s["lastBoot"]["failedVersion"], "2026.11.2");
+    let human = ok(&env.abupdate_booted(&disk, Some("a"), &["status"]));
+    assert_eq!(
+        human.lines().take(2).collect::<Vec<_>>(),
+        [
+            format!("disk {}: running slot a, next boot slot a", disk.display()),
+            "boot loader: grub".to_string()
+        ]
+    );
     let msg = fails(
         &env.abupdate_booted(&disk, Some("a"), &["rollback"]),
         codes::NO_FALLBACK,
