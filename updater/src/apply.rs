@@ -41,6 +41,10 @@ pub struct Request<'a> {
     /// `update`: the SHA-256 of the manifest the channel file pins; any other bundle, even
     /// one validly signed, is refused before anything is written.
     pub expect_manifest_sha256: Option<abbundle::Digest>,
+    /// Print the plan (`delta::Plan`) after every check, and change nothing.
+    pub dry_run: bool,
+    /// With `dry_run`: as JSON.
+    pub json: bool,
 }
 
 pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
@@ -165,6 +169,16 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         [kernel.size, initrd.size, info_json.len() as u64],
         &lost,
     )?;
+    if r.dry_run {
+        let rootfs_seed = kv.info.as_ref().map(|i| i.rootfs_size).unwrap_or(u64::MAX);
+        let plan = plan(&disk, &esp, target, rootfs_seed, &reader)?;
+        if r.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", plan.text());
+        }
+        return Ok(());
+    }
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {
@@ -427,6 +441,66 @@ fn write_slot(
     }
     info!("slot {target}: kernel, initrd and info.json written to the ESP");
     Ok(())
+}
+
+/// The delta plan for `reader`'s bundle into `target`: seeds are both root slots (the slot
+/// that stays, up to `keep_len` bytes: the size its info.json records; the target, up to the
+/// new root's size: what an interrupted apply wrote) and both slots' kernel and initrd on the
+/// ESP. Reads the seeds; writes nothing.
+pub fn plan<R: std::io::Read>(
+    disk: &Disk,
+    esp: &Esp,
+    target: Slot,
+    keep_len: u64,
+    reader: &BundleReader<R>,
+) -> Result<crate::delta::Plan> {
+    use crate::delta::{Plan, SeedMap, SeedUse};
+    let m = reader.manifest();
+    let h = reader.header();
+    let mut seeds = Vec::new();
+    let mut maps = Vec::new();
+    if let Some(index) = reader.index() {
+        maps = index.payloads.iter().map(|e| SeedMap::new(e)).collect();
+        let keep = target.other();
+        let rootfs_len = m.payload(PayloadKind::Rootfs).size;
+        for (slot, len) in [(keep, keep_len), (target, rootfs_len)] {
+            let part = disk.partition(slot.partition_label())?;
+            let id = seeds.len() as u8;
+            let n = maps[0]
+                .scan(
+                    id,
+                    std::io::BufReader::with_capacity(1 << 20, disk.reader(part, len)),
+                )
+                .with_context(|| format!("reading slot {slot} ({})", part.label))?;
+            seeds.push(SeedUse {
+                name: format!("slot {slot}"),
+                scanned_bytes: n,
+            });
+        }
+        for slot in [keep, target] {
+            let files = slot.files();
+            for path in [&files.kernel, &files.initrd] {
+                let id = seeds.len() as u8;
+                let mut n = 0;
+                for map in &mut maps[1..] {
+                    n = esp.read_with(path, |r| map.scan(id, r))?.unwrap_or(0);
+                }
+                seeds.push(SeedUse {
+                    name: format!("ESP {path}"),
+                    scanned_bytes: n,
+                });
+            }
+        }
+    }
+    Ok(Plan::new(
+        m,
+        reader.index(),
+        &maps,
+        h.index_end(),
+        h.total_len,
+        target.name(),
+        seeds,
+    ))
 }
 
 /// Refuses (before anything is written) unless the target's new boot files (`sizes`: kernel,

@@ -103,6 +103,14 @@ pub struct ApplyArgs {
     /// Target slot (default: the one not running or booting next)
     #[arg(long)]
     pub slot: Option<crate::bootentries::Slot>,
+    /// Change nothing: print what would be read from the bundle and what copied
+    /// from the slots and boot files the device holds (format 2 bundles)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON (apiVersion abupdate/v1, kind
+    /// ApplyPlan)
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

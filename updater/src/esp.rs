@@ -155,6 +155,23 @@ impl<'d> Esp<'d> {
         Ok(Some(v))
     }
 
+    /// Runs `f` on a reader of the file at `path`; `None` if it does not exist (a delta
+    /// apply reads the slots' boot files as seeds).
+    pub fn read_with<T>(
+        &self,
+        path: &str,
+        f: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
+    ) -> Result<Option<T>> {
+        let mut file = match self.fs.root_dir().open_file(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {path} on the ESP")),
+        };
+        f(&mut file)
+            .map(Some)
+            .with_context(|| format!("reading {path} on the ESP"))
+    }
+
     /// SHA-256 and length of a file, streaming with one buffer.
     pub fn hash_file(&self, path: &str) -> Result<([u8; 32], u64)> {
         let mut f = self

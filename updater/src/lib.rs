@@ -10,6 +10,7 @@ pub mod channel_state;
 pub mod cli;
 pub mod codes;
 pub mod config;
+pub mod delta;
 pub mod direct;
 pub mod disk;
 pub mod esp;
@@ -65,6 +66,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 slot: a.slot,
                 reboot: a.reboot,
                 expect_manifest_sha256: None,
+                dry_run: a.dry_run,
+                json: a.json,
             },
         ),
         cli::Command::Status(a) => status::run(&ctx, a.json),
