@@ -30,7 +30,7 @@ use crate::disk::{Disk, Partition};
 use crate::esp::{Esp, EspFile};
 use crate::progress::Progress;
 use crate::slots;
-use crate::{fatsweep, fault, lock, refuse, source, Context as Ctx};
+use crate::{delta, delta_apply, fatsweep, fault, lock, refuse, source, Context as Ctx};
 
 /// What `apply` was asked to do.
 pub struct Request<'a> {
@@ -169,9 +169,28 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         [kernel.size, initrd.size, info_json.len() as u64],
         &lost,
     )?;
+    // Format 2 from a file or block device (or any source for a dry run): find which chunks
+    // the device already holds. Reads the seeds, writes nothing.
+    let local = !(r.source.starts_with("http://") || r.source.starts_with("https://"));
+    let seeded = match reader.index() {
+        Some(index) if local || r.dry_run => {
+            let keep_len = kv.info.as_ref().map_or(u64::MAX, |i| i.rootfs_size);
+            Some(delta::find_seeds(&disk, &esp, target, keep_len, m, index)?)
+        }
+        _ => None,
+    };
+    let (maps, seeds) = seeded.unzip();
+    let h = reader.header();
+    let plan = delta::Plan::new(
+        m,
+        reader.index(),
+        maps.as_deref().unwrap_or(&[]),
+        h.index_end(),
+        h.total_len,
+        target.name(),
+        seeds.unwrap_or_default(),
+    );
     if r.dry_run {
-        let rootfs_seed = kv.info.as_ref().map(|i| i.rootfs_size).unwrap_or(u64::MAX);
-        let plan = plan(&disk, &esp, target, rootfs_seed, &reader)?;
         if r.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
         } else {
@@ -179,6 +198,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         }
         return Ok(());
     }
+    let maps = maps.filter(|_| local && plan.mode == "delta");
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {
@@ -199,17 +219,39 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         fatsweep::free(&disk, &lost)?;
         esp = Esp::open(&disk)?;
     }
-    let written = write_slot(
-        ctx,
-        &disk,
-        &esp,
-        &*loader,
-        &part,
-        target,
-        reader,
-        [&rootfs, &kernel, &initrd],
-        &info_json,
-    )
+    let written = match &maps {
+        Some(maps) => {
+            let file =
+                std::fs::File::open(r.source).with_context(|| format!("opening {}", r.source))?;
+            let src = delta_apply::Source {
+                file: &file,
+                name: r.source,
+            };
+            write_slot_delta(
+                ctx,
+                &disk,
+                &esp,
+                &*loader,
+                &part,
+                target,
+                maps,
+                &src,
+                [&rootfs, &kernel, &initrd],
+                &info_json,
+            )
+        }
+        None => write_slot(
+            ctx,
+            &disk,
+            &esp,
+            &*loader,
+            &part,
+            target,
+            reader,
+            [&rootfs, &kernel, &initrd],
+            &info_json,
+        ),
+    }
     .and_then(|()| {
         loader.boot_next(
             &esp,
@@ -419,6 +461,20 @@ fn write_slot(
         info!("slot {target}: {} bytes written and read back", rootfs.size);
         Ok(())
     })?;
+    check_boot_files(esp, target, kernel, initrd, info_json)
+}
+
+/// Step 3's end: the boot files read back as the signed payloads (after a sync and with the
+/// cache dropped), then info.json written and read back.
+fn check_boot_files(
+    esp: &Esp,
+    target: Slot,
+    kernel: &Payload,
+    initrd: &Payload,
+    info_json: &[u8],
+) -> Result<()> {
+    let files = target.files();
+    let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
     esp.sync()?;
     esp.drop_cache()?;
     for (path, p) in [(kernel_path, kernel), (initrd_path, initrd)] {
@@ -443,64 +499,37 @@ fn write_slot(
     Ok(())
 }
 
-/// The delta plan for `reader`'s bundle into `target`: seeds are both root slots (the slot
-/// that stays, up to `keep_len` bytes: the size its info.json records; the target, up to the
-/// new root's size: what an interrupted apply wrote) and both slots' kernel and initrd on the
-/// ESP. Reads the seeds; writes nothing.
-pub fn plan<R: std::io::Read>(
+/// Steps 1 to 3 from a format 2 bundle read at offsets: make the slot unbootable, write the
+/// root from seeds and the bundle's missing chunks (each checked against the signed index),
+/// read it back, then the boot files the same way (`delta_apply`).
+#[allow(clippy::too_many_arguments)]
+fn write_slot_delta(
+    ctx: &Ctx,
     disk: &Disk,
     esp: &Esp,
+    loader: &dyn BootLoader,
+    part: &Partition,
     target: Slot,
-    keep_len: u64,
-    reader: &BundleReader<R>,
-) -> Result<crate::delta::Plan> {
-    use crate::delta::{Plan, SeedMap, SeedUse};
-    let m = reader.manifest();
-    let h = reader.header();
-    let mut seeds = Vec::new();
-    let mut maps = Vec::new();
-    if let Some(index) = reader.index() {
-        maps = index.payloads.iter().map(|e| SeedMap::new(e)).collect();
-        let keep = target.other();
-        let rootfs_len = m.payload(PayloadKind::Rootfs).size;
-        for (slot, len) in [(keep, keep_len), (target, rootfs_len)] {
-            let part = disk.partition(slot.partition_label())?;
-            let id = seeds.len() as u8;
-            let n = maps[0]
-                .scan(
-                    id,
-                    std::io::BufReader::with_capacity(1 << 20, disk.reader(part, len)),
-                )
-                .with_context(|| format!("reading slot {slot} ({})", part.label))?;
-            seeds.push(SeedUse {
-                name: format!("slot {slot}"),
-                scanned_bytes: n,
-            });
-        }
-        for slot in [keep, target] {
-            let files = slot.files();
-            for path in [&files.kernel, &files.initrd] {
-                let id = seeds.len() as u8;
-                let mut n = 0;
-                for map in &mut maps[1..] {
-                    n = esp.read_with(path, |r| map.scan(id, r))?.unwrap_or(0);
-                }
-                seeds.push(SeedUse {
-                    name: format!("ESP {path}"),
-                    scanned_bytes: n,
-                });
-            }
-        }
-    }
-    Ok(Plan::new(
-        m,
-        reader.index(),
-        &maps,
-        h.index_end(),
-        h.total_len,
-        target.name(),
-        seeds,
-    ))
+    maps: &[delta::SeedMap],
+    src: &delta_apply::Source,
+    [rootfs, kernel, initrd]: [&Payload; 3],
+    info_json: &[u8],
+) -> Result<()> {
+    loader.make_unbootable(esp, target)?;
+    let keep = disk.partition(target.other().partition_label())?;
+    let files = target.files();
+    let counts = [
+        delta_apply::write_root(disk, part, keep, rootfs, &maps[0], src, ctx.quiet)?,
+        delta_apply::write_boot_file(esp, target, &files.kernel, kernel, &maps[1], src)?,
+        delta_apply::write_boot_file(esp, target, &files.initrd, initrd, &maps[2], src)?,
+    ];
+    check_boot_files(esp, target, kernel, initrd, info_json)?;
+    let t = delta_apply::total(&counts);
+    info!(
+        "delta: {} bytes read from the bundle, {} copied from seeds, {} already in place",
+        t.fetched, t.copied, t.in_place
+    );
+    Ok(())
 }
 
 /// Refuses (before anything is written) unless the target's new boot files (`sizes`: kernel,

@@ -8,17 +8,111 @@
 //! wrote, so a re-run reads only what is still missing (the resume), and otherwise the version
 //! before last, often close to the new one.
 //!
-//! Memory is bounded by the index, not the seeds: per index entry, a sorted 12-byte key
-//! (8 bytes of digest, entry number) and a 16-byte location: 28 bytes, plus the index's own 36
-//! (64 KiB of memory per 1000 chunks: ~4 MiB for a 1 GiB root at 16 KiB chunks). A seed is
-//! read one chunk at a time (64 KiB at most).
+//! Memory is bounded by the index, not the seeds: per index entry, a sorted key (8 bytes of
+//! digest and the entry number: 16 bytes with padding) and an optional location (24 bytes),
+//! plus the index's own 36: 76 bytes per chunk, ~5 MiB for a 1 GiB root at 16 KiB chunks
+//! (65 536 entries), whatever the size of the seeds, which are read one chunk (64 KiB at most)
+//! at a time through a 1 MiB buffer.
 
 use std::io::{self, Read};
 
 use abbundle::index::{self, Entry};
-use abbundle::{ChunkIndex, Manifest, Payload};
+use abbundle::{ChunkIndex, Manifest, Payload, PayloadKind};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+
+use crate::boot::Slot;
+use crate::disk::Disk;
+use crate::esp::Esp;
+
+/// Seed numbers ([`Loc::seed`]): what each seed is.
+pub mod seed {
+    /// The target slot, chunks at their own offset (written by an interrupted apply).
+    pub const TARGET_IN_PLACE: u8 = 0;
+    /// The slot that stays (the running one).
+    pub const KEEP_SLOT: u8 = 1;
+    /// The target slot's boot file on the ESP, when it already equals the payload.
+    pub const TARGET_FILE: u8 = 2;
+    /// The staying slot's boot file of the same kind (kernel or initrd) on the ESP.
+    pub const KEEP_FILE: u8 = 3;
+}
+
+/// Cuts the seeds and finds in them the chunks of `index` (one map per payload), reading
+/// nothing of the bundle and writing nothing:
+/// - the root image: the target slot's chunks already in place (what an interrupted apply
+///   wrote: the resume), then the slot that stays, up to `keep_len` bytes (its info.json's
+///   size);
+/// - kernel and initrd: the target's file if it already equals the payload (then it is not
+///   written again), else the staying slot's file of the same kind. (Chunks of the target's own
+///   old file are not used: the new file replaces it as it is written.)
+pub fn find_seeds<'a>(
+    disk: &Disk,
+    esp: &Esp,
+    target: Slot,
+    keep_len: u64,
+    m: &Manifest,
+    index: &'a ChunkIndex,
+) -> Result<(Vec<SeedMap<'a>>, Vec<SeedUse>)> {
+    let mut maps: Vec<SeedMap> = index.payloads.iter().map(|e| SeedMap::new(e)).collect();
+    let mut seeds = Vec::new();
+    let keep = target.other();
+    let root = m.payload(PayloadKind::Rootfs);
+    let tpart = disk.partition(target.partition_label())?;
+    let n = maps[0]
+        .scan_in_place(
+            seed::TARGET_IN_PLACE,
+            buffered(disk.reader(tpart, root.size)),
+        )
+        .with_context(|| format!("reading slot {target} ({})", tpart.label))?;
+    seeds.push(SeedUse {
+        name: format!("slot {target} (in place)"),
+        scanned_bytes: n,
+    });
+    let kpart = disk.partition(keep.partition_label())?;
+    let n = if maps[0].all_from(seed::TARGET_IN_PLACE) {
+        0
+    } else {
+        maps[0]
+            .scan(seed::KEEP_SLOT, buffered(disk.reader(kpart, keep_len)))
+            .with_context(|| format!("reading slot {keep} ({})", kpart.label))?
+    };
+    seeds.push(SeedUse {
+        name: format!("slot {keep}"),
+        scanned_bytes: n,
+    });
+    let (tfiles, kfiles) = (target.files(), keep.files());
+    for (i, (tpath, kpath)) in [
+        (&tfiles.kernel, &kfiles.kernel),
+        (&tfiles.initrd, &kfiles.initrd),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = &m.payloads[i + 1];
+        let map = &mut maps[i + 1];
+        if esp.exists(tpath) && esp.hash_file(tpath)? == (p.sha256.0, p.size) {
+            map.all_in_place(seed::TARGET_FILE);
+            seeds.push(SeedUse {
+                name: format!("ESP {tpath} (equal)"),
+                scanned_bytes: p.size,
+            });
+            continue;
+        }
+        let n = esp
+            .read_with(kpath, |r| map.scan(seed::KEEP_FILE, r))?
+            .unwrap_or(0);
+        seeds.push(SeedUse {
+            name: format!("ESP {kpath}"),
+            scanned_bytes: n,
+        });
+    }
+    Ok((maps, seeds))
+}
+
+fn buffered<R: Read>(r: R) -> io::BufReader<R> {
+    io::BufReader::with_capacity(1 << 20, r)
+}
 
 /// Two missing runs of a payload closer than this are fetched in one request, the bytes in
 /// between included: two average chunks, less than a round trip costs on a slow link
@@ -88,6 +182,44 @@ impl<'a> SeedMap<'a> {
             offset += data.len() as u64;
             Ok(())
         })
+    }
+
+    /// Like [`SeedMap::scan`], but records only chunks `r` holds at their own offset in the
+    /// payload: `r` is what will be overwritten (the target slot), so only a chunk already in
+    /// place can be kept; one elsewhere would be gone before it is copied.
+    pub fn scan_in_place<R: Read>(&mut self, seed: u8, r: R) -> io::Result<u64> {
+        let (mut offset, mut j, mut at) = (0u64, 0usize, 0u64);
+        index::for_each_chunk(r, |data| {
+            while j < self.entries.len() && at < offset {
+                at += self.entries[j].len as u64;
+                j += 1;
+            }
+            if at == offset && j < self.entries.len() {
+                let e = &self.entries[j];
+                if e.len as usize == data.len()
+                    && self.found[j].is_none()
+                    && e.digest.0[..] == Sha256::digest(data)[..]
+                {
+                    self.found[j] = Some(Loc { seed, offset });
+                }
+            }
+            offset += data.len() as u64;
+            Ok(())
+        })
+    }
+
+    /// Marks every entry as held in place by `seed` (a boot file equal to the payload).
+    pub fn all_in_place(&mut self, seed: u8) {
+        let mut offset = 0;
+        for (f, e) in self.found.iter_mut().zip(self.entries) {
+            *f = Some(Loc { seed, offset });
+            offset += e.len as u64;
+        }
+    }
+
+    /// Whether every entry is held by `seed` in place.
+    pub fn all_from(&self, seed: u8) -> bool {
+        self.found.iter().all(|f| f.is_some_and(|l| l.seed == seed))
     }
 
     /// Where a seed holds entry `i`, if any does.

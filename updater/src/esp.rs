@@ -8,7 +8,7 @@
 //! (`bootentries::select`) treats two entries of one slot as that slot. Every step that must be
 //! durable ends with [`Esp::sync`].
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
@@ -170,6 +170,18 @@ impl<'d> Esp<'d> {
         f(&mut file)
             .map(Some)
             .with_context(|| format!("reading {path} on the ESP"))
+    }
+
+    /// Reads `buf.len()` bytes of the file at `path` from `offset`.
+    pub fn read_exact_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut f = self
+            .fs
+            .root_dir()
+            .open_file(path)
+            .with_context(|| format!("opening {path} on the ESP"))?;
+        f.seek(std::io::SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(buf))
+            .with_context(|| format!("reading {path} on the ESP at {offset}"))
     }
 
     /// SHA-256 and length of a file, streaming with one buffer.

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod delta;
+pub mod delta_apply;
 pub mod direct;
 pub mod disk;
 pub mod esp;

@@ -195,3 +195,153 @@ fn an_index_that_does_not_match_its_signed_digest_is_refused() {
         assert_eq!(sha256_file(&disk), before, "the disk changed");
     }
 }
+
+/// The apply log's "delta: F bytes read from the bundle, C copied from seeds, P already in
+/// place" numbers.
+fn delta_counts(out: &str) -> [u64; 3] {
+    let line = out
+        .lines()
+        .find(|l| l.contains("delta: "))
+        .unwrap_or_else(|| panic!("no delta line in {out}"));
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    [nums[0], nums[1], nums[2]]
+}
+
+fn all_output(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn delta_apply_reads_only_missing_chunks_and_installs() {
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let p = plan(&env, &disk, &v2.bundle, &[]);
+    let o = env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]);
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    let [fetched, copied, in_place] = delta_counts(&out);
+    // What the plan said, and well under the image: one package of three changed.
+    let planned: u64 = (0..3).map(|k| u(&p["payloads"][k], "fetchBytes")).sum();
+    assert_eq!(fetched, planned, "{out}");
+    let size = v2.manifest.payload(PayloadKind::Rootfs).size;
+    assert!(fetched * 2 < size, "{out}");
+    assert!(copied > 0);
+    assert_eq!(in_place, 0);
+    for kind in PayloadKind::ORDER {
+        let len = v2.manifest.payload(kind).size;
+        let got = match kind {
+            PayloadKind::Rootfs => partition_sha256(&disk, "root-b", len),
+            PayloadKind::Kernel => sha256_bytes(&mtype(&disk, "b/vmlinuz")),
+            PayloadKind::Initrd => sha256_bytes(&mtype(&disk, "b/initrd")),
+        };
+        assert_eq!(got, payload_sha(&v2.manifest, kind), "{kind}");
+    }
+    assert_eq!(
+        mdir(&disk, "loader/entries"),
+        ["slot-a.conf", "slot-b+3.conf"]
+    );
+    fsck_esp(&disk).unwrap();
+}
+
+#[test]
+fn an_unchanged_root_reads_nothing_past_the_index() {
+    // The bundle's payload bytes are all overwritten: the apply can only succeed if it reads
+    // none of them (every chunk is in slot a or on the ESP).
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let mut b = std::fs::read(&v1.bundle).unwrap();
+    let h = Header::decode(b[..HEADER_LEN].try_into().unwrap()).unwrap();
+    for x in &mut b[h.index_end() as usize..] {
+        *x = 0xa5;
+    }
+    let gone = env.path("no-payloads.abu");
+    std::fs::write(&gone, &b).unwrap();
+    let o = env.abupdate(
+        &disk,
+        &["apply", "--allow-downgrade", gone.to_str().unwrap()],
+    );
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(delta_counts(&out)[0], 0, "{out}");
+    let size = v1.manifest.payload(PayloadKind::Rootfs).size;
+    assert_eq!(
+        partition_sha256(&disk, "root-b", size),
+        payload_sha(&v1.manifest, PayloadKind::Rootfs)
+    );
+    assert_eq!(
+        sha256_bytes(&mtype(&disk, "b/vmlinuz")),
+        payload_sha(&v1.manifest, PayloadKind::Kernel)
+    );
+}
+
+#[test]
+fn a_fetched_chunk_that_does_not_match_the_index_is_refused() {
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let size = v1.manifest.payload(PayloadKind::Rootfs).size;
+    let slot_a = partition_sha256(&disk, "root-a", size);
+    let entry_a = mtype(&disk, "loader/entries/slot-a.conf");
+    // Every root payload byte is damaged: the chunks slot a holds are still copied, the first
+    // one that must come from the bundle fails its check.
+    let mut b = std::fs::read(&v2.bundle).unwrap();
+    let r = v2.manifest.payload(PayloadKind::Rootfs);
+    for x in &mut b[r.offset as usize..r.end() as usize] {
+        *x ^= 0x5a;
+    }
+    let bad = env.path("bad-root.abu");
+    std::fs::write(&bad, &b).unwrap();
+    let err = fails(&env.abupdate(&disk, &["apply", bad.to_str().unwrap()]), 18);
+    assert!(err.contains("payload rootfs is corrupt"), "{err}");
+    // The running slot and its entry are untouched; slot b has no entry.
+    assert_eq!(partition_sha256(&disk, "root-a", size), slot_a);
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+    assert_eq!(mtype(&disk, "loader/entries/slot-a.conf"), entry_a);
+    fsck_esp(&disk).unwrap();
+}
+
+#[test]
+fn a_rerun_after_a_cut_keeps_what_is_in_place() {
+    // Slot b holds the first half of v2's root (an apply cut short): the re-run writes only
+    // the rest and reads back the whole slot.
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let (start, _) = partition(&disk, "root-b");
+    let bundle = std::fs::read(&v2.bundle).unwrap();
+    let r = v2.manifest.payload(PayloadKind::Rootfs);
+    let half = r.size / 2;
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &f,
+        &bundle[r.offset as usize..(r.offset + half) as usize],
+        start,
+    )
+    .unwrap();
+    let o = env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]);
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    let [_, _, in_place] = delta_counts(&out);
+    // All of the written half but the chunk cut across the boundary (at most 64 KiB).
+    assert!(in_place + 64 * 1024 >= half && in_place <= half, "{out}");
+    assert_eq!(
+        partition_sha256(&disk, "root-b", r.size),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+}
