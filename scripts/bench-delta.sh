@@ -5,7 +5,8 @@
 #   - `abupdate apply --dry-run --json` of the format 2 bundle onto the version 1 disk: bytes
 #     read from the bundle (front + missing chunks) as a share of the bundle, requests;
 #   - the apply itself from the bundle file (delta path) and the same system as a format 1
-#     bundle (full stream), each onto a fresh copy of the disk: wall time;
+#     bundle (full stream), each onto a fresh copy of the disk: wall time, and the delta
+#     apply's peak RSS (/usr/bin/time);
 #   - a no-op (version 1's own root again).
 # Not yet here (see docs/benchmarks.md): HTTP range fetching, casync and xdelta3 side by side.
 # Usage: bash scripts/bench-delta.sh   (BENCH_DIR: work directory parent, default /var/tmp)
@@ -81,8 +82,8 @@ for v in 1 2 3; do build "$v" 2; done
 for v in 2 3; do build "$v" 1; done
 disk1=$work/out-1-f2/bench-1.img
 
-echo "| pair | bundle (bytes) | read by a delta (bytes) | share | requests | delta apply (s) | full apply, format 1 (s) |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| pair | bundle (bytes) | read by a delta (bytes) | share | requests | delta apply (s) | peak RSS (MiB) | full apply, format 1 (s) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for v in 1 2 3; do
   b=$work/out-$v-f2/bench-$v.abu
   extra=()
@@ -90,17 +91,20 @@ for v in 1 2 3; do
   cp --sparse=always "$disk1" "$work/d.img"
   json=$("$abupdate" -q --config "$work/abupdate.toml" --disk "$work/d.img" apply --dry-run --json "${extra[@]}" "$b")
   read -r total read requests < <(python3 -c 'import json,sys; p=json.load(sys.stdin); print(p["bundleBytes"], p["readBytes"], p["requests"])' <<<"$json")
+  sync
   start=$(date +%s.%N)
-  "$abupdate" -q --config "$work/abupdate.toml" --disk "$work/d.img" apply "${extra[@]}" "$b" >/dev/null
+  /usr/bin/time -f %M -o "$work/rss" "$abupdate" -q --config "$work/abupdate.toml" --disk "$work/d.img" apply "${extra[@]}" "$b" >/dev/null
   delta_s=$(echo "$(date +%s.%N) - $start" | bc)
+  rss=$(echo "scale=1; $(cat "$work/rss") / 1024" | bc)
   full_s=-
   if [ "$v" != 1 ]; then
     cp --sparse=always "$disk1" "$work/d.img"
+    sync
     start=$(date +%s.%N)
     "$abupdate" -q --config "$work/abupdate.toml" --disk "$work/d.img" apply "$work/out-$v-f1/bench-$v.abu" >/dev/null
     full_s=$(echo "$(date +%s.%N) - $start" | bc)
   fi
   name=$([ "$v" = 1 ] && echo "no-op (v1 again)" || echo "v1 -> v$v")
-  printf '| %s | %d | %d | %.2f%% | %d | %.2f | %s |\n' "$name" "$total" "$read" \
-    "$(echo "$read * 100 / $total" | bc -l)" "$requests" "$delta_s" "$full_s"
+  printf '| %s | %d | %d | %.2f%% | %d | %.2f | %s | %s |\n' "$name" "$total" "$read" \
+    "$(echo "$read * 100 / $total" | bc -l)" "$requests" "$delta_s" "$rss" "$full_s"
 done

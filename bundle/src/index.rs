@@ -154,11 +154,16 @@ pub fn check_ref(r: &IndexRef, signatures_end: u64, payloads: usize) -> Result<(
     if r.chunks.len() != payloads {
         return Err(format!("chunk index has {} payloads", r.chunks.len()));
     }
-    let entries: u64 = r.chunks.iter().sum();
-    if entries.checked_mul(ENTRY_LEN as u64) != Some(r.size) {
+    // Checked: the counts come from the file (an unverified one, for `inspect`).
+    let entries = r
+        .chunks
+        .iter()
+        .try_fold(0u64, |a, &n| a.checked_add(n))
+        .and_then(|n| n.checked_mul(ENTRY_LEN as u64));
+    if entries != Some(r.size) {
         return Err(format!(
-            "chunk index of {} bytes for {entries} entries",
-            r.size
+            "chunk index of {} bytes does not hold the {:?} entries it counts",
+            r.size, r.chunks
         ));
     }
     Ok(())
@@ -192,6 +197,25 @@ mod tests {
         assert!(last[0].len <= MAX_CHUNK);
         // About 64 chunks of 16 KiB on average; FastCDC's normalization keeps it close.
         assert!((40..=100).contains(&e.len()), "{} chunks", e.len());
+    }
+
+    #[test]
+    fn counts_that_overflow_are_refused_not_a_panic() {
+        let r = IndexRef {
+            offset: 100,
+            size: 36,
+            sha256: Digest([0; 32]),
+            min_chunk: MIN_CHUNK,
+            avg_chunk: AVG_CHUNK,
+            max_chunk: MAX_CHUNK,
+            chunks: vec![u64::MAX, 2, 0],
+        };
+        assert!(check_ref(&r, 100, 3).is_err());
+        let ok = IndexRef {
+            chunks: vec![1, 0, 0],
+            ..r
+        };
+        assert!(check_ref(&ok, 100, 3).is_ok());
     }
 
     #[test]
