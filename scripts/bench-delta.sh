@@ -102,7 +102,7 @@ for v in 1 2 3; do
     sync
     start=$(date +%s.%N)
     "$abupdate" -q --config "$work/abupdate.toml" --disk "$work/d.img" apply "$work/out-$v-f1/bench-$v.abu" >/dev/null
-    full_s=$(echo "$(date +%s.%N) - $start" | bc)
+    full_s=$(printf '%.2f' "$(echo "$(date +%s.%N) - $start" | bc)")
   fi
   name=$([ "$v" = 1 ] && echo "no-op (v1 again)" || echo "v1 -> v$v")
   printf '| %s | %d | %d | %.2f%% | %d | %.2f | %s | %s |\n' "$name" "$total" "$read" \
