@@ -169,11 +169,10 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         [kernel.size, initrd.size, info_json.len() as u64],
         &lost,
     )?;
-    // Format 2 from a file or block device (or any source for a dry run): find which chunks
-    // the device already holds. Reads the seeds, writes nothing.
+    // Format 2: find which chunks the device already holds. Reads the seeds, writes nothing.
     let local = !(r.source.starts_with("http://") || r.source.starts_with("https://"));
     let seeded = match reader.index() {
-        Some(index) if local || r.dry_run => {
+        Some(index) => {
             let keep_len = kv.info.as_ref().map_or(u64::MAX, |i| i.rootfs_size);
             Some(delta::find_seeds(&disk, &esp, target, keep_len, m, index)?)
         }
@@ -198,7 +197,29 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         }
         return Ok(());
     }
-    let maps = maps.filter(|_| local && plan.mode == "delta");
+    // Over HTTP(S), the first planned range is asked for now, before anything is written: a
+    // server that ignores Range (or redirects) gets the full stream instead.
+    let file = match maps.as_ref().filter(|_| plan.mode == "delta" && local) {
+        Some(_) => {
+            Some(std::fs::File::open(r.source).with_context(|| format!("opening {}", r.source))?)
+        }
+        None => None,
+    };
+    let mut fetch: Option<Box<dyn delta_apply::Fetch + '_>> = match (&file, &maps) {
+        (Some(f), _) => Some(Box::new(delta_apply::FileSource {
+            file: f,
+            name: r.source,
+        })),
+        (None, Some(maps)) if plan.mode == "delta" => {
+            let f = http_fetch(r.source, &ctx.config, h.total_len, m, maps)?;
+            if f.is_none() {
+                info!("the server does not answer range requests: reading the whole bundle");
+            }
+            f
+        }
+        _ => None,
+    };
+    let maps = maps.filter(|_| fetch.is_some());
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {
@@ -219,28 +240,20 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         fatsweep::free(&disk, &lost)?;
         esp = Esp::open(&disk)?;
     }
-    let written = match &maps {
-        Some(maps) => {
-            let file =
-                std::fs::File::open(r.source).with_context(|| format!("opening {}", r.source))?;
-            let src = delta_apply::Source {
-                file: &file,
-                name: r.source,
-            };
-            write_slot_delta(
-                ctx,
-                &disk,
-                &esp,
-                &*loader,
-                &part,
-                target,
-                maps,
-                &src,
-                [&rootfs, &kernel, &initrd],
-                &info_json,
-            )
-        }
-        None => write_slot(
+    let written = match (&maps, fetch.as_mut()) {
+        (Some(maps), Some(src)) => write_slot_delta(
+            ctx,
+            &disk,
+            &esp,
+            &*loader,
+            &part,
+            target,
+            maps,
+            src.as_mut(),
+            [&rootfs, &kernel, &initrd],
+            &info_json,
+        ),
+        _ => write_slot(
             ctx,
             &disk,
             &esp,
@@ -464,6 +477,46 @@ fn write_slot(
     check_boot_files(esp, target, kernel, initrd, info_json)
 }
 
+/// The HTTP(S) range source for a delta apply: the plan's ranges, the first one already
+/// asked for. `None` when the server does not answer with ranges (then the full stream).
+#[cfg(feature = "http")]
+fn http_fetch(
+    source: &str,
+    config: &crate::config::Config,
+    total_len: u64,
+    m: &abbundle::Manifest,
+    maps: &[delta::SeedMap],
+) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
+    let plan: Vec<delta::Range> = m
+        .payloads
+        .iter()
+        .zip(maps)
+        .flat_map(|(p, map)| delta::ranges(p, map))
+        .collect();
+    let mut ranges = source::HttpRanges::new(source, config, total_len)?;
+    let first = match plan.first() {
+        Some(r) => match ranges.get(r.start, r.end)? {
+            source::RangeReply::Partial(body) => Some(body),
+            source::RangeReply::Whole => return Ok(None),
+        },
+        None => None,
+    };
+    Ok(Some(Box::new(delta_apply::HttpSource::new(
+        ranges, plan, first,
+    ))))
+}
+
+#[cfg(not(feature = "http"))]
+fn http_fetch(
+    _: &str,
+    _: &crate::config::Config,
+    _: u64,
+    _: &abbundle::Manifest,
+    _: &[delta::SeedMap],
+) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
+    Ok(None)
+}
+
 /// Step 3's end: the boot files read back as the signed payloads (after a sync and with the
 /// cache dropped), then info.json written and read back.
 fn check_boot_files(
@@ -511,7 +564,7 @@ fn write_slot_delta(
     part: &Partition,
     target: Slot,
     maps: &[delta::SeedMap],
-    src: &delta_apply::Source,
+    src: &mut dyn delta_apply::Fetch,
     [rootfs, kernel, initrd]: [&Payload; 3],
     info_json: &[u8],
 ) -> Result<()> {

@@ -45,10 +45,109 @@ impl Counts {
     }
 }
 
-/// The bundle, read at offsets.
-pub struct Source<'a> {
+/// The bundle, read at offsets: a file or block device ([`FileSource`]) or HTTP(S) range
+/// requests ([`HttpSource`]). Chunks are asked for in increasing offset order.
+pub trait Fetch {
+    /// Reads `buf.len()` bytes of the bundle at `offset`.
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// A bundle file or block device.
+pub struct FileSource<'a> {
     pub file: &'a File,
     pub name: &'a str,
+}
+
+impl Fetch for FileSource<'_> {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => FormatError::Truncated("payloads".into()),
+                _ => FormatError::Io(e),
+            })
+            .with_context(|| format!("reading {}", self.name))
+    }
+}
+
+/// A bundle over HTTP(S): each planned range (missing chunks, neighbours merged) is one
+/// request; the chunks in it are read from its body in order, the gaps skipped.
+#[cfg(feature = "http")]
+pub struct HttpSource {
+    pub ranges: crate::source::HttpRanges,
+    plan: Vec<crate::delta::Range>,
+    /// The open range: its body, the offset it stands at, and where it ends.
+    cur: Option<(Box<dyn std::io::Read + Send>, u64, u64)>,
+}
+
+#[cfg(feature = "http")]
+impl HttpSource {
+    /// `plan`: the ranges to fetch, in order; `first`: the first one's body if the caller
+    /// already asked for it (to see that the server honours Range before anything is written).
+    pub fn new(
+        ranges: crate::source::HttpRanges,
+        plan: Vec<crate::delta::Range>,
+        first: Option<Box<dyn std::io::Read + Send>>,
+    ) -> HttpSource {
+        let cur = first.map(|b| (b, plan[0].start, plan[0].end));
+        HttpSource { ranges, plan, cur }
+    }
+}
+
+#[cfg(feature = "http")]
+impl Fetch for HttpSource {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        use std::io::Read;
+        let end = offset + buf.len() as u64;
+        if !self
+            .cur
+            .as_ref()
+            .is_some_and(|c| c.1 <= offset && end <= c.2)
+        {
+            // A planned range holds it; else (a seed chunk that no longer matched) just it.
+            let i = self.plan.partition_point(|r| r.end <= offset);
+            let (s, e) = match self.plan.get(i) {
+                Some(r) if r.start <= offset && end <= r.end => (r.start, r.end),
+                _ => (offset, end),
+            };
+            self.cur = None;
+            match self.ranges.get(s, e)? {
+                crate::source::RangeReply::Partial(body) => self.cur = Some((body, s, e)),
+                crate::source::RangeReply::Whole => {
+                    return Err(crate::codes::Refusal::new(
+                        codes::SOURCE_UNAVAILABLE,
+                        "the server stopped answering range requests (it sent the whole bundle)"
+                            .to_string(),
+                    )
+                    .into())
+                }
+            }
+        }
+        let (body, pos, _) = self.cur.as_mut().expect("just set");
+        let short = |e: std::io::Error| -> anyhow::Error {
+            if crate::source::is_fetch_error(&e) {
+                anyhow::Error::new(e)
+            } else {
+                crate::codes::Refusal::new(
+                    codes::SOURCE_UNAVAILABLE,
+                    format!("the server sent a short range ({e})"),
+                )
+                .into()
+            }
+        };
+        std::io::copy(&mut body.by_ref().take(offset - *pos), &mut std::io::sink())
+            .map_err(short)
+            .and_then(|n| {
+                if n == offset - *pos {
+                    Ok(())
+                } else {
+                    Err(short(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+            })?;
+        body.read_exact(buf).map_err(short)?;
+        *pos = end;
+        Ok(())
+    }
 }
 
 /// Where one chunk's bytes can be read from, besides the bundle.
@@ -65,7 +164,7 @@ fn chunk(
     i: usize,
     at: u64,
     seeds: &dyn SeedRead,
-    src: &Source,
+    src: &mut dyn Fetch,
     buf: &mut [u8],
     counts: &mut Counts,
 ) -> Result<()> {
@@ -81,15 +180,7 @@ fn chunk(
             p.kind
         );
     }
-    src.file
-        .read_exact_at(buf, p.offset + at)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                FormatError::Truncated(format!("{} payload", p.kind))
-            }
-            _ => FormatError::Io(e),
-        })
-        .with_context(|| format!("reading {}", src.name))?;
+    src.read_exact_at(buf, p.offset + at)?;
     if Sha256::digest(&*buf)[..] != e.digest.0 {
         return Err(FormatError::ChunkHashMismatch {
             payload: p.kind.to_string(),
@@ -121,7 +212,7 @@ pub fn write_root(
     keep: &Partition,
     p: &Payload,
     map: &SeedMap,
-    src: &Source,
+    src: &mut dyn Fetch,
     quiet: bool,
 ) -> Result<Counts> {
     let seeds = SlotSeeds { disk, keep };
@@ -212,7 +303,7 @@ pub fn write_boot_file(
     path: &str,
     p: &Payload,
     map: &SeedMap,
-    src: &Source,
+    src: &mut dyn Fetch,
 ) -> Result<Counts> {
     let mut counts = Counts::default();
     if map.all_from(seed::TARGET_FILE) {

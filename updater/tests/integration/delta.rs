@@ -345,3 +345,185 @@ fn a_rerun_after_a_cut_keeps_what_is_in_place() {
         payload_sha(&v2.manifest, PayloadKind::Rootfs)
     );
 }
+
+/// How the range test server behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Serve {
+    /// 206 for a Range, 200 without one; keep-alive.
+    Ranges,
+    /// Always 200 and the whole bundle (a server without Range support).
+    NoRanges,
+    /// 206 with a Content-Range one byte off from what was asked.
+    WrongRange,
+    /// A different ETag from the second range request on (the file replaced mid-apply).
+    NewEtag,
+}
+
+#[derive(Default)]
+struct Served {
+    connections: u64,
+    range_requests: u64,
+    range_bytes: u64,
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 serving `body`, one thread per connection, with
+/// keep-alive. Returns its port and the counters.
+fn range_server(body: Vec<u8>, mode: Serve) -> (u16, std::sync::Arc<std::sync::Mutex<Served>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Served::default()));
+    let body = std::sync::Arc::new(body);
+    let s2 = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            s2.lock().unwrap().connections += 1;
+            let (body, served) = (body.clone(), s2.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut range = None;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                            let (a, b) = v.trim().split_once('-').unwrap();
+                            range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
+                        }
+                    }
+                    let total = body.len() as u64;
+                    let (head, data): (String, &[u8]) = match range.filter(|_| mode != Serve::NoRanges) {
+                        Some((a, b)) => {
+                            let n = {
+                                let mut s = served.lock().unwrap();
+                                s.range_requests += 1;
+                                s.range_bytes += b + 1 - a;
+                                s.range_requests
+                            };
+                            let off = u64::from(mode == Serve::WrongRange);
+                            let etag = if mode == Serve::NewEtag && n > 1 { "\"v2\"" } else { "\"v1\"" };
+                            (
+                                format!(
+                                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{total}\r\nETag: {etag}\r\n\r\n",
+                                    b + 1 - a,
+                                    a + off,
+                                    b + off
+                                ),
+                                &body[(a + off) as usize..(b + 1 + off).min(total) as usize],
+                            )
+                        }
+                        None => (
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nETag: \"v1\"\r\n\r\n"),
+                            &body[..],
+                        ),
+                    };
+                    if w.write_all(head.as_bytes())
+                        .and_then(|()| w.write_all(data))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, served)
+}
+
+/// v1 and a v2 where the first and the last of three packages changed (two separate ranges).
+fn two_change_pair(env: &Env) -> (Build, Build) {
+    let v1 = build(env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let f = [
+        ("nix/store/aaaa-one/lib/libone.so", text(900_000, 51)),
+        ("nix/store/bbbb-two/lib/libtwo.so", text(900_000, 12)),
+        ("nix/store/cccc-three/lib/libthree.so", text(900_000, 53)),
+    ];
+    let refs: Vec<(&str, &[u8])> = f.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    let v2 = env.build_with("2026.12.2", 1, 64 * 1024, &refs, abbundle::FORMAT_VERSION);
+    (v1, v2)
+}
+
+#[test]
+fn http_delta_fetches_only_the_planned_ranges() {
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let p = plan(&env, &disk, &v2.bundle, &[]);
+    let (port, served) = range_server(std::fs::read(&v2.bundle).unwrap(), Serve::Ranges);
+    let url = format!("http://127.0.0.1:{port}/v2.abu");
+    let o = env.abupdate(&disk, &["apply", &url]);
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    let s = served.lock().unwrap();
+    // Exactly the plan's ranges: its requests but the front (read by the first GET).
+    let planned: u64 = (0..3).map(|k| u(&p["payloads"][k], "readBytes")).sum();
+    assert_eq!(s.range_bytes, planned, "{p}");
+    assert_eq!(s.range_requests, u(&p, "requests") - 1, "{p}");
+    assert!(s.range_requests >= 2, "{p}");
+    let size = v2.manifest.payload(PayloadKind::Rootfs).size;
+    assert!(s.range_bytes * 2 < size);
+    assert_eq!(delta_counts(&out)[0], u(&p["payloads"][0], "fetchBytes"));
+    assert_eq!(
+        partition_sha256(&disk, "root-b", size),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+    eprintln!(
+        "{} range requests on {} connections (the first GET included)",
+        s.range_requests, s.connections
+    );
+}
+
+#[test]
+fn a_server_without_ranges_gets_the_full_stream() {
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let (port, served) = range_server(std::fs::read(&v2.bundle).unwrap(), Serve::NoRanges);
+    let url = format!("http://127.0.0.1:{port}/v2.abu");
+    let o = env.abupdate(&disk, &["apply", &url]);
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("does not answer range requests"), "{out}");
+    assert!(!out.contains("delta: "), "{out}");
+    assert_eq!(served.lock().unwrap().range_requests, 0);
+    let size = v2.manifest.payload(PayloadKind::Rootfs).size;
+    assert_eq!(
+        partition_sha256(&disk, "root-b", size),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+}
+
+#[test]
+fn a_wrong_range_or_a_new_etag_is_refused() {
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    for (mode, says) in [
+        (Serve::WrongRange, "where"),
+        (Serve::NewEtag, "changed on the server"),
+    ] {
+        let disk = env.path("disk.img");
+        copy_image(&v1.image, &disk);
+        let size = v1.manifest.payload(PayloadKind::Rootfs).size;
+        let slot_a = partition_sha256(&disk, "root-a", size);
+        let (port, _) = range_server(std::fs::read(&v2.bundle).unwrap(), mode);
+        let url = format!("http://127.0.0.1:{port}/v2.abu");
+        let err = fails(&env.abupdate(&disk, &["apply", &url]), 41);
+        assert!(err.contains(says), "{err}");
+        assert_eq!(partition_sha256(&disk, "root-a", size), slot_a);
+        assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+        fsck_esp(&disk).unwrap();
+    }
+}
