@@ -527,3 +527,20 @@ fn a_wrong_range_or_a_new_etag_is_refused() {
         fsck_esp(&disk).unwrap();
     }
 }
+
+#[test]
+fn a_plan_that_would_read_most_of_the_bundle_takes_the_full_stream() {
+    // Unrelated contents (incompressible noise of other seeds): nearly every chunk is new.
+    let env = Env::new();
+    let v1 = env.build("2026.12.1", 1, 64 * 1024);
+    let v2 = env.build("2026.12.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let p = plan(&env, &disk, &v2.bundle, &[]);
+    assert_eq!(p["mode"], "full", "{p}");
+    assert_eq!(u(&p, "readBytes"), u(&p, "bundleBytes"));
+    let o = env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]);
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("delta: "), "{out}");
+}
