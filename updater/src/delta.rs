@@ -389,7 +389,7 @@ impl Plan {
             }
         };
         let mut s = format!(
-            "plan: version {} into slot {}, format {} bundle of {} bytes: {} \n",
+            "plan: version {} into slot {}, format {} bundle of {} bytes: {}\n",
             self.version,
             self.target_slot,
             self.format,
