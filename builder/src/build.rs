@@ -52,6 +52,8 @@ pub struct BuildOptions {
     pub epoch: Option<u64>,
     /// Bundle chunk size.
     pub chunk_size: u32,
+    /// Bundle format version.
+    pub bundle_format: u32,
     /// Threads for mksquashfs (`None`: all cores).
     pub processors: Option<u32>,
 }
@@ -75,6 +77,7 @@ impl BuildOptions {
             build_id: None,
             epoch: None,
             chunk_size: abbundle::DEFAULT_CHUNK_SIZE,
+            bundle_format: abbundle::FORMAT_VERSION,
             processors: None,
         }
     }
@@ -275,6 +278,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
         build_id: build_id.clone(),
         keys: &o.keys,
         chunk_size: o.chunk_size,
+        format: o.bundle_format,
         created: Some(created),
         out: &bundle_tmp,
     })?;
@@ -365,6 +369,7 @@ pub fn run_cli(a: &crate::cli::BuildArgs) -> Result<()> {
         build_id: a.build_id.clone(),
         epoch: None,
         chunk_size: a.chunk_size,
+        bundle_format: a.bundle_format,
         processors: a.processors,
     })?;
     println!("{}", out.bundle.display());

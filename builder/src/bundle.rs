@@ -24,6 +24,8 @@ pub struct BundleRequest<'a> {
     pub build_id: String,
     pub keys: &'a [PathBuf],
     pub chunk_size: u32,
+    /// Bundle format version (`abbundle::FORMAT_VERSION` or `abbundle::FORMAT_V1`).
+    pub format: u32,
     /// Creation time recorded in the manifest; `None`: [`creation_time`].
     pub created: Option<u64>,
     pub out: &'a Path,
@@ -41,6 +43,7 @@ pub fn run(a: &BundleArgs) -> Result<()> {
         build_id: a.build_id.clone(),
         keys: &a.key,
         chunk_size: a.chunk_size,
+        format: a.bundle_format,
         created: None,
         out: &a.out,
     })?;
@@ -95,6 +98,7 @@ pub fn make(r: &BundleRequest) -> Result<Manifest> {
         },
         kernel_params: r.kernel_params.clone(),
         chunk_size: r.chunk_size,
+        format: r.format,
     };
     let tmp = tmp_path(r.out);
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

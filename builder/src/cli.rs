@@ -126,6 +126,11 @@ pub struct BundleArgs {
     /// Chunk size in bytes (power of two, 4 KiB to 4 MiB)
     #[arg(long, default_value_t = abbundle::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
+    /// Bundle format: 2 (with the chunk index for delta updates) or 1 (for devices
+    /// whose abupdate predates format 2; see docs/bundle-format.md, Migration)
+    #[arg(long, default_value_t = abbundle::FORMAT_VERSION,
+          value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub bundle_format: u32,
     /// Output bundle file (.abu)
     #[arg(long)]
     pub out: PathBuf,
@@ -169,6 +174,11 @@ pub struct BuildArgs {
     /// Chunk size in bytes (power of two, 4 KiB to 4 MiB)
     #[arg(long, default_value_t = abbundle::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
+    /// Bundle format: 2 (with the chunk index for delta updates) or 1 (for devices
+    /// whose abupdate predates format 2; see docs/bundle-format.md, Migration)
+    #[arg(long, default_value_t = abbundle::FORMAT_VERSION,
+          value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub bundle_format: u32,
     /// Threads for mksquashfs (default: all cores)
     #[arg(long)]
     pub processors: Option<u32>,

@@ -8,7 +8,11 @@
 //! - no extended attributes (`-no-xattrs`): the build machine's labels are not the device's;
 //! - directories are sorted by name (squashfs requires it) and `-reproducible` (the default
 //!   of squashfs-tools 4.5) keeps the output independent of thread scheduling;
-//! - `-noappend`, `-no-recovery`: nothing of a previous run or of `$HOME` leaks in.
+//! - `-noappend`, `-no-recovery`: nothing of a previous run or of `$HOME` leaks in;
+//! - `-no-fragments`: every file's tail gets its own block instead of being packed with other
+//!   files' tails, so an unchanged file's blocks stay byte-identical when other files change
+//!   or move, and delta updates find them (docs/builder.md: about 7% more image, 2.5 times
+//!   fewer bytes fetched when a package of small files is renamed).
 //!
 //! Permissions, symlinks and hard links are kept as they are in the source.
 //!
@@ -89,6 +93,7 @@ fn common_args(c: &mut Command, opts: &SquashfsOptions) {
         "-quiet",
         "-no-progress",
         "-reproducible",
+        "-no-fragments",
     ])
     .args(["-no-xattrs", "-all-root", "-root-mode", "755"])
     .args(["-all-time", &t, "-mkfs-time", &t])

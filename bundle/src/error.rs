@@ -12,7 +12,9 @@ pub enum FormatError {
     Truncated(String),
     #[error("not an abupdate bundle (bad magic bytes)")]
     BadMagic,
-    #[error("unsupported bundle format version {found} (this build reads version {supported})")]
+    #[error(
+        "unsupported bundle format version {found} (this build reads versions 1 to {supported})"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("bundle header is corrupt (checksum mismatch)")]
     HeaderChecksum,
@@ -38,6 +40,10 @@ pub enum FormatError {
     Incompatible { expected: String, found: String },
     #[error("payload {payload} is corrupt: chunk {index} does not match the signed manifest")]
     ChunkHashMismatch { payload: String, index: u64 },
+    #[error("chunk index is invalid: {0}")]
+    BadIndex(String),
+    #[error("chunk index does not match the signed manifest: the bundle is corrupt or altered")]
+    IndexMismatch,
     #[error("padding before offset {0} is not zero: the bundle is corrupt")]
     BadPadding(u64),
     #[error("bundle has data after its last payload (at offset {0})")]
@@ -61,6 +67,9 @@ pub mod exit {
     pub const BAD_SIGNATURE: i32 = 16;
     pub const INCOMPATIBLE: i32 = 17;
     pub const CORRUPT_PAYLOAD: i32 = 18;
+    /// The chunk index (format 2) does not match its signed digest, or its entries do not
+    /// describe the payloads.
+    pub const BAD_INDEX: i32 = 19;
 }
 
 impl FormatError {
@@ -79,6 +88,7 @@ impl FormatError {
             BadSignature(_) => exit::BAD_SIGNATURE,
             Incompatible { .. } => exit::INCOMPATIBLE,
             ChunkHashMismatch { .. } => exit::CORRUPT_PAYLOAD,
+            BadIndex(_) | IndexMismatch => exit::BAD_INDEX,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fat_time;
 pub mod grubenv;
 pub mod header;
+pub mod index;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
@@ -26,14 +27,20 @@ pub mod writer;
 
 pub use error::FormatError;
 pub use header::{Header, HEADER_LEN, MAGIC};
+pub use index::{ChunkIndex, IndexRef};
 pub use keys::{KeyId, KeysError, PublicKey, SecretKey, Signer, TrustedKeys};
 pub use manifest::{Digest, Manifest, Payload, PayloadKind};
 pub use reader::{BundleReader, Chunk, ChunkInfo};
 pub use version::Version;
 pub use writer::{write_bundle, BundleInput, PayloadInput};
 
-/// Format version written by this crate and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written by default, and the newest this crate reads: 2 adds the
+/// content-defined chunk index (`index`) for delta updates.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format, still read and (`abbuild --format 1`) written: releases before format 2
+/// refuse format 2 bundles (exit 12), so the update that brings them a new abupdate must be
+/// a format 1 bundle (`docs/bundle-format.md`, "Migration").
+pub const FORMAT_V1: u32 = 1;
 
 /// Payloads start at multiples of this, so a payload can be read with O_DIRECT or mapped.
 pub const ALIGN: u64 = 4096;
@@ -47,6 +54,9 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 pub mod limits {
     /// Largest manifest accepted: enough for ~120k chunks (30 GiB at 256 KiB chunks).
     pub const MAX_MANIFEST_LEN: u32 = 8 * 1024 * 1024;
+    /// Largest chunk index (format 2): ~930k entries of 36 bytes, ~14 GiB of payloads at
+    /// 16 KiB average chunks. Checked before the index is read.
+    pub const MAX_INDEX_LEN: u64 = 32 * 1024 * 1024;
     /// Most signatures one bundle may carry (key rotation needs two or three).
     pub const MAX_SIGNATURES: u32 = 16;
     /// Smallest and largest chunk size; the largest bounds the reader's one buffer.

@@ -7,9 +7,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FormatError;
+use crate::header::Header;
+use crate::index::{self, IndexRef};
 use crate::limits::*;
 use crate::version::Version;
-use crate::{align_up, FORMAT_VERSION};
+use crate::{align_up, FORMAT_V1};
 
 /// A SHA-256 digest, written as 64 lower-case hex digits in JSON.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,6 +134,9 @@ pub struct Manifest {
     pub kernel_params: String,
     /// Payloads in bundle order: rootfs, kernel, initrd.
     pub payloads: Vec<Payload>,
+    /// Format 2: where the content-defined chunk index is and its digest; absent in format 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_index: Option<IndexRef>,
 }
 
 impl Manifest {
@@ -144,26 +149,39 @@ impl Manifest {
     }
 
     /// Parses the signed bytes and checks every rule of the format.
-    pub fn parse(
-        bytes: &[u8],
-        payloads_offset: u64,
-        total_len: u64,
-    ) -> Result<Manifest, FormatError> {
+    pub fn parse(bytes: &[u8], header: &Header) -> Result<Manifest, FormatError> {
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| FormatError::BadManifest(e.to_string()))?;
-        m.validate(payloads_offset, total_len)?;
+        m.validate(header)?;
         Ok(m)
     }
 
     /// Checks the rules of `docs/bundle-format.md`: known format, sane strings, payloads
-    /// in order, packed at aligned offsets, chunk tables of the right length.
-    pub fn validate(&self, payloads_offset: u64, total_len: u64) -> Result<(), FormatError> {
+    /// in order, packed at aligned offsets, chunk tables of the right length, and (format 2)
+    /// a chunk index where the header puts it.
+    pub fn validate(&self, header: &Header) -> Result<(), FormatError> {
+        let (payloads_offset, total_len) = (header.payloads_offset, header.total_len);
         let bad = |s: String| Err(FormatError::BadManifest(s));
-        if self.format != FORMAT_VERSION {
+        if self.format != header.format {
             return bad(format!(
-                "format {} (expected {FORMAT_VERSION})",
-                self.format
+                "format {} (the header says {})",
+                self.format, header.format
             ));
+        }
+        match (&self.chunk_index, self.format == FORMAT_V1) {
+            (Some(_), true) => return bad("format 1 has no chunk_index".into()),
+            (None, false) => return bad(format!("format {} needs a chunk_index", self.format)),
+            (None, true) => {}
+            (Some(r), false) => {
+                index::check_ref(r, header.signatures_end(), PayloadKind::ORDER.len())
+                    .or_else(bad)?;
+                if r.size != header.index_len {
+                    return bad(format!(
+                        "chunk index of {} bytes, the header says {}",
+                        r.size, header.index_len
+                    ));
+                }
+            }
         }
         check_text("compatible", &self.compatible, MAX_COMPATIBLE_LEN, false)?;
         check_text("build_id", &self.build_id, MAX_BUILD_ID_LEN, true)?;

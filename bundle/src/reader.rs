@@ -9,6 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::FormatError;
 use crate::header::{Header, HEADER_LEN, SIGNATURE_ENTRY_LEN};
+use crate::index::ChunkIndex;
 use crate::keys::{KeyId, TrustedKeys};
 use crate::manifest::{Digest, Manifest, PayloadKind};
 
@@ -57,6 +58,8 @@ pub struct BundleReader<R> {
     manifest: Manifest,
     signed_by: KeyId,
     manifest_sha256: Digest,
+    /// Format 2: the chunk index, checked against its signed digest.
+    index: Option<ChunkIndex>,
     /// Next payload (index into the manifest) and chunk to hand out.
     payload: usize,
     chunk: u64,
@@ -64,13 +67,16 @@ pub struct BundleReader<R> {
 }
 
 impl<R: Read> BundleReader<R> {
-    /// Reads the header, manifest and signatures, and verifies that a trusted key signed the
-    /// manifest. Nothing after the signatures has been read when this returns.
+    /// Reads the header, manifest and signatures, verifies that a trusted key signed the
+    /// manifest, and (format 2) reads the chunk index and checks it against the manifest.
+    /// Nothing after the index has been read when this returns.
     pub fn open(mut inner: R, keys: &TrustedKeys) -> Result<Self, FormatError> {
         let mut pos = 0;
         let (header, manifest_bytes, sigs) = read_front(&mut inner, &mut pos)?;
         let signed_by = keys.verify(&manifest_bytes, &sigs)?;
-        let manifest = Manifest::parse(&manifest_bytes, header.payloads_offset, header.total_len)?;
+        let manifest = Manifest::parse(&manifest_bytes, &header)?;
+        let index = read_index(&mut inner, &manifest)?;
+        pos = header.index_end();
         Ok(BundleReader {
             inner,
             pos,
@@ -78,6 +84,7 @@ impl<R: Read> BundleReader<R> {
             manifest,
             signed_by,
             manifest_sha256: Digest(Sha256::digest(&manifest_bytes).into()),
+            index,
             payload: 0,
             chunk: 0,
             buf: Vec::new(),
@@ -90,6 +97,17 @@ impl<R: Read> BundleReader<R> {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The chunk index (format 2), checked against the signed manifest; `None` in format 1.
+    pub fn index(&self) -> Option<&ChunkIndex> {
+        self.index.as_ref()
+    }
+
+    /// The verified front of the bundle, for a caller that reads payloads by offset itself
+    /// (a delta apply reads only the chunks it does not hold).
+    pub fn into_parts(self) -> (Header, Manifest, Option<ChunkIndex>, KeyId) {
+        (self.header, self.manifest, self.index, self.signed_by)
     }
 
     /// The trusted key whose signature was accepted.
@@ -192,7 +210,7 @@ impl<R: Read> BundleReader<R> {
 pub fn read_unverified<R: Read>(mut inner: R) -> Result<Unverified, FormatError> {
     let mut pos = 0;
     let (header, manifest_bytes, signatures) = read_front(&mut inner, &mut pos)?;
-    let manifest = Manifest::parse(&manifest_bytes, header.payloads_offset, header.total_len)?;
+    let manifest = Manifest::parse(&manifest_bytes, &header)?;
     Ok(Unverified {
         header,
         manifest,
@@ -228,6 +246,25 @@ fn read_front<R: Read>(
     }
     *pos = header.signatures_end();
     Ok((header, manifest, sigs))
+}
+
+/// Format 2: reads the chunk index that follows the signatures, checks it against the digest
+/// the signed manifest gives (exit 19 if it differs) and decodes it. Format 1: nothing.
+/// Memory: the index (36 bytes per chunk: 2.3 MB for a 1 GiB root), read as it arrives.
+pub fn read_index<R: Read>(r: &mut R, m: &Manifest) -> Result<Option<ChunkIndex>, FormatError> {
+    let Some(iref) = &m.chunk_index else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    r.by_ref().take(iref.size).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != iref.size {
+        return Err(FormatError::Truncated("chunk index".to_string()));
+    }
+    if Sha256::digest(&bytes)[..] != iref.sha256.0 {
+        return Err(FormatError::IndexMismatch);
+    }
+    let sizes: Vec<u64> = m.payloads.iter().map(|p| p.size).collect();
+    ChunkIndex::decode(&bytes, iref, &sizes).map(Some)
 }
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: &str) -> Result<(), FormatError> {

@@ -8,10 +8,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::FormatError;
 use crate::header::{Header, HEADER_LEN, SIGNATURE_ENTRY_LEN};
+use crate::index::{self, IndexRef};
 use crate::keys::Signer;
 use crate::manifest::{Digest, Manifest, Payload, PayloadKind};
 use crate::version::Version;
-use crate::{align_up, FORMAT_VERSION};
+use crate::{align_up, FORMAT_V1, FORMAT_VERSION};
 
 /// One payload to put in a bundle.
 pub struct PayloadInput<'a> {
@@ -31,6 +32,9 @@ pub struct BundleInput {
     pub created: u64,
     pub kernel_params: String,
     pub chunk_size: u32,
+    /// Format to write: [`FORMAT_VERSION`] (with the chunk index for delta updates) or
+    /// [`FORMAT_V1`] (for devices whose abupdate predates format 2).
+    pub format: u32,
 }
 
 /// Buffer size for copying payloads: large reads keep syscall overhead out of the profile.
@@ -48,6 +52,12 @@ pub fn write_bundle<W: Write>(
     if signers.is_empty() {
         return Err(FormatError::NoSignature);
     }
+    if !(FORMAT_V1..=FORMAT_VERSION).contains(&input.format) {
+        return Err(FormatError::UnsupportedVersion {
+            found: input.format,
+            supported: FORMAT_VERSION,
+        });
+    }
     // Pass 1: chunk tables. Offsets depend on the manifest's length, which depends on the
     // offsets' digits, so lay out with a guess and repeat until the length is stable.
     let mut tables = Vec::new();
@@ -55,11 +65,23 @@ pub fn write_bundle<W: Write>(
         p.source.seek(SeekFrom::Start(0))?;
         tables.push(hash_chunks(&mut p.source, input.chunk_size)?);
     }
+    // Format 2: the content-defined chunk index, its length known before the layout.
+    let mut index_bytes = Vec::new();
+    let mut counts = Vec::new();
+    if input.format != FORMAT_V1 {
+        for p in payloads.iter_mut() {
+            p.source.seek(SeekFrom::Start(0))?;
+            let entries = index::cut(&mut p.source)?;
+            counts.push(entries.len() as u64);
+            index::encode(&entries, &mut index_bytes);
+        }
+    }
+    let index_sha256 = Digest(Sha256::digest(&index_bytes).into());
     let sig_len = signers.len() * SIGNATURE_ENTRY_LEN;
     let mut manifest_len = 0usize;
     let (manifest, bytes) = loop {
         let sigs_end = (HEADER_LEN + manifest_len + sig_len) as u64;
-        let mut offset = align_up(sigs_end);
+        let mut offset = align_up(sigs_end + index_bytes.len() as u64);
         let mut entries = Vec::new();
         for (p, (size, sha256, chunks)) in payloads.iter().zip(&tables) {
             entries.push(Payload {
@@ -72,14 +94,24 @@ pub fn write_bundle<W: Write>(
             });
             offset = align_up(offset + size);
         }
+        let chunk_index = (input.format != FORMAT_V1).then(|| IndexRef {
+            offset: sigs_end,
+            size: index_bytes.len() as u64,
+            sha256: index_sha256,
+            min_chunk: index::MIN_CHUNK,
+            avg_chunk: index::AVG_CHUNK,
+            max_chunk: index::MAX_CHUNK,
+            chunks: counts.clone(),
+        });
         let m = Manifest {
-            format: FORMAT_VERSION,
+            format: input.format,
             compatible: input.compatible.clone(),
             version: input.version.clone(),
             build_id: input.build_id.clone(),
             created: input.created,
             kernel_params: input.kernel_params.clone(),
             payloads: entries,
+            chunk_index,
         };
         let bytes = serde_json::to_vec_pretty(&m).expect("manifest serializes");
         if bytes.len() == manifest_len {
@@ -88,14 +120,16 @@ pub fn write_bundle<W: Write>(
         manifest_len = bytes.len();
     };
     let header = Header {
+        format: input.format,
         manifest_len: bytes.len() as u32,
         signature_count: signers.len() as u32,
         payloads_offset: manifest.payloads[0].offset,
         total_len: manifest.payloads.last().unwrap().end(),
+        index_len: index_bytes.len() as u64,
     };
     // Check our own output against the rules readers apply.
     Header::decode(&header.encode())?;
-    manifest.validate(header.payloads_offset, header.total_len)?;
+    manifest.validate(&header)?;
 
     out.write_all(&header.encode())?;
     out.write_all(&bytes)?;
@@ -103,7 +137,8 @@ pub fn write_bundle<W: Write>(
         out.write_all(&s.key_id().0)?;
         out.write_all(&s.sign(&bytes))?;
     }
-    let mut pos = header.signatures_end();
+    out.write_all(&index_bytes)?;
+    let mut pos = header.index_end();
     // Pass 2: copy, checking the data is what was hashed.
     let mut buf = vec![0u8; COPY_BUFFER];
     for (p, entry) in payloads.iter_mut().zip(&manifest.payloads) {

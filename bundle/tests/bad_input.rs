@@ -47,6 +47,7 @@ fn sample_with(kernel_params: &str, signers: &[&dyn Signer]) -> Sample {
         created: 1_700_000_000,
         kernel_params: kernel_params.into(),
         chunk_size: 4096,
+        format: abbundle::FORMAT_VERSION,
     };
     let mut payloads = [
         PayloadInput {
@@ -177,11 +178,22 @@ fn bit_flips_in_each_section_are_caught() {
         flip(m.end + 8 + 30),
         Err(FormatError::BadSignature(_))
     ));
+    // Chunk index (format 2), first and last byte: its signed digest no longer matches.
+    let h = Header::decode(s.bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let index = h.signatures_end() as usize..h.index_end() as usize;
+    assert_eq!(index.start, m.end + SIGNATURE_ENTRY_LEN);
+    for at in [index.start, index.end - 1] {
+        assert!(
+            matches!(flip(at), Err(FormatError::IndexMismatch)),
+            "index flip at {at}"
+        );
+    }
     // Padding between sections.
-    assert!(matches!(
-        flip(m.end + SIGNATURE_ENTRY_LEN + 1),
-        Err(FormatError::BadPadding(_))
-    ));
+    assert!(
+        h.payloads_offset as usize > index.end,
+        "sample has no padding"
+    );
+    assert!(matches!(flip(index.end), Err(FormatError::BadPadding(_))));
     // Each payload, first and last byte.
     for p in &s.manifest.payloads {
         for at in [p.offset as usize, p.end() as usize - 1] {
@@ -231,11 +243,102 @@ fn crc32(b: &[u8]) -> u32 {
 #[test]
 fn unknown_format_version_is_refused() {
     let mut b = sample().bytes;
-    patch_header(&mut b, 8, &2u32.to_le_bytes());
+    patch_header(&mut b, 8, &3u32.to_le_bytes());
     assert!(matches!(
         read_all(&b, &trusted(), "test-board"),
-        Err(FormatError::UnsupportedVersion { found: 2, .. })
+        Err(FormatError::UnsupportedVersion { found: 3, .. })
     ));
+}
+
+/// A format 2 bundle relabelled as format 1 in its header (as a device that reads only format
+/// 1 would see it, had it skipped the version check) is refused: the header's index length and
+/// the manifest's format both disagree.
+#[test]
+fn format_2_relabelled_as_1_is_refused() {
+    let mut b = sample().bytes;
+    patch_header(&mut b, 8, &1u32.to_le_bytes());
+    assert!(matches!(
+        read_all(&b, &trusted(), "test-board"),
+        Err(FormatError::BadHeader(_))
+    ));
+}
+
+#[test]
+fn index_digest_mismatch_has_its_own_exit_code() {
+    let s = sample();
+    let h = Header::decode(s.bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let mut b = s.bytes.clone();
+    // A chunk length changed: the entries would still add up wrongly, but the digest is
+    // checked first, so whatever the change, it reads as a mismatch.
+    b[h.signatures_end() as usize] ^= 1;
+    let e = read_all(&b, &trusted(), "test-board").unwrap_err();
+    assert!(matches!(e, FormatError::IndexMismatch), "{e:?}");
+    assert_eq!(e.exit_code(), abbundle::error::exit::BAD_INDEX);
+    assert_eq!(e.exit_code(), 19);
+}
+
+#[test]
+fn format_2_index_describes_every_payload() {
+    let s = sample();
+    let r = BundleReader::open(Cursor::new(&s.bytes[..]), &trusted()).unwrap();
+    let idx = r.index().expect("format 2 has an index");
+    for (entries, (p, want)) in idx.payloads.iter().zip(s.manifest.payloads.iter().zip([
+        data(100_000, 1),
+        data(20_000, 2),
+        data(9_000, 3),
+    ])) {
+        let mut at = 0usize;
+        for e in entries {
+            let chunk = &want[at..at + e.len as usize];
+            assert_eq!(e.digest.0, <[u8; 32]>::from(Sha256::digest(chunk)));
+            at += e.len as usize;
+        }
+        assert_eq!(at as u64, p.size);
+    }
+}
+
+#[test]
+fn format_1_is_still_written_and_read() {
+    let (mut r, mut k, mut i) = (
+        Cursor::new(data(100_000, 1)),
+        Cursor::new(data(20_000, 2)),
+        Cursor::new(data(9_000, 3)),
+    );
+    let input = BundleInput {
+        compatible: "test-board".into(),
+        version: "1".parse().unwrap(),
+        build_id: String::new(),
+        created: 0,
+        kernel_params: String::new(),
+        chunk_size: 4096,
+        format: abbundle::FORMAT_V1,
+    };
+    let mut payloads = [
+        PayloadInput {
+            kind: PayloadKind::Rootfs,
+            source: &mut r,
+        },
+        PayloadInput {
+            kind: PayloadKind::Kernel,
+            source: &mut k,
+        },
+        PayloadInput {
+            kind: PayloadKind::Initrd,
+            source: &mut i,
+        },
+    ];
+    let mut bytes = Vec::new();
+    let m = write_bundle(&mut bytes, &input, &mut payloads, &[&test_key()]).unwrap();
+    assert_eq!(m.format, 1);
+    assert!(m.chunk_index.is_none());
+    // Byte 8: version 1, as releases before format 2 require; no index, so the payloads
+    // follow the signatures at the next 4096 bytes, exactly as format 1 specifies.
+    assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+    let h = Header::decode(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+    assert_eq!(h.payloads_offset, align_up(h.signatures_end()));
+    assert!(!String::from_utf8_lossy(&bytes[manifest_range(&bytes)]).contains("chunk_index"));
+    let out = read_all(&bytes, &trusted(), "test-board").unwrap();
+    assert_eq!(out[0], data(100_000, 1));
 }
 
 #[test]

@@ -30,7 +30,7 @@ use crate::disk::{Disk, Partition};
 use crate::esp::{Esp, EspFile};
 use crate::progress::Progress;
 use crate::slots;
-use crate::{fatsweep, fault, lock, refuse, source, Context as Ctx};
+use crate::{delta, delta_apply, fatsweep, fault, lock, refuse, source, Context as Ctx};
 
 /// What `apply` was asked to do.
 pub struct Request<'a> {
@@ -41,6 +41,10 @@ pub struct Request<'a> {
     /// `update`: the SHA-256 of the manifest the channel file pins; any other bundle, even
     /// one validly signed, is refused before anything is written.
     pub expect_manifest_sha256: Option<abbundle::Digest>,
+    /// Print the plan (`delta::Plan`) after every check, and change nothing.
+    pub dry_run: bool,
+    /// With `dry_run`: as JSON.
+    pub json: bool,
 }
 
 pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
@@ -165,6 +169,57 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         [kernel.size, initrd.size, info_json.len() as u64],
         &lost,
     )?;
+    // Format 2: find which chunks the device already holds. Reads the seeds, writes nothing.
+    let local = !(r.source.starts_with("http://") || r.source.starts_with("https://"));
+    let seeded = match reader.index() {
+        Some(index) => {
+            let keep_len = kv.info.as_ref().map_or(u64::MAX, |i| i.rootfs_size);
+            Some(delta::find_seeds(&disk, &esp, target, keep_len, m, index)?)
+        }
+        _ => None,
+    };
+    let (maps, seeds) = seeded.unzip();
+    let h = reader.header();
+    let plan = delta::Plan::new(
+        m,
+        reader.index(),
+        maps.as_deref().unwrap_or(&[]),
+        h.index_end(),
+        h.total_len,
+        target.name(),
+        seeds.unwrap_or_default(),
+    );
+    if r.dry_run {
+        if r.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", plan.text());
+        }
+        return Ok(());
+    }
+    // Over HTTP(S), the first planned range is asked for now, before anything is written: a
+    // server that ignores Range (or redirects) gets the full stream instead.
+    let file = match maps.as_ref().filter(|_| plan.mode == "delta" && local) {
+        Some(_) => {
+            Some(std::fs::File::open(r.source).with_context(|| format!("opening {}", r.source))?)
+        }
+        None => None,
+    };
+    let mut fetch: Option<Box<dyn delta_apply::Fetch + '_>> = match (&file, &maps) {
+        (Some(f), _) => Some(Box::new(delta_apply::FileSource {
+            file: f,
+            name: r.source,
+        })),
+        (None, Some(maps)) if plan.mode == "delta" => {
+            let f = http_fetch(r.source, &ctx.config, h.total_len, m, maps)?;
+            if f.is_none() {
+                info!("the server does not answer range requests: reading the whole bundle");
+            }
+            f
+        }
+        _ => None,
+    };
+    let maps = maps.filter(|_| fetch.is_some());
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {
@@ -185,17 +240,31 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         fatsweep::free(&disk, &lost)?;
         esp = Esp::open(&disk)?;
     }
-    let written = write_slot(
-        ctx,
-        &disk,
-        &esp,
-        &*loader,
-        &part,
-        target,
-        reader,
-        [&rootfs, &kernel, &initrd],
-        &info_json,
-    )
+    let written = match (&maps, fetch.as_mut()) {
+        (Some(maps), Some(src)) => write_slot_delta(
+            ctx,
+            &disk,
+            &esp,
+            &*loader,
+            &part,
+            target,
+            maps,
+            src.as_mut(),
+            [&rootfs, &kernel, &initrd],
+            &info_json,
+        ),
+        _ => write_slot(
+            ctx,
+            &disk,
+            &esp,
+            &*loader,
+            &part,
+            target,
+            reader,
+            [&rootfs, &kernel, &initrd],
+            &info_json,
+        ),
+    }
     .and_then(|()| {
         loader.boot_next(
             &esp,
@@ -405,6 +474,60 @@ fn write_slot(
         info!("slot {target}: {} bytes written and read back", rootfs.size);
         Ok(())
     })?;
+    check_boot_files(esp, target, kernel, initrd, info_json)
+}
+
+/// The HTTP(S) range source for a delta apply: the plan's ranges, the first one already
+/// asked for. `None` when the server does not answer with ranges (then the full stream).
+#[cfg(feature = "http")]
+fn http_fetch(
+    source: &str,
+    config: &crate::config::Config,
+    total_len: u64,
+    m: &abbundle::Manifest,
+    maps: &[delta::SeedMap],
+) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
+    let plan: Vec<delta::Range> = m
+        .payloads
+        .iter()
+        .zip(maps)
+        .flat_map(|(p, map)| delta::ranges(p, map))
+        .collect();
+    let mut ranges = source::HttpRanges::new(source, config, total_len)?;
+    let first = match plan.first() {
+        Some(r) => match ranges.get(r.start, r.end)? {
+            source::RangeReply::Partial(body) => Some(body),
+            source::RangeReply::Whole => return Ok(None),
+        },
+        None => None,
+    };
+    Ok(Some(Box::new(delta_apply::HttpSource::new(
+        ranges, plan, first,
+    ))))
+}
+
+#[cfg(not(feature = "http"))]
+fn http_fetch(
+    _: &str,
+    _: &crate::config::Config,
+    _: u64,
+    _: &abbundle::Manifest,
+    _: &[delta::SeedMap],
+) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
+    Ok(None)
+}
+
+/// Step 3's end: the boot files read back as the signed payloads (after a sync and with the
+/// cache dropped), then info.json written and read back.
+fn check_boot_files(
+    esp: &Esp,
+    target: Slot,
+    kernel: &Payload,
+    initrd: &Payload,
+    info_json: &[u8],
+) -> Result<()> {
+    let files = target.files();
+    let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
     esp.sync()?;
     esp.drop_cache()?;
     for (path, p) in [(kernel_path, kernel), (initrd_path, initrd)] {
@@ -426,6 +549,39 @@ fn write_slot(
         );
     }
     info!("slot {target}: kernel, initrd and info.json written to the ESP");
+    Ok(())
+}
+
+/// Steps 1 to 3 from a format 2 bundle read at offsets: make the slot unbootable, write the
+/// root from seeds and the bundle's missing chunks (each checked against the signed index),
+/// read it back, then the boot files the same way (`delta_apply`).
+#[allow(clippy::too_many_arguments)]
+fn write_slot_delta(
+    ctx: &Ctx,
+    disk: &Disk,
+    esp: &Esp,
+    loader: &dyn BootLoader,
+    part: &Partition,
+    target: Slot,
+    maps: &[delta::SeedMap],
+    src: &mut dyn delta_apply::Fetch,
+    [rootfs, kernel, initrd]: [&Payload; 3],
+    info_json: &[u8],
+) -> Result<()> {
+    loader.make_unbootable(esp, target)?;
+    let keep = disk.partition(target.other().partition_label())?;
+    let files = target.files();
+    let counts = [
+        delta_apply::write_root(disk, part, keep, rootfs, &maps[0], src, ctx.quiet)?,
+        delta_apply::write_boot_file(esp, target, &files.kernel, kernel, &maps[1], src)?,
+        delta_apply::write_boot_file(esp, target, &files.initrd, initrd, &maps[2], src)?,
+    ];
+    check_boot_files(esp, target, kernel, initrd, info_json)?;
+    let t = delta_apply::total(&counts);
+    info!(
+        "delta: {} bytes read from the bundle, {} copied from seeds, {} already in place",
+        t.fetched, t.copied, t.in_place
+    );
     Ok(())
 }
 

@@ -41,7 +41,9 @@ pub enum Command {
     /// SOURCE is a bundle file, a block device holding one, or an http:// URL
     /// (streamed, no temporary file). Everything is checked before anything is
     /// written; the new slot gets a boot entry with a few tries, and falls back
-    /// to the current one if it does not get marked good.
+    /// to the current one if it does not get marked good. A format 2 bundle from
+    /// a file or block device is applied as a delta: only the chunks the device
+    /// does not hold already (in either slot or their boot files) are read.
     ///
     /// Example: abupdate apply /media/usb/update.abu
     Apply(ApplyArgs),
@@ -103,6 +105,14 @@ pub struct ApplyArgs {
     /// Target slot (default: the one not running or booting next)
     #[arg(long)]
     pub slot: Option<crate::bootentries::Slot>,
+    /// Change nothing: print what would be read from the bundle and what copied
+    /// from the slots and boot files the device holds (format 2 bundles)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON (apiVersion abupdate/v1, kind
+    /// ApplyPlan)
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -117,6 +117,16 @@ impl Disk {
         Window::new(&self.file, p.start, p.len, cache)
     }
 
+    /// A reader of the first `len` bytes of `p` (at most the partition), front to back.
+    pub fn reader<'a>(&'a self, p: &'a Partition, len: u64) -> PartitionReader<'a> {
+        PartitionReader {
+            disk: self,
+            part: p,
+            pos: 0,
+            end: len.min(p.len),
+        }
+    }
+
     /// Writes `data` at `offset` inside partition `p`.
     pub fn write_at(&self, p: &Partition, offset: u64, data: &[u8]) -> io::Result<()> {
         check_range(p, offset, data.len() as u64)?;
@@ -256,6 +266,26 @@ fn check_range(p: &Partition, offset: u64, len: u64) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Reads a partition front to back ([`Disk::reader`]).
+pub struct PartitionReader<'a> {
+    disk: &'a Disk,
+    part: &'a Partition,
+    pos: u64,
+    end: u64,
+}
+
+impl io::Read for PartitionReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.disk.read_at(self.part, self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

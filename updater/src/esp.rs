@@ -8,7 +8,7 @@
 //! (`bootentries::select`) treats two entries of one slot as that slot. Every step that must be
 //! durable ends with [`Esp::sync`].
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
@@ -153,6 +153,35 @@ impl<'d> Esp<'d> {
             .read_to_end(&mut v)
             .with_context(|| format!("reading {path} on the ESP"))?;
         Ok(Some(v))
+    }
+
+    /// Runs `f` on a reader of the file at `path`; `None` if it does not exist (a delta
+    /// apply reads the slots' boot files as seeds).
+    pub fn read_with<T>(
+        &self,
+        path: &str,
+        f: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
+    ) -> Result<Option<T>> {
+        let mut file = match self.fs.root_dir().open_file(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {path} on the ESP")),
+        };
+        f(&mut file)
+            .map(Some)
+            .with_context(|| format!("reading {path} on the ESP"))
+    }
+
+    /// Reads `buf.len()` bytes of the file at `path` from `offset`.
+    pub fn read_exact_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut f = self
+            .fs
+            .root_dir()
+            .open_file(path)
+            .with_context(|| format!("opening {path} on the ESP"))?;
+        f.seek(std::io::SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(buf))
+            .with_context(|| format!("reading {path} on the ESP at {offset}"))
     }
 
     /// SHA-256 and length of a file, streaming with one buffer.

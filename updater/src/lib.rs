@@ -10,6 +10,8 @@ pub mod channel_state;
 pub mod cli;
 pub mod codes;
 pub mod config;
+pub mod delta;
+pub mod delta_apply;
 pub mod direct;
 pub mod disk;
 pub mod esp;
@@ -65,6 +67,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 slot: a.slot,
                 reboot: a.reboot,
                 expect_manifest_sha256: None,
+                dry_run: a.dry_run,
+                json: a.json,
             },
         ),
         cli::Command::Status(a) => status::run(&ctx, a.json),

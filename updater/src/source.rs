@@ -356,6 +356,127 @@ fn call(
     }
 }
 
+/// Range reads of a bundle over HTTP(S) for a delta apply: one GET with one `Range` per call
+/// (S3 and others serve one range per request), on the agent's kept-alive connections. Every
+/// reply must be 206 with exactly the range asked and the bundle's length, and the same ETag
+/// as the first (a bundle replaced mid-apply is refused, exit 41). A 200 means the server
+/// ignores Range: [`RangeReply::Whole`], so the caller falls back to the full stream.
+/// Redirects are not followed here (a redirecting server gets the full stream).
+#[cfg(feature = "http")]
+pub struct HttpRanges {
+    agent: ureq::Agent,
+    url: String,
+    shown: String,
+    limits: HttpLimits,
+    deadline: Instant,
+    total_len: u64,
+    etag: Option<String>,
+    /// Range requests made so far.
+    pub requests: u64,
+}
+
+/// What a range request brought.
+#[cfg(feature = "http")]
+pub enum RangeReply {
+    /// The range's bytes (exactly its length; fewer is a fetch error).
+    Partial(Box<dyn Read + Send>),
+    /// The server answered with something else than a range (200, a redirect).
+    Whole,
+}
+
+#[cfg(feature = "http")]
+impl HttpRanges {
+    pub fn new(source: &str, config: &Config, total_len: u64) -> Result<HttpRanges> {
+        let limits = HttpLimits::of(config);
+        let mut agent = ureq::AgentBuilder::new()
+            .timeout_connect(limits.connect_timeout)
+            .timeout_read(limits.rate_window)
+            .timeout_write(limits.rate_window)
+            .redirects(0);
+        if let Some(ca) = config.ca_file.as_deref() {
+            agent = with_roots(agent, ca)?;
+        }
+        Ok(HttpRanges {
+            agent: agent.build(),
+            url: source.to_string(),
+            shown: redact(source),
+            limits,
+            deadline: Instant::now() + limits.timeout,
+            total_len,
+            etag: None,
+            requests: 0,
+        })
+    }
+
+    /// GETs bytes `[start, end)` of the bundle.
+    pub fn get(&mut self, start: u64, end: u64) -> Result<RangeReply> {
+        let shown = self.shown.clone();
+        let fail = |msg: String| -> anyhow::Error {
+            Refusal::new(
+                codes::SOURCE_UNAVAILABLE,
+                format!("fetching {shown}: {}", redact(&msg)),
+            )
+            .into()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (agent, url) = (self.agent.clone(), self.url.clone());
+        let range = format!("bytes={start}-{}", end - 1);
+        std::thread::spawn(move || {
+            let _ = tx.send(agent.get(&url).set("Range", &range).call());
+        });
+        self.requests += 1;
+        let wait = self.deadline.saturating_duration_since(Instant::now());
+        let resp = match rx.recv_timeout(wait) {
+            Ok(Ok(r)) => r,
+            Ok(Err(ureq::Error::Status(code, _))) => {
+                return Err(fail(format!("HTTP {code} for bytes {start}-{}", end - 1)))
+            }
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => {
+                return Err(fail(format!(
+                    "no response within {} s (http-timeout)",
+                    self.limits.timeout.as_secs()
+                )))
+            }
+        };
+        if resp.status() != 206 {
+            return Ok(RangeReply::Whole);
+        }
+        let want = format!("bytes {start}-{}/{}", end - 1, self.total_len);
+        let got = resp
+            .header("content-range")
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if got != want {
+            return Err(fail(format!(
+                "the server sent the range '{got}' where '{want}' was asked"
+            )));
+        }
+        let etag = resp.header("etag").map(str::to_string);
+        match (&self.etag, &etag) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(fail(format!(
+                    "the bundle changed on the server during the apply (ETag {a}, now {b})"
+                )))
+            }
+            (None, Some(_)) => self.etag = etag,
+            _ => {}
+        }
+        Ok(RangeReply::Partial(Box::new(
+            Guarded {
+                inner: resp.into_reader(),
+                url: self.shown.clone(),
+                limits: self.limits,
+                deadline: self.deadline,
+                waited: Duration::ZERO,
+                bytes: 0,
+            }
+            .take(end - start),
+        )))
+    }
+}
+
 /// Trusts only the certificates in the PEM file `ca` for https://.
 #[cfg(feature = "https")]
 fn with_roots(agent: ureq::AgentBuilder, ca: &std::path::Path) -> Result<ureq::AgentBuilder> {

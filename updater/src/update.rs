@@ -338,6 +338,8 @@ fn check(
                 slot: None,
                 reboot: false,
                 expect_manifest_sha256: Some(doc.manifest_sha256),
+                dry_run: false,
+                json: false,
             },
         )
     })?;

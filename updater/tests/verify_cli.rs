@@ -41,6 +41,7 @@ fn bundle_bytes(key: &SecretKey) -> Vec<u8> {
         created: 0,
         kernel_params: String::new(),
         chunk_size: 65536,
+        format: abbundle::FORMAT_VERSION,
     };
     let mut out = Vec::new();
     write_bundle(&mut out, &input, &mut payloads, &[key]).unwrap();

@@ -293,7 +293,33 @@ fn power_cuts(env: &Env, loader: &str) {
     let v1 = env.build("2026.11.1", 1, 64 * 1024);
     let v2 = env.build("2026.11.2", 2, 64 * 1024);
     let v3 = env.build("2026.11.3", 3, 64 * 1024);
-    let versions: HashMap<String, &Manifest> = [&v1, &v2, &v3]
+    // A delta pair (format 2, one of two files changed): its apply takes the chunked path
+    // (delta_apply), whose cuts are judged like the stream path's.
+    let lib = |seed: u64| noise(600 * 1024, seed);
+    let (one, two, two_new) = (lib(40), lib(41), lib(42));
+    let d1 = env.build_with(
+        "2026.12.1",
+        1,
+        64 * 1024,
+        &[("lib/one", &one), ("lib/two", &two)],
+        abbundle::FORMAT_VERSION,
+    );
+    let d2 = env.build_with(
+        "2026.12.2",
+        1,
+        64 * 1024,
+        &[("lib/one", &one), ("lib/two", &two_new)],
+        abbundle::FORMAT_VERSION,
+    );
+    let probe = env.path("delta-probe.img");
+    copy_image(&d1.image, &probe);
+    let out = env.abupdate(&probe, &["apply", &d2.bundle.display().to_string()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && log.contains("delta: "),
+        "the delta pair did not take the delta path: {log}"
+    );
+    let versions: HashMap<String, &Manifest> = [&v1, &v2, &v3, &d1, &d2]
         .iter()
         .map(|b| (b.manifest.version.to_string(), &b.manifest))
         .collect();
@@ -339,6 +365,12 @@ fn power_cuts(env: &Env, loader: &str) {
             base: &after_v2,
             booted: None,
             args: vec!["rollback".into()],
+        },
+        Scenario {
+            name: "apply-delta",
+            base: &d1.image,
+            booted: None,
+            args: vec!["apply".into(), path(&d2)],
         },
         Scenario {
             name: "downgrade",

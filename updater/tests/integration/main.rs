@@ -7,6 +7,7 @@ mod channels;
 mod commands;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod delta;
 mod downgrade;
 mod esp_dirs;
 mod esp_space;

@@ -114,6 +114,18 @@ impl Env {
     /// Builds version `version` of a small system (contents derived from `seed`) with
     /// abbuild's library: a bundle and a disk image whose slot A holds it.
     pub fn build(&self, version: &str, seed: u64, chunk_size: u32) -> Build {
+        self.build_with(version, seed, chunk_size, &[], abbundle::FORMAT_VERSION)
+    }
+
+    /// [`Env::build`] with extra files in the system (path, contents) and a bundle format.
+    pub fn build_with(
+        &self,
+        version: &str,
+        seed: u64,
+        chunk_size: u32,
+        files: &[(&str, &[u8])],
+        format: u32,
+    ) -> Build {
         let sys = self.path(&format!("system-{version}"));
         fs::create_dir_all(sys.join("etc")).unwrap();
         fs::create_dir_all(sys.join("bin")).unwrap();
@@ -128,6 +140,11 @@ impl Env {
         fs::write(sys.join("bin/init"), b"#!/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("bin/init", sys.join("init")).unwrap();
         fs::write(sys.join("etc/version"), version).unwrap();
+        for (path, data) in files {
+            let p = sys.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, data).unwrap();
+        }
         let mut o = abbuild::build::BuildOptions::new(
             self.path("image.toml"),
             &sys,
@@ -138,6 +155,7 @@ impl Env {
         o.epoch = Some(1_700_000_000);
         o.chunk_size = chunk_size;
         o.processors = Some(1);
+        o.bundle_format = format;
         let out = abbuild::build::build(&o).expect("abbuild build");
         Build {
             bundle: out.bundle,
@@ -419,6 +437,8 @@ pub struct RawBundle<'a> {
     pub seed: u64,
     pub key_seed: [u8; 32],
     pub kernel_params: &'a str,
+    /// Bundle format version.
+    pub format: u32,
 }
 
 impl Default for RawBundle<'_> {
@@ -430,6 +450,7 @@ impl Default for RawBundle<'_> {
             seed: 1,
             key_seed: TEST_ONLY_SEED,
             kernel_params: "",
+            format: abbundle::FORMAT_VERSION,
         }
     }
 }
@@ -466,6 +487,7 @@ impl RawBundle<'_> {
             created: 0,
             kernel_params: self.kernel_params.into(),
             chunk_size: self.chunk_size,
+            format: self.format,
         };
         let mut out = Vec::new();
         write_bundle(&mut out, &input, &mut payloads, &[&key as &dyn Signer]).unwrap();

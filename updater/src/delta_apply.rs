@@ -1,0 +1,345 @@
+//! Writing a slot and its boot files from a format 2 bundle by chunks: each chunk of the
+//! signed index comes from a seed that holds it (`delta::find_seeds`) or, failing that, from
+//! the bundle at its offset (a file or block device), and is checked against the index before
+//! it is written. A seed chunk that does not match (the disk changed since it was scanned) is
+//! read from the bundle instead. After the slot is written and synced it is read back and
+//! checked against the manifest's signed fixed-size chunk table, as the stream path checks it.
+//!
+//! Memory: one write batch ([`WRITE_BATCH`]) and one chunk, besides the seed maps.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+use abbundle::{FormatError, Payload};
+use anyhow::{Context, Result};
+use sha2::{Digest as _, Sha256};
+use tracing::info;
+
+use crate::boot::Slot;
+use crate::delta::{seed, SeedMap};
+use crate::disk::{Disk, Partition};
+use crate::esp::Esp;
+use crate::progress::Progress;
+use crate::{codes, fault, refuse};
+
+/// Slot writes are gathered into runs of up to this many bytes (one write, one fault point).
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Bytes by where they came from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Read from the bundle.
+    pub fetched: u64,
+    /// Copied from a seed.
+    pub copied: u64,
+    /// Already in place, not written.
+    pub in_place: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.fetched += o.fetched;
+        self.copied += o.copied;
+        self.in_place += o.in_place;
+    }
+}
+
+/// The bundle, read at offsets: a file or block device ([`FileSource`]) or HTTP(S) range
+/// requests ([`HttpSource`]). Chunks are asked for in increasing offset order.
+pub trait Fetch {
+    /// Reads `buf.len()` bytes of the bundle at `offset`.
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// A bundle file or block device.
+pub struct FileSource<'a> {
+    pub file: &'a File,
+    pub name: &'a str,
+}
+
+impl Fetch for FileSource<'_> {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => FormatError::Truncated("payloads".into()),
+                _ => FormatError::Io(e),
+            })
+            .with_context(|| format!("reading {}", self.name))
+    }
+}
+
+/// A bundle over HTTP(S): each planned range (missing chunks, neighbours merged) is one
+/// request; the chunks in it are read from its body in order, the gaps skipped.
+#[cfg(feature = "http")]
+pub struct HttpSource {
+    pub ranges: crate::source::HttpRanges,
+    plan: Vec<crate::delta::Range>,
+    /// The open range: its body, the offset it stands at, and where it ends.
+    cur: Option<(Box<dyn std::io::Read + Send>, u64, u64)>,
+}
+
+#[cfg(feature = "http")]
+impl HttpSource {
+    /// `plan`: the ranges to fetch, in order; `first`: the first one's body if the caller
+    /// already asked for it (to see that the server honours Range before anything is written).
+    pub fn new(
+        ranges: crate::source::HttpRanges,
+        plan: Vec<crate::delta::Range>,
+        first: Option<Box<dyn std::io::Read + Send>>,
+    ) -> HttpSource {
+        let cur = first.map(|b| (b, plan[0].start, plan[0].end));
+        HttpSource { ranges, plan, cur }
+    }
+}
+
+#[cfg(feature = "http")]
+impl Fetch for HttpSource {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        use std::io::Read;
+        let end = offset + buf.len() as u64;
+        if !self
+            .cur
+            .as_ref()
+            .is_some_and(|c| c.1 <= offset && end <= c.2)
+        {
+            // A planned range holds it; else (a seed chunk that no longer matched) just it.
+            let i = self.plan.partition_point(|r| r.end <= offset);
+            let (s, e) = match self.plan.get(i) {
+                Some(r) if r.start <= offset && end <= r.end => (r.start, r.end),
+                _ => (offset, end),
+            };
+            self.cur = None;
+            match self.ranges.get(s, e)? {
+                crate::source::RangeReply::Partial(body) => self.cur = Some((body, s, e)),
+                crate::source::RangeReply::Whole => {
+                    return Err(crate::codes::Refusal::new(
+                        codes::SOURCE_UNAVAILABLE,
+                        "the server stopped answering range requests (it sent the whole bundle)"
+                            .to_string(),
+                    )
+                    .into())
+                }
+            }
+        }
+        let (body, pos, _) = self.cur.as_mut().expect("just set");
+        let short = |e: std::io::Error| -> anyhow::Error {
+            if crate::source::is_fetch_error(&e) {
+                anyhow::Error::new(e)
+            } else {
+                crate::codes::Refusal::new(
+                    codes::SOURCE_UNAVAILABLE,
+                    format!("the server sent a short range ({e})"),
+                )
+                .into()
+            }
+        };
+        std::io::copy(&mut body.by_ref().take(offset - *pos), &mut std::io::sink())
+            .map_err(short)
+            .and_then(|n| {
+                if n == offset - *pos {
+                    Ok(())
+                } else {
+                    Err(short(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+            })?;
+        body.read_exact(buf).map_err(short)?;
+        *pos = end;
+        Ok(())
+    }
+}
+
+/// Where one chunk's bytes can be read from, besides the bundle.
+trait SeedRead {
+    fn read(&self, seed: u8, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+/// Fills `buf` with chunk `i` of `p`: from its seed if that holds the right bytes, else from
+/// the bundle; either way checked against the signed index. Returns whether it was fetched.
+#[allow(clippy::too_many_arguments)]
+fn chunk(
+    p: &Payload,
+    map: &SeedMap,
+    i: usize,
+    at: u64,
+    seeds: &dyn SeedRead,
+    src: &mut dyn Fetch,
+    buf: &mut [u8],
+    counts: &mut Counts,
+) -> Result<()> {
+    let e = &map.entries()[i];
+    if let Some(loc) = map.loc(i) {
+        if seeds.read(loc.seed, loc.offset, buf).is_ok() && Sha256::digest(&*buf)[..] == e.digest.0
+        {
+            counts.copied += buf.len() as u64;
+            return Ok(());
+        }
+        tracing::warn!(
+            "{} chunk {i}: the seed no longer holds it; reading it from the bundle",
+            p.kind
+        );
+    }
+    src.read_exact_at(buf, p.offset + at)?;
+    if Sha256::digest(&*buf)[..] != e.digest.0 {
+        return Err(FormatError::ChunkHashMismatch {
+            payload: p.kind.to_string(),
+            index: i as u64,
+        }
+        .into());
+    }
+    counts.fetched += buf.len() as u64;
+    Ok(())
+}
+
+struct SlotSeeds<'a> {
+    disk: &'a Disk,
+    keep: &'a Partition,
+}
+
+impl SeedRead for SlotSeeds<'_> {
+    fn read(&self, s: u8, offset: u64, buf: &mut [u8]) -> Result<()> {
+        anyhow::ensure!(s == seed::KEEP_SLOT, "not a copy seed");
+        Ok(self.disk.read_at(self.keep, offset, buf)?)
+    }
+}
+
+/// Writes the root image into `part` (the target slot) chunk by chunk, syncs, and reads the
+/// slot back against the signed fixed-size chunk table.
+pub fn write_root(
+    disk: &Disk,
+    part: &Partition,
+    keep: &Partition,
+    p: &Payload,
+    map: &SeedMap,
+    src: &mut dyn Fetch,
+    quiet: bool,
+) -> Result<Counts> {
+    let seeds = SlotSeeds { disk, keep };
+    let mut counts = Counts::default();
+    let mut progress = Progress::new(&format!("{} (delta)", part.label), p.size, quiet);
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut batch_start = 0u64;
+    let flush = |batch: &mut Vec<u8>, start: u64| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        fault::lying_medium(batch);
+        disk.write_at(part, start, batch)
+            .with_context(|| format!("writing {} at {start}", part.label))?;
+        fault::point("slot write");
+        batch.clear();
+        Ok(())
+    };
+    let mut buf = vec![0u8; abbundle::index::MAX_CHUNK as usize];
+    let mut at = 0u64;
+    for (i, e) in map.entries().iter().enumerate() {
+        let len = e.len as usize;
+        if map.loc(i).is_some_and(|l| l.seed == seed::TARGET_IN_PLACE) {
+            flush(&mut batch, batch_start)?;
+            counts.in_place += len as u64;
+        } else {
+            chunk(p, map, i, at, &seeds, src, &mut buf[..len], &mut counts)?;
+            if batch.is_empty() {
+                batch_start = at;
+            }
+            batch.extend_from_slice(&buf[..len]);
+            if batch.len() + abbundle::index::MAX_CHUNK as usize > WRITE_BATCH {
+                flush(&mut batch, batch_start)?;
+            }
+        }
+        at += len as u64;
+        progress.update(at);
+    }
+    flush(&mut batch, batch_start)?;
+    disk.sync()?;
+    progress.finish();
+    read_back(disk, part, p)?;
+    info!(
+        "{}: {} bytes read from the bundle, {} copied from slot seeds, {} already in place; read back",
+        part.label, counts.fetched, counts.copied, counts.in_place
+    );
+    Ok(counts)
+}
+
+/// Reads the slot back from the device and checks it against the signed fixed-size table.
+fn read_back(disk: &Disk, part: &Partition, p: &Payload) -> Result<()> {
+    disk.drop_cache(part, p.size);
+    let mut buf = vec![0u8; p.chunk_size as usize];
+    for (i, want) in p.chunks.iter().enumerate() {
+        let len = p.chunk_len(i as u64) as usize;
+        let at = i as u64 * p.chunk_size as u64;
+        disk.read_at(part, at, &mut buf[..len])
+            .with_context(|| format!("reading back {} at {at}", part.label))?;
+        if Sha256::digest(&buf[..len])[..] != want.0 {
+            refuse!(
+                codes::READBACK_MISMATCH,
+                "{} does not read back as written (chunk {i} at offset {at}): the medium may be failing",
+                part.label
+            );
+        }
+    }
+    Ok(())
+}
+
+struct FileSeeds<'a, 'd> {
+    esp: &'a Esp<'d>,
+    keep_path: &'a str,
+}
+
+impl SeedRead for FileSeeds<'_, '_> {
+    fn read(&self, s: u8, offset: u64, buf: &mut [u8]) -> Result<()> {
+        anyhow::ensure!(s == seed::KEEP_FILE, "not a copy seed");
+        self.esp.read_exact_at(self.keep_path, offset, buf)
+    }
+}
+
+/// Writes a boot file (kernel or initrd) of `target` to `path` on the ESP from seeds and the
+/// bundle; nothing if the target's file already equals the payload. The caller checks the
+/// written files' digests after a sync, as for the stream path.
+pub fn write_boot_file(
+    esp: &Esp,
+    target: Slot,
+    path: &str,
+    p: &Payload,
+    map: &SeedMap,
+    src: &mut dyn Fetch,
+) -> Result<Counts> {
+    let mut counts = Counts::default();
+    if map.all_from(seed::TARGET_FILE) {
+        counts.in_place = p.size;
+        return Ok(counts);
+    }
+    let keep = target.other().files();
+    let keep_path = if p.kind == abbundle::PayloadKind::Kernel {
+        keep.kernel
+    } else {
+        keep.initrd
+    };
+    let seeds = FileSeeds {
+        esp,
+        keep_path: &keep_path,
+    };
+    let mut f = esp.create(path)?;
+    let mut buf = vec![0u8; abbundle::index::MAX_CHUNK as usize];
+    let mut at = 0u64;
+    for (i, e) in map.entries().iter().enumerate() {
+        let len = e.len as usize;
+        chunk(p, map, i, at, &seeds, src, &mut buf[..len], &mut counts)?;
+        f.write_all(&buf[..len])
+            .with_context(|| format!("writing {path} on the ESP"))?;
+        at += len as u64;
+    }
+    f.flush()
+        .with_context(|| format!("flushing {path} on the ESP"))?;
+    Ok(counts)
+}
+
+/// Sums counts (for the final report).
+pub fn total(c: &[Counts]) -> Counts {
+    let mut t = Counts::default();
+    for x in c {
+        t.add(*x);
+    }
+    t
+}
