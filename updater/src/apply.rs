@@ -572,7 +572,7 @@ fn write_slot_delta(
     let keep = disk.partition(target.other().partition_label())?;
     let files = target.files();
     let counts = [
-        delta_apply::write_root(disk, part, keep, rootfs, &maps[0], src, ctx.quiet)?,
+        delta_apply::write_root(disk, target, part, keep, rootfs, &maps[0], src, ctx.quiet)?,
         delta_apply::write_boot_file(esp, target, &files.kernel, kernel, &maps[1], src)?,
         delta_apply::write_boot_file(esp, target, &files.initrd, initrd, &maps[2], src)?,
     ];

@@ -206,8 +206,10 @@ impl SeedRead for SlotSeeds<'_> {
 
 /// Writes the root image into `part` (the target slot) chunk by chunk, syncs, and reads the
 /// slot back against the signed fixed-size chunk table.
+#[allow(clippy::too_many_arguments)]
 pub fn write_root(
     disk: &Disk,
+    target: Slot,
     part: &Partition,
     keep: &Partition,
     p: &Payload,
@@ -217,7 +219,8 @@ pub fn write_root(
 ) -> Result<Counts> {
     let seeds = SlotSeeds { disk, keep };
     let mut counts = Counts::default();
-    let mut progress = Progress::new(&format!("{} (delta)", part.label), p.size, quiet);
+    // The same progress and log lines as the full stream: scripts and tests watch for them.
+    let mut progress = Progress::new(&format!("slot {target}"), p.size, quiet);
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     let mut batch_start = 0u64;
     let flush = |batch: &mut Vec<u8>, start: u64| -> Result<()> {
@@ -256,8 +259,9 @@ pub fn write_root(
     progress.finish();
     read_back(disk, part, p)?;
     info!(
-        "{}: {} bytes read from the bundle, {} copied from slot seeds, {} already in place; read back",
-        part.label, counts.fetched, counts.copied, counts.in_place
+        "slot {target}: {} bytes written and read back ({} read from the bundle, {} copied from \
+         the other slot, {} already in place)",
+        p.size, counts.fetched, counts.copied, counts.in_place
     );
     Ok(counts)
 }
