@@ -6,7 +6,7 @@
 #   qemu-test-grub-1.img         v1's system on the GRUB disk (images/qemu-test-grub.toml: the
 #                                same compatible, so the bundles above install on it too)
 #   broken.abu                   v4 whose system init fails at once
-#   corrupt.abu                  v2 with one byte of its rootfs payload flipped
+#   corrupt.abu                  v2 with one byte flipped in a rootfs chunk v1 does not have
 #   wrong-key.abu                v2 signed by a key the devices do not trust
 #   channel/                     build-channel-media.sh: systems with a channel, channel media
 set -euo pipefail
@@ -62,20 +62,41 @@ mkdir -p "$out/wrong"
 mv "$out/wrong/qemu-test-2.abu" "$out/wrong-key.abu"
 rm -rf "$out/wrong"
 
-# v2 with one flipped byte in the middle of its rootfs payload: refused mid-stream.
-python3 - "$out/qemu-test-2.abu" "$out/corrupt.abu" <<'PY'
+# v2 with one flipped byte in the middle of a rootfs chunk that v1 does not have: a delta
+# from a v1 machine must read that chunk from the bundle, so the apply is refused there (exit 18).
+# (A flipped byte in a chunk the device copies from its own slot is never read: the slot still
+# gets exactly the signed content.)
+python3 - "$out/qemu-test-1.abu" "$out/qemu-test-2.abu" "$out/corrupt.abu" <<'PY'
 import json, shutil, struct, sys
-src, dst = sys.argv[1], sys.argv[2]
-shutil.copy(src, dst)
-with open(dst, "r+b") as f:
-    header = f.read(64)
-    manifest_len = struct.unpack_from("<I", header, 16)[0]
-    manifest = json.loads(f.read(manifest_len))
-    rootfs = manifest["payloads"][0]
-    at = rootfs["offset"] + rootfs["size"] // 2
-    f.seek(at)
+
+def read(path):
+    """(manifest, rootfs chunk list [(offset in payload, length, digest)]) of a format 2 bundle."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+        assert struct.unpack_from("<I", header, 8)[0] == 2, f"{path}: not a format 2 bundle"
+        manifest = json.loads(f.read(struct.unpack_from("<I", header, 16)[0]))
+        ci = manifest["chunk_index"]
+        f.seek(ci["offset"])
+        index = f.read(ci["size"])
+    chunks, at = [], 0
+    for i in range(ci["chunks"][0]):
+        length = struct.unpack_from("<I", index, 36 * i)[0]
+        chunks.append((at, length, index[36 * i + 4: 36 * i + 36]))
+        at += length
+    return manifest, chunks
+
+_, old = read(sys.argv[1])
+manifest, new = read(sys.argv[2])
+have = {digest for _, _, digest in old}
+fresh = [(at, length) for at, length, digest in new if digest not in have]
+assert fresh, "v2's root has no chunk that v1 lacks"
+at, length = fresh[len(fresh) // 2]
+shutil.copy(sys.argv[2], sys.argv[3])
+with open(sys.argv[3], "r+b") as f:
+    pos = manifest["payloads"][0]["offset"] + at + length // 2
+    f.seek(pos)
     b = f.read(1)
-    f.seek(at)
+    f.seek(pos)
     f.write(bytes([b[0] ^ 0xFF]))
 PY
 ls -la "$out"/*.abu "$out"/*.img
