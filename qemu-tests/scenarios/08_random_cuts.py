@@ -163,18 +163,28 @@ class Cutter:
         """Whether `step` can be cut now without an extra boot."""
         if step == "rollback":
             nxt = self.status["nextBootSlot"]
-            if "rollback" not in self.windows and nxt != self.state[0]:
-                return False  # the measuring run is undone by mark-good of the running slot
+            if "rollback" not in self.windows and (nxt != self.state[0] or self.downgraded()):
+                # The measuring run is undone by mark-good of the running slot. That puts
+                # the running slot first again only if it is not older than the other one:
+                # mark-good drops a boot counter and reorders nothing (systemd-boot then
+                # prefers the newer good entry, GRUB keeps the order rollback set).
+                return False
             return slot_info(self.status, other(nxt))["state"] == "good"
         if step == "grow-fs":
             return self.fs_pending and "grow-fs" in self.windows
         return True
 
+    def downgraded(self):
+        """The running slot holds an older version than the other slot (after 3 -> 2)."""
+        running = slot_info(self.status, self.state[0])["version"]
+        other_version = slot_info(self.status, other(self.state[0]))["version"]
+        return other_version is not None and int(other_version) > int(running)
+
     def prepare(self, step):
         """Makes a step possible that has fallen behind (an update booted, a grown partition)."""
         if step == "rollback":
-            # An update booted: the old slot stays good, unless the update was a downgrade
-            # (3 -> 2), which demotes it; then one more update (2 -> 3) does it.
+            # An update booted: the old slot stays good. After a downgrade (3 -> 2) the
+            # measuring run could not be undone (see possible): one more update (2 -> 3).
             for _ in range(2):
                 if self.possible(step):
                     break
