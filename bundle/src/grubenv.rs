@@ -164,7 +164,8 @@ impl State {
         [self.first, self.first.other()]
     }
 
-    fn order_text(&self) -> &'static str {
+    /// `ab_order`'s value: "a b" or "b a".
+    pub fn order_text(&self) -> &'static str {
         match self.first {
             Slot::A => "a b",
             Slot::B => "b a",

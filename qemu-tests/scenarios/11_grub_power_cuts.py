@@ -97,7 +97,7 @@ def run(t):
     # the old one, or the new one if its write got through. GRUB reads copy 1: the new slot,
     # as a try. Cut 4 comes right after GRUB saved that try, before the kernel loads.
     r.apply_and_cut("between env copy 1 and copy 2",
-                    f"wrote grub/env1: ab_order={target} ".encode())
+                    f"wrote grub/env1: ab_order=\"{target} ".encode())
     env1 = harness.grub_env(m.disk, 1)
     assert env1["ab_order"].startswith(target) and env1[f"ab_{target}"] == "3", env1
     new = (target, version)

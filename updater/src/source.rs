@@ -10,7 +10,9 @@
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "http")]
+use std::time::Instant;
 
 use abbundle::error::exit;
 use abbundle::{FormatError, Header, HEADER_LEN};
@@ -24,6 +26,7 @@ use crate::config::Config;
 const READ_BUFFER: usize = 1 << 20;
 
 /// Redirects followed before giving up (as many as curl's and ureq's default).
+#[cfg(feature = "http")]
 const MAX_REDIRECTS: usize = 5;
 
 fn advise_sequential(file: &File) {
@@ -149,6 +152,7 @@ pub fn is_fetch_error(e: &(dyn std::error::Error + 'static)) -> bool {
         .is_some_and(|inner| inner.is::<FetchError>())
 }
 
+#[cfg(feature = "http")]
 fn fetch_error(kind: io::ErrorKind, message: String) -> io::Error {
     io::Error::new(kind, FetchError(message))
 }
@@ -178,6 +182,7 @@ impl HttpLimits {
 
 /// Wraps a download: fails once the deadline has passed or when a window of waiting brought
 /// fewer bytes than the minimum rate asks, and tags every error as a [`FetchError`].
+#[cfg(feature = "http")]
 struct Guarded<R> {
     inner: R,
     url: String,
@@ -187,6 +192,7 @@ struct Guarded<R> {
     bytes: u64,
 }
 
+#[cfg(feature = "http")]
 impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let url = &self.url;

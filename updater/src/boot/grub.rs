@@ -87,8 +87,10 @@ fn write_state(esp: &Esp, new: &State) -> Result<()> {
         }
         esp.write_in_place(f, &block)?;
         info!(
-            "wrote {path}: ab_order={} ab_a={} ab_b={}",
-            new.first, new.a, new.b
+            "wrote {path}: ab_order=\"{}\" ab_a={} ab_b={}",
+            new.order_text(),
+            new.a,
+            new.b
         );
     }
     Ok(())
