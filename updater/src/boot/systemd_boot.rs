@@ -244,6 +244,20 @@ impl BootLoader for SystemdBoot {
         version: &str,
         kernel_params: &str,
     ) -> Result<()> {
+        // A downgrade's mark left on the other slot (its downgrade failed, it runs again) must
+        // not decide this update's order: with both entries at 0 tries and equal versions,
+        // systemd-boot would pick `slot-b` by name. It is made plainly good first (it is the
+        // running, good slot); apply marks it again if this is another downgrade.
+        let other = of_slot(&esp.entries()?, slot.other());
+        if other.iter().any(kept_fallback) {
+            replace(
+                esp,
+                &other,
+                slot.other(),
+                EntryName::good(slot.other()),
+                false,
+            )?;
+        }
         let file = EntryName::trying(slot, tries).file_name();
         let contents = abbundle::layout::boot_entry(slot, version, kernel_params);
         let path = entry_path(&file);

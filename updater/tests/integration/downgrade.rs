@@ -150,3 +150,64 @@ fn downgrade_keeps_the_good_fallback_systemd_boot() {
 fn downgrade_keeps_the_good_fallback_grub() {
     downgrade_on(Loader::Grub);
 }
+
+/// A downgrade's mark left on the running slot must not decide a later reinstall's fallback:
+/// a (v3, good) is kept as the fallback of a downgrade of b, b never comes up, a runs again
+/// (still carrying the mark on systemd-boot), and v3 is reinstalled into b. Once b's tries run
+/// out, a boots: with both entries at 0 tries and equal versions, systemd-boot would otherwise
+/// pick `slot-b` by its name.
+fn reinstall_after_a_failed_downgrade_on(loader: Loader) {
+    let env = match loader {
+        Loader::SystemdBoot => Env::new(),
+        Loader::Grub => Env::new_grub(),
+    };
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let v3 = env.build("2026.11.3", 3, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    for (bundle, slot) in [(&v2, "b"), (&v3, "a")] {
+        let running = if slot == "a" { "b" } else { "a" };
+        ok(&env.abupdate_booted(
+            &disk,
+            Some(running),
+            &["apply", bundle.bundle.to_str().unwrap()],
+        ));
+        boot(loader, &env, &disk, slot);
+        ok(&env.abupdate_booted(&disk, Some(slot), &["mark-good"]));
+    }
+    // Downgrade b to v1; it never comes up; a (v3) boots as the fallback.
+    ok(&env.abupdate_booted(
+        &disk,
+        Some("a"),
+        &["apply", "--allow-downgrade", v1.bundle.to_str().unwrap()],
+    ));
+    for _ in 0..3 {
+        boot(loader, &env, &disk, "b");
+    }
+    boot(loader, &env, &disk, "a");
+    boot_check(&env, &disk, "a");
+    assert_eq!(shape(&env, &disk), r#"a good, b bad 0, next "a""#);
+    // Reinstall v3 into b: it is tried first, and after its tries a boots again.
+    ok(&env.abupdate_booted(
+        &disk,
+        Some("a"),
+        &["apply", "--allow-downgrade", v3.bundle.to_str().unwrap()],
+    ));
+    assert_eq!(shape(&env, &disk), r#"a good, b trying 3, next "b""#);
+    for _ in 0..3 {
+        boot(loader, &env, &disk, "b");
+    }
+    assert_eq!(shape(&env, &disk), r#"a good, b bad 0, next "a""#);
+    fsck_esp(&disk).unwrap();
+}
+
+#[test]
+fn reinstall_after_a_failed_downgrade_falls_back_systemd_boot() {
+    reinstall_after_a_failed_downgrade_on(Loader::SystemdBoot);
+}
+
+#[test]
+fn reinstall_after_a_failed_downgrade_falls_back_grub() {
+    reinstall_after_a_failed_downgrade_on(Loader::Grub);
+}
