@@ -26,6 +26,23 @@ use crate::refuse;
 /// gave 0 tries left so that the older slot boots first.
 pub const FALLBACK_MARK: &str = "# abupdate: good, kept as the fallback of a downgrade";
 
+/// The comment line of an entry given 0 tries left by `mark-bad` or `rollback`: taken out on
+/// purpose, so booting the other slot is no fallback (GRUB's `ab_order` says the same).
+pub const MARKED_BAD: &str = "# abupdate: marked bad on purpose (mark-bad or rollback)";
+
+/// What [`replace`] writes into an entry besides the kept text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    None,
+    KeptFallback,
+    MarkedBad,
+}
+
+/// Whether `e` was marked bad on purpose (see [`MARKED_BAD`]).
+fn marked_bad(e: &BootEntry) -> bool {
+    e.counter.is_some_and(|c| c.left == 0) && e.text.lines().any(|l| l.trim_end() == MARKED_BAD)
+}
+
 /// Whether `e` is a good slot's entry demoted for a downgrade (see [`FALLBACK_MARK`]).
 fn kept_fallback(e: &BootEntry) -> bool {
     e.counter.is_some_and(|c| c.left == 0) && e.text.lines().any(|l| l.trim_end() == FALLBACK_MARK)
@@ -84,23 +101,18 @@ fn state(entries: &[BootEntry]) -> SlotState {
 }
 
 /// Replaces all of `slot`'s `entries` by one named `new`, keeping the text of the entry
-/// systemd-boot would pick among them (adding `sort-key` if it lacks one), with
-/// [`FALLBACK_MARK`] if `fallback`, else without.
-fn replace(
-    esp: &Esp,
-    entries: &[BootEntry],
-    slot: Slot,
-    new: EntryName,
-    fallback: bool,
-) -> Result<()> {
+/// systemd-boot would pick among them (adding `sort-key` if it lacks one), with `mark`'s
+/// comment line and no other.
+fn replace(esp: &Esp, entries: &[BootEntry], slot: Slot, new: EntryName, mark: Mark) -> Result<()> {
     let Some(best) = bootentries::sorted(entries).first().copied() else {
         refuse!(codes::NO_ENTRY, "slot {slot} has no boot entry");
     };
     let mut text = best.text.clone();
-    if text.lines().any(|l| l.trim_end() == FALLBACK_MARK) {
+    let is_mark = |l: &str| [FALLBACK_MARK, MARKED_BAD].contains(&l.trim_end());
+    if text.lines().any(is_mark) {
         text = text
             .lines()
-            .filter(|l| l.trim_end() != FALLBACK_MARK)
+            .filter(|l| !is_mark(l))
             .map(|l| format!("{l}\n"))
             .collect();
     }
@@ -114,8 +126,10 @@ fn replace(
     if best.contents.sort_key.is_none() {
         add(&format!("sort-key {SORT_KEY}"));
     }
-    if fallback {
-        add(FALLBACK_MARK);
+    match mark {
+        Mark::None => {}
+        Mark::KeptFallback => add(FALLBACK_MARK),
+        Mark::MarkedBad => add(MARKED_BAD),
     }
     let new_file = new.file_name();
     let old: Vec<&str> = entries
@@ -186,13 +200,18 @@ impl BootLoader for SystemdBoot {
     fn view(&self, esp: &Esp) -> Result<View> {
         let model = Model::read(esp)?;
         let next = model.next().map(|b| (b.slot, b.record));
-        let marked: Vec<Slot> = Slot::ALL
-            .into_iter()
-            .filter(|s| of_slot(&model.entries, *s).iter().any(kept_fallback))
-            .collect();
-        // Both marked (never written by abupdate): no order is meant.
-        let first = match marked[..] {
-            [kept] => Some(kept.other()),
+        // The order meant, as GRUB's `ab_order` keeps it: the other slot than the one a
+        // downgrade kept as the fallback, or than the one marked bad on purpose. Both slots
+        // marked (never written by abupdate): no order is meant.
+        let marked = |f: fn(&BootEntry) -> bool| -> Vec<Slot> {
+            Slot::ALL
+                .into_iter()
+                .filter(|s| of_slot(&model.entries, *s).iter().any(f))
+                .collect()
+        };
+        let first = match (&marked(kept_fallback)[..], &marked(marked_bad)[..]) {
+            ([kept], _) => Some(kept.other()),
+            ([], [bad]) => Some(bad.other()),
             _ => None,
         };
         View::build(esp, next, first, |slot| {
@@ -255,7 +274,7 @@ impl BootLoader for SystemdBoot {
                 &other,
                 slot.other(),
                 EntryName::good(slot.other()),
-                false,
+                Mark::None,
             )?;
         }
         let file = EntryName::trying(slot, tries).file_name();
@@ -282,7 +301,7 @@ impl BootLoader for SystemdBoot {
         {
             return Ok(false);
         }
-        replace(esp, &entries, slot, EntryName::good(slot), false)?;
+        replace(esp, &entries, slot, EntryName::good(slot), Mark::None)?;
         Ok(true)
     }
 
@@ -299,12 +318,14 @@ impl BootLoader for SystemdBoot {
                 &other,
                 slot.other(),
                 EntryName::good(slot.other()),
-                false,
+                Mark::None,
             )?;
         }
         let entries = of_slot(&all, slot);
         let st = state(&entries);
-        if st == SlotState::Empty || (st == SlotState::Bad && entries.len() == 1) {
+        if st == SlotState::Empty
+            || (st == SlotState::Bad && entries.len() == 1 && entries.iter().all(marked_bad))
+        {
             return Ok(());
         }
         let done = entries
@@ -321,7 +342,7 @@ impl BootLoader for SystemdBoot {
                 slot,
                 counter: Some(Counter { left: 0, done }),
             },
-            false,
+            Mark::MarkedBad,
         )
     }
 
@@ -340,7 +361,7 @@ impl BootLoader for SystemdBoot {
                 slot,
                 counter: Some(Counter { left: 0, done: 0 }),
             },
-            true,
+            Mark::KeptFallback,
         )
     }
 

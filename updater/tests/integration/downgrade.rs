@@ -211,3 +211,43 @@ fn reinstall_after_a_failed_downgrade_falls_back_systemd_boot() {
 fn reinstall_after_a_failed_downgrade_falls_back_grub() {
     reinstall_after_a_failed_downgrade_on(Loader::Grub);
 }
+
+/// An update taken back before it booted (`mark-bad b` while a runs) is no failed boot: the
+/// next boot of a is not reported as a fallback, on either loader (the channel loop would
+/// otherwise skip that version for good as `failed-before`).
+fn marked_bad_is_no_fallback_on(loader: Loader) {
+    let env = match loader {
+        Loader::SystemdBoot => Env::new(),
+        Loader::Grub => Env::new_grub(),
+    };
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    ok(&env.abupdate_booted(&disk, Some("a"), &["apply", v2.bundle.to_str().unwrap()]));
+    ok(&env.abupdate_booted(&disk, Some("a"), &["mark-bad", "b"]));
+    assert_eq!(shape(&env, &disk), r#"a good, b bad 0, next "a""#);
+    boot(loader, &env, &disk, "a");
+    let s = boot_check(&env, &disk, "a");
+    assert_eq!(s["lastBootWasFallback"], false, "{s}");
+    assert_eq!(s["lastBoot"]["failedSlot"], Value::Null, "{s}");
+    // A real failure still is one: v2 again, and its tries run out.
+    ok(&env.abupdate_booted(&disk, Some("a"), &["apply", v2.bundle.to_str().unwrap()]));
+    for _ in 0..3 {
+        boot(loader, &env, &disk, "b");
+    }
+    boot(loader, &env, &disk, "a");
+    let s = boot_check(&env, &disk, "a");
+    assert_eq!(s["lastBootWasFallback"], true, "{s}");
+    assert_eq!(s["lastBoot"]["failedSlot"], "b", "{s}");
+}
+
+#[test]
+fn marked_bad_is_no_fallback_systemd_boot() {
+    marked_bad_is_no_fallback_on(Loader::SystemdBoot);
+}
+
+#[test]
+fn marked_bad_is_no_fallback_grub() {
+    marked_bad_is_no_fallback_on(Loader::Grub);
+}
