@@ -104,7 +104,7 @@ pub struct ApplyArgs {
     pub reboot: bool,
     /// Target slot (default: the one not running or booting next)
     #[arg(long)]
-    pub slot: Option<crate::bootentries::Slot>,
+    pub slot: Option<crate::boot::Slot>,
     /// Change nothing: print what would be read from the bundle and what copied
     /// from the slots and boot files the device holds (format 2 bundles)
     #[arg(long)]
@@ -125,7 +125,7 @@ pub struct StatusArgs {
 #[derive(Args, Debug)]
 pub struct MarkBadArgs {
     /// Slot to mark bad: a or b (default: the running slot)
-    pub slot: Option<crate::bootentries::Slot>,
+    pub slot: Option<crate::boot::Slot>,
 }
 
 #[derive(Args, Debug)]

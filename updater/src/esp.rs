@@ -5,7 +5,7 @@
 //! deleting and re-creating, and cannot rename onto an existing name. So a changed boot entry
 //! is written under its new name first, synced, and only then is the old name removed: a power
 //! cut in between leaves two entries for the same slot, never none, and the boot-entry model
-//! (`bootentries::select`) treats two entries of one slot as that slot. Every step that must be
+//! (`boot::entries::select`) treats two entries of one slot as that slot. Every step that must be
 //! durable ends with [`Esp::sync`].
 
 use std::io::{Read, Seek, Write};
@@ -13,7 +13,6 @@ use std::io::{Read, Seek, Write};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use crate::bootentries::{is_entry_file, BootEntry, ENTRIES_DIR};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -111,24 +110,20 @@ impl<'d> Esp<'d> {
         })
     }
 
-    /// Every `*.conf` in `loader/entries`, with its contents.
-    pub fn entries(&self) -> Result<Vec<BootEntry>> {
-        let dir = match self.fs.root_dir().open_dir(ENTRIES_DIR) {
+    /// The names of the files (not directories) in `dir`; none if `dir` does not exist.
+    pub fn list_files(&self, dir: &str) -> Result<Vec<String>> {
+        let d = match self.fs.root_dir().open_dir(dir) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).context("opening loader/entries on the ESP"),
+            Err(e) => return Err(e).with_context(|| format!("opening {dir} on the ESP")),
         };
         let mut out = Vec::new();
-        for e in dir.iter() {
-            let e = e.context("listing loader/entries on the ESP")?;
-            let name = e.file_name();
-            if e.is_dir() || !is_entry_file(&name) {
-                continue;
+        for e in d.iter() {
+            let e = e.with_context(|| format!("listing {dir} on the ESP"))?;
+            if !e.is_dir() {
+                out.push(e.file_name());
             }
-            let text = self.read_small(&entry_path(&name))?.unwrap_or_default();
-            out.push(BootEntry::new(&name, &String::from_utf8_lossy(&text)));
         }
-        out.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(out)
     }
 

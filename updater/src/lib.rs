@@ -5,7 +5,6 @@
 pub mod apply;
 pub mod boot;
 pub mod bootcheck;
-pub mod bootentries;
 pub mod channel_state;
 pub mod cli;
 pub mod codes;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::bootentries::Slot;
+use crate::boot::Slot;
 use crate::codes;
 use crate::disk::Disk;
 

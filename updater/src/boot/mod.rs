@@ -7,6 +7,7 @@
 //! are written by `apply` itself; a backend only keeps the loader's own state (systemd-boot:
 //! the entries in `loader/entries/`).
 
+pub mod entries;
 pub mod grub;
 pub mod systemd_boot;
 

@@ -1,6 +1,6 @@
 //! systemd-boot: Boot Loader Specification entries in `loader/entries/` with boot counting
 //! (docs/updater.md). The entry names carry the counters (`slot-b+3.conf`); which entry boots
-//! is modelled in `crate::bootentries`.
+//! is modelled in [`entries`].
 //!
 //! Every change writes the new name first, syncs, then removes the old name(s) and syncs
 //! again (fatfs cannot rename atomically): a power cut in between leaves two entries for the
@@ -16,8 +16,8 @@ use std::collections::HashSet;
 use anyhow::Result;
 use tracing::info;
 
+use super::entries::{self as bls, BootEntry, Counter, EntryName, EntryState, Slot, SORT_KEY};
 use super::{BootLoader, BootModel, Booted, RecordSpace, SlotRecords, SlotState, View};
-use crate::bootentries::{self, BootEntry, Counter, EntryName, EntryState, Slot, SORT_KEY};
 use crate::codes;
 use crate::esp::{entry_path, Esp};
 use crate::refuse;
@@ -56,8 +56,21 @@ impl SystemdBoot {
     pub fn present(esp: &Esp) -> bool {
         esp.exists(abbundle::layout::BOOT_EFI)
             || esp.exists(abbundle::layout::LOADER_CONF)
-            || esp.dir_exists(bootentries::ENTRIES_DIR)
+            || esp.dir_exists(bls::ENTRIES_DIR)
     }
+}
+
+/// Every `*.conf` in `loader/entries` on `esp`, with its contents, sorted by name.
+pub fn read_entries(esp: &Esp) -> Result<Vec<BootEntry>> {
+    let mut out = Vec::new();
+    for name in esp.list_files(bls::ENTRIES_DIR)? {
+        if bls::is_entry_file(&name) {
+            let text = esp.read_small(&entry_path(&name))?.unwrap_or_default();
+            out.push(BootEntry::new(&name, &String::from_utf8_lossy(&text)));
+        }
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(out)
 }
 
 /// The entries of `slot` among `all`.
@@ -104,7 +117,7 @@ fn state(entries: &[BootEntry]) -> SlotState {
 /// systemd-boot would pick among them (adding `sort-key` if it lacks one), with `mark`'s
 /// comment line and no other.
 fn replace(esp: &Esp, entries: &[BootEntry], slot: Slot, new: EntryName, mark: Mark) -> Result<()> {
-    let Some(best) = bootentries::sorted(entries).first().copied() else {
+    let Some(best) = bls::sorted(entries).first().copied() else {
         refuse!(codes::NO_ENTRY, "slot {slot} has no boot entry");
     };
     let mut text = best.text.clone();
@@ -162,7 +175,7 @@ struct Model {
 
 impl Model {
     fn read(esp: &Esp) -> Result<Model> {
-        let entries = esp.entries()?;
+        let entries = read_entries(esp)?;
         let present = entries
             .iter()
             .flat_map(|e| [&e.contents.linux, &e.contents.efi])
@@ -176,7 +189,7 @@ impl Model {
 
 impl BootModel for Model {
     fn next(&self) -> Option<Booted> {
-        let e = bootentries::select(&self.entries, &|p| self.present.contains(p))?;
+        let e = bls::select(&self.entries, &|p| self.present.contains(p))?;
         Some(Booted {
             slot: e.slot()?,
             version: e.contents.version.clone().unwrap_or_default(),
@@ -187,7 +200,7 @@ impl BootModel for Model {
     fn boot(&mut self) -> Option<Booted> {
         let next = self.next()?;
         let present = &self.present;
-        bootentries::simulate_boot(&mut self.entries, &|p| present.contains(p))?;
+        bls::simulate_boot(&mut self.entries, &|p| present.contains(p))?;
         Some(next)
     }
 }
@@ -219,7 +232,7 @@ impl BootLoader for SystemdBoot {
             SlotRecords {
                 state: state(&entries),
                 entries: entries.iter().map(|e| e.file.clone()).collect(),
-                version: bootentries::sorted(&entries)
+                version: bls::sorted(&entries)
                     .first()
                     .and_then(|e| e.contents.version.clone()),
             }
@@ -231,14 +244,14 @@ impl BootLoader for SystemdBoot {
     }
 
     fn bootable(&self, esp: &Esp, slot: Slot) -> Result<bool> {
-        Ok(of_slot(&esp.entries()?, slot).iter().any(|e| {
+        Ok(of_slot(&read_entries(esp)?, slot).iter().any(|e| {
             (e.counter.is_none_or(|c| c.left > 0) || kept_fallback(e))
                 && e.contents.linux.as_deref().is_some_and(|p| esp.exists(p))
         }))
     }
 
     fn make_unbootable(&self, esp: &Esp, slot: Slot) -> Result<()> {
-        for e in of_slot(&esp.entries()?, slot) {
+        for e in of_slot(&read_entries(esp)?, slot) {
             info!("removing boot entry {}", e.file);
             esp.remove(&entry_path(&e.file))?;
         }
@@ -247,7 +260,7 @@ impl BootLoader for SystemdBoot {
 
     fn record_space(&self, esp: &Esp, slot: Slot) -> Result<RecordSpace> {
         Ok(RecordSpace {
-            removed: of_slot(&esp.entries()?, slot)
+            removed: of_slot(&read_entries(esp)?, slot)
                 .iter()
                 .map(|e| e.text.len() as u64)
                 .collect(),
@@ -267,7 +280,7 @@ impl BootLoader for SystemdBoot {
         // not decide this update's order: with both entries at 0 tries and equal versions,
         // systemd-boot would pick `slot-b` by name. It is made plainly good first (it is the
         // running, good slot); apply marks it again if this is another downgrade.
-        let other = of_slot(&esp.entries()?, slot.other());
+        let other = of_slot(&read_entries(esp)?, slot.other());
         if other.iter().any(kept_fallback) {
             replace(
                 esp,
@@ -294,7 +307,7 @@ impl BootLoader for SystemdBoot {
     }
 
     fn mark_good(&self, esp: &Esp, slot: Slot) -> Result<bool> {
-        let entries = of_slot(&esp.entries()?, slot);
+        let entries = of_slot(&read_entries(esp)?, slot);
         if state(&entries) == SlotState::Good
             && entries.len() == 1
             && !entries.iter().any(kept_fallback)
@@ -310,7 +323,7 @@ impl BootLoader for SystemdBoot {
     /// downgrade's kept fallback (0 tries left too), it is made plainly good first: with both
     /// at 0, the version or the name would decide, and equal versions would pick `slot-b`.
     fn mark_bad(&self, esp: &Esp, slot: Slot) -> Result<()> {
-        let all = esp.entries()?;
+        let all = read_entries(esp)?;
         let other = of_slot(&all, slot.other());
         if other.iter().any(kept_fallback) {
             replace(
@@ -349,7 +362,7 @@ impl BootLoader for SystemdBoot {
     /// A good slot gets 0 tries left, so systemd-boot lists it after the older slot, and
     /// [`FALLBACK_MARK`], so it stays good. A slot that is not good is marked bad.
     fn keep_as_fallback(&self, esp: &Esp, slot: Slot) -> Result<()> {
-        let entries = of_slot(&esp.entries()?, slot);
+        let entries = of_slot(&read_entries(esp)?, slot);
         if state(&entries) != SlotState::Good {
             return self.mark_bad(esp, slot);
         }
@@ -375,7 +388,7 @@ impl BootLoader for SystemdBoot {
         let (sv, other) = (view.slot(booted), view.slot(booted.other()));
         let newer = match (&sv.version, &other.version) {
             (Some(b), Some(o)) => {
-                bootentries::strverscmp_improved(o, b).is_gt() && !other.entries.is_empty()
+                bls::strverscmp_improved(o, b).is_gt() && !other.entries.is_empty()
             }
             (None, Some(_)) => !other.entries.is_empty(),
             _ => false,

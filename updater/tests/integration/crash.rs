@@ -5,7 +5,7 @@
 //! be complete: its partition holds the root image of the version its entry names, and its
 //! kernel and initrd on the ESP are that version's.
 //!
-//! The same scenarios run on a systemd-boot disk (judged with `bootentries`) and on a GRUB
+//! The same scenarios run on a systemd-boot disk (judged with `boot::entries`) and on a GRUB
 //! disk (judged with `grubenv::next_boot` over both env copies, each boot's try saved into the
 //! copy GRUB read; the version is the slot's `info.json`, and its `cmdline.cfg` must be that
 //! version's too). On GRUB, a cut that leaves grub.cfg booting its baked-in default slot (no
@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use abbundle::{grubenv, Manifest, PayloadKind};
-use abupdate::bootentries::{self, Slot};
+use abupdate::boot::entries::{self as bootentries, Slot};
 use abupdate::codes;
 use abupdate::disk::Disk;
 use abupdate::esp::Esp;
@@ -42,7 +42,7 @@ fn judge(disk_path: &Path, versions: &HashMap<String, &Manifest>) -> Vec<String>
     if esp.exists(grubenv::ENV_FILES[0]) {
         return judge_grub(&disk, &esp, versions);
     }
-    let mut entries = match esp.entries() {
+    let mut entries = match abupdate::boot::systemd_boot::read_entries(&esp) {
         Ok(e) => e,
         Err(e) => return vec![format!("entries unreadable: {e:#}")],
     };

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use abupdate::bootentries::EntryName;
+use abupdate::boot::entries::EntryName;
 use serde_json::Value;
 
 use crate::apply::rename_like_systemd_boot;
