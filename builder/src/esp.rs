@@ -14,6 +14,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use abbundle::fat32::{
+    first_cluster, set_first_cluster, Geometry, ATTR_DIR, ATTR_LFN, BAD, DOT, DOTDOT, ENTRY, MASK,
+};
 use anyhow::{bail, Context, Result};
 use fatfs::{
     Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
@@ -218,81 +221,34 @@ pub fn write(
     fix_directories(&mut Region::new(image, part)).context("fixing the ESP's directory entries")
 }
 
-/// Directory entry size and the fields of a short (8.3) entry we use.
-const ENTRY: usize = 32;
-const ATTR_LFN: u8 = 0x0F;
-const ATTR_DIR: u8 = 0x10;
-const DOT: [u8; 11] = *b".          ";
-const DOTDOT: [u8; 11] = *b"..         ";
-
-/// The FAT32 geometry from a boot sector.
-struct Geometry {
-    cluster_bytes: u64,
-    fat_start: u64,
-    data_start: u64,
-    root_cluster: u32,
+/// The FAT32 geometry of the file system on `dev`.
+fn geometry<D: Read + Seek>(dev: &mut D) -> io::Result<Geometry> {
+    let mut bs = [0u8; 512];
+    dev.seek(SeekFrom::Start(0))?;
+    dev.read_exact(&mut bs)?;
+    Geometry::parse(&bs).map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))
 }
 
-impl Geometry {
-    fn read<D: Read + Seek>(dev: &mut D) -> io::Result<Geometry> {
-        let mut bs = [0u8; 512];
-        dev.seek(SeekFrom::Start(0))?;
-        dev.read_exact(&mut bs)?;
-        let u16_at = |o: usize| u16::from_le_bytes([bs[o], bs[o + 1]]) as u64;
-        let u32_at = |o: usize| u32::from_le_bytes(bs[o..o + 4].try_into().unwrap());
-        let bps = u16_at(11);
-        let spc = bs[13] as u64;
-        let reserved = u16_at(14);
-        let fats = bs[16] as u64;
-        let fat_sectors = u32_at(36) as u64;
-        if bps == 0 || spc == 0 || u16_at(22) != 0 {
+/// The clusters of the chain starting at `first`.
+fn chain<D: Read + Seek>(dev: &mut D, g: &Geometry, first: u32) -> io::Result<Vec<u32>> {
+    let mut out = vec![first];
+    let mut c = first;
+    loop {
+        let mut e = [0u8; 4];
+        dev.seek(SeekFrom::Start(g.fat_start + c as u64 * 4))?;
+        dev.read_exact(&mut e)?;
+        c = u32::from_le_bytes(e) & MASK;
+        if !(2..BAD).contains(&c) {
+            return Ok(out);
+        }
+        if out.len() as u64 > g.clusters {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "not a FAT32 boot sector",
+                "FAT chain loops",
             ));
         }
-        Ok(Geometry {
-            cluster_bytes: bps * spc,
-            fat_start: reserved * bps,
-            data_start: (reserved + fats * fat_sectors) * bps,
-            root_cluster: u32_at(44),
-        })
+        out.push(c);
     }
-
-    fn cluster_offset(&self, c: u32) -> u64 {
-        self.data_start + (c as u64 - 2) * self.cluster_bytes
-    }
-
-    /// The clusters of the chain starting at `first`.
-    fn chain<D: Read + Seek>(&self, dev: &mut D, first: u32) -> io::Result<Vec<u32>> {
-        let mut out = vec![first];
-        let mut c = first;
-        loop {
-            let mut e = [0u8; 4];
-            dev.seek(SeekFrom::Start(self.fat_start + c as u64 * 4))?;
-            dev.read_exact(&mut e)?;
-            c = u32::from_le_bytes(e) & 0x0FFF_FFFF;
-            if !(2..0x0FFF_FFF7).contains(&c) {
-                return Ok(out);
-            }
-            if out.len() > 1 << 20 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "FAT chain loops",
-                ));
-            }
-            out.push(c);
-        }
-    }
-}
-
-fn first_cluster(e: &[u8]) -> u32 {
-    (u16::from_le_bytes([e[20], e[21]]) as u32) << 16 | u16::from_le_bytes([e[26], e[27]]) as u32
-}
-
-fn set_first_cluster(e: &mut [u8], c: u32) {
-    e[20..22].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
-    e[26..28].copy_from_slice(&(c as u16).to_le_bytes());
 }
 
 /// Rewrites every directory below the root of the FAT32 file system on `dev` so that `.` and
@@ -300,7 +256,7 @@ fn set_first_cluster(e: &mut [u8], c: u32) {
 /// the root), and the other entries follow in their order. Idempotent: correct directories
 /// are rewritten unchanged.
 pub fn fix_directories<D: Read + Write + Seek>(dev: &mut D) -> io::Result<()> {
-    let g = Geometry::read(dev)?;
+    let g = geometry(dev)?;
     // (directory's first cluster, parent's cluster as `..` records it)
     let mut todo: Vec<(u32, u32)> = Vec::new();
     let root_entries = read_dir(dev, &g, g.root_cluster)?.1;
@@ -355,7 +311,7 @@ fn read_dir<D: Read + Seek>(
     g: &Geometry,
     first: u32,
 ) -> io::Result<(Vec<u32>, Vec<[u8; ENTRY]>)> {
-    let clusters = g.chain(dev, first)?;
+    let clusters = chain(dev, g, first)?;
     let mut entries = Vec::new();
     let mut buf = vec![0u8; g.cluster_bytes as usize];
     'outer: for c in &clusters {

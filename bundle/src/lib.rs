@@ -14,6 +14,7 @@ pub mod channel;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
+pub mod fat32;
 pub mod fat_time;
 pub mod grubenv;
 pub mod header;

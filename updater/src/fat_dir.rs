@@ -29,27 +29,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::window::Window;
 
-const ENTRY: usize = 32;
-const ATTR_LFN: u8 = 0x0f;
-const ATTR_VOLUME: u8 = 0x08;
-const ATTR_DIR: u8 = 0x10;
-const DELETED: u8 = 0xe5;
-const DOT: &[u8; 11] = b".          ";
-const DOTDOT: &[u8; 11] = b"..         ";
-/// FAT32 cluster numbers are 28 bits; this and above ends a chain.
-const END_OF_CHAIN: u32 = 0x0fff_fff8;
+use abbundle::fat32::{
+    self, first_cluster as cluster_of, set_first_cluster as set_cluster, ATTR_DIR, ATTR_LFN,
+    ATTR_VOLUME, BAD, DELETED, DOT, DOTDOT, ENTRY, MASK,
+};
 
-/// What we need of a FAT32 boot sector.
-struct Geometry {
-    /// Byte offset of the first FAT.
-    fat: u64,
-    /// Byte offset of cluster 2.
-    data: u64,
-    cluster_bytes: u64,
-    root_cluster: u32,
-    /// Clusters 2..2 + count exist.
-    count: u32,
-}
+/// The ESP's FAT32 layout, and the directory walks this module needs over it.
+struct Geometry(fat32::Geometry);
 
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
@@ -60,59 +46,28 @@ fn read_at(w: &mut Window, at: u64, buf: &mut [u8]) -> io::Result<()> {
     w.read_exact(buf)
 }
 
-fn cluster_of(e: &[u8]) -> u32 {
-    (u16::from_le_bytes([e[20], e[21]]) as u32) << 16 | u16::from_le_bytes([e[26], e[27]]) as u32
-}
-
-fn set_cluster(e: &mut [u8], c: u32) {
-    e[20..22].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
-    e[26..28].copy_from_slice(&(c as u16).to_le_bytes());
-}
-
 impl Geometry {
     /// The ESP's boot sector, if the ESP is FAT32.
     fn read(w: &mut Window) -> io::Result<Geometry> {
         let mut b = [0u8; 512];
         read_at(w, 0, &mut b)?;
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes")) as u64;
-        let (bps, spc) = (u16_at(11), b[13] as u64);
-        let (reserved, fats, root_entries) = (u16_at(14), b[16] as u64, u16_at(17));
-        let (fat16_size, fat32_size) = (u16_at(22), u32_at(36));
-        let total = if u16_at(19) != 0 {
-            u16_at(19)
-        } else {
-            u32_at(32)
-        };
-        if !matches!(bps, 512 | 1024 | 2048 | 4096) || !spc.is_power_of_two() || fats == 0 {
-            return Err(bad("the ESP's boot sector is not a FAT boot sector"));
-        }
-        if fat16_size != 0 || root_entries != 0 || fat32_size == 0 {
-            return Err(bad(
-                "the ESP is not FAT32 (abbuild makes it FAT32), so abupdate does not create \
-                 directories on it",
-            ));
-        }
-        let data_sector = reserved + fats * fat32_size;
-        let count = total.saturating_sub(data_sector) / spc;
-        Ok(Geometry {
-            fat: reserved * bps,
-            data: data_sector * bps,
-            cluster_bytes: spc * bps,
-            root_cluster: u32_at(44) as u32,
-            count: count.min(END_OF_CHAIN as u64 - 2) as u32,
+        fat32::Geometry::parse(&b).map(Geometry).map_err(|why| {
+            bad(format!(
+                "the ESP's boot sector: {why} (abbuild makes it FAT32), so abupdate does not \
+                 create directories on it"
+            ))
         })
     }
 
     fn check_cluster(&self, c: u32) -> io::Result<u32> {
-        if c < 2 || c - 2 >= self.count {
+        if !self.0.valid(c) {
             return Err(bad(format!("cluster {c} is not on the ESP")));
         }
         Ok(c)
     }
 
     fn offset(&self, c: u32) -> u64 {
-        self.data + (c as u64 - 2) * self.cluster_bytes
+        self.0.cluster_offset(c)
     }
 
     /// The clusters of the chain starting at `first`, bounded by the cluster count.
@@ -120,12 +75,16 @@ impl Geometry {
         let mut out = vec![self.check_cluster(first)?];
         loop {
             let mut e = [0u8; 4];
-            read_at(w, self.fat + *out.last().expect("one") as u64 * 4, &mut e)?;
-            let next = u32::from_le_bytes(e) & 0x0fff_ffff;
-            if next >= END_OF_CHAIN {
+            read_at(
+                w,
+                self.0.fat_start + *out.last().expect("one") as u64 * 4,
+                &mut e,
+            )?;
+            let next = u32::from_le_bytes(e) & MASK;
+            if next > BAD {
                 return Ok(out);
             }
-            if out.len() as u32 >= self.count {
+            if out.len() as u64 >= self.0.clusters {
                 return Err(bad("a cluster chain on the ESP loops"));
             }
             out.push(self.check_cluster(next)?);
@@ -150,7 +109,7 @@ impl Geometry {
         name: &[u8; 11],
         want_dir: bool,
     ) -> io::Result<Option<[u8; ENTRY]>> {
-        let mut buf = vec![0u8; self.cluster_bytes as usize];
+        let mut buf = vec![0u8; self.0.cluster_bytes as usize];
         for c in self.chain(w, dir)? {
             read_at(w, self.offset(c), &mut buf)?;
             for e in buf.chunks_exact(ENTRY) {
@@ -171,7 +130,7 @@ impl Geometry {
 
     /// The first cluster of the directory at `path` (the root for an empty path).
     fn dir(&self, w: &mut Window, path: &[&str]) -> io::Result<u32> {
-        let mut c = self.root_cluster;
+        let mut c = self.0.root_cluster;
         for part in path {
             let name = short_name(part).ok_or_else(|| bad(format!("{part}: not a short name")))?;
             c = self
@@ -235,7 +194,7 @@ pub fn file_extent(w: &mut Window, parent: &[&str], short: &str) -> io::Result<E
         offset: if first == 0 { 0 } else { g.offset(first) },
         len,
         clusters,
-        cluster_bytes: g.cluster_bytes,
+        cluster_bytes: g.0.cluster_bytes,
     })
 }
 
@@ -267,13 +226,13 @@ pub fn fix_new(w: &mut Window, parent: &[&str], name: &str) -> io::Result<()> {
     let e = |i: usize| &head[i * ENTRY..(i + 1) * ENTRY];
     let is = |i: usize, n: &[u8; 11]| &e(i)[..11] == n && e(i)[11] & ATTR_DIR != 0;
     let (dot, dotdot) = if e(0)[11] == ATTR_LFN
-        && is(1, DOT)
+        && is(1, &DOT)
         && e(2)[11] == ATTR_LFN
-        && is(3, DOTDOT)
+        && is(3, &DOTDOT)
         && e(4)[0] == 0
     {
         (e(1).to_vec(), e(3).to_vec())
-    } else if is(0, DOT) && is(1, DOTDOT) {
+    } else if is(0, &DOT) && is(1, &DOTDOT) {
         (e(0).to_vec(), e(1).to_vec())
     } else {
         return Err(bad(format!(
@@ -290,7 +249,7 @@ pub fn fix_new(w: &mut Window, parent: &[&str], name: &str) -> io::Result<()> {
     fixed[..ENTRY].copy_from_slice(&dot);
     fixed[ENTRY..2 * ENTRY].copy_from_slice(&dotdot);
     set_cluster(&mut fixed[ENTRY..2 * ENTRY], dotdot_cluster);
-    if is(0, DOT) {
+    if is(0, &DOT) {
         // Already in order: only `..` may change; entries 2 and 3 may be in use.
         w.seek(SeekFrom::Start(g.offset(c) + ENTRY as u64))?;
         return w.write_all(&fixed[ENTRY..2 * ENTRY]);

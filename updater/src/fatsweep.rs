@@ -15,79 +15,39 @@
 
 use std::collections::VecDeque;
 
+use abbundle::fat32::{Geometry, ATTR_DIR, ATTR_LFN, ATTR_VOLUME, BAD, ENTRY, MASK};
 use abbundle::layout::ESP_LABEL;
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use crate::disk::{Disk, Partition};
 
-const ENTRY: usize = 32;
-const ATTR_LFN: u8 = 0x0F;
-const ATTR_DIR: u8 = 0x10;
-const ATTR_VOLUME: u8 = 0x08;
-/// FAT32 entries are 28 bits; these mark a bad cluster and the end of a chain.
-const MASK: u32 = 0x0FFF_FFFF;
-const BAD: u32 = 0x0FFF_FFF7;
 /// Largest FAT we read into memory (a 2 GiB ESP with 4 KiB clusters has a 2 MiB FAT).
 const MAX_FAT_BYTES: u64 = 16 << 20;
 
-/// The FAT32 layout of the ESP, from its boot sector.
-struct Geometry {
-    sector: u64,
-    cluster_bytes: u64,
-    fat_start: u64,
-    fat_bytes: u64,
-    fats: u64,
-    data_start: u64,
-    root_cluster: u32,
-    /// Highest valid cluster number.
-    max_cluster: u32,
-    fs_info: u64,
+/// The ESP's FAT32 layout; `None` if it is not a FAT32 file system we understand: too few
+/// clusters for FAT32, a FAT that does not cover them, or more than the partition holds.
+fn geometry(disk: &Disk, esp: &Partition) -> Result<Option<Geometry>> {
+    let mut bs = [0u8; 512];
+    disk.read_at(esp, 0, &mut bs)
+        .context("reading the ESP's boot sector")?;
+    let Ok(g) = Geometry::parse(&bs) else {
+        return Ok(None);
+    };
+    let covered = (g.fat_bytes / 4).saturating_sub(2);
+    if g.clusters < 65525
+        || g.clusters > covered
+        || g.total_bytes > esp.len
+        || g.fat_bytes > MAX_FAT_BYTES
+    {
+        return Ok(None);
+    }
+    Ok(Some(g))
 }
 
-impl Geometry {
-    /// `None` if this is not a FAT32 file system we understand.
-    fn read(disk: &Disk, esp: &Partition) -> Result<Option<Geometry>> {
-        let mut bs = [0u8; 512];
-        disk.read_at(esp, 0, &mut bs)
-            .context("reading the ESP's boot sector")?;
-        let u16_at = |o: usize| u16::from_le_bytes([bs[o], bs[o + 1]]) as u64;
-        let u32_at = |o: usize| u32::from_le_bytes([bs[o], bs[o + 1], bs[o + 2], bs[o + 3]]);
-        let (bps, spc) = (u16_at(11), bs[13] as u64);
-        let (reserved, fats) = (u16_at(14), bs[16] as u64);
-        let fat_sectors = u32_at(36) as u64;
-        let total = u32_at(32) as u64;
-        let fat32 = u16_at(17) == 0 && u16_at(22) == 0 && u16_at(19) == 0;
-        if !fat32 || !bps.is_power_of_two() || bps < 512 || spc == 0 || fats == 0 {
-            return Ok(None);
-        }
-        let data_start = (reserved + fats * fat_sectors) * bps;
-        let clusters = total.saturating_sub(reserved + fats * fat_sectors) / spc;
-        // The FAT must cover every cluster, and everything must lie inside the partition.
-        let covered = (fat_sectors * bps / 4).saturating_sub(2);
-        if clusters < 65525
-            || clusters > covered
-            || total * bps > esp.len
-            || fat_sectors * bps > MAX_FAT_BYTES
-        {
-            return Ok(None);
-        }
-        Ok(Some(Geometry {
-            sector: bps,
-            cluster_bytes: bps * spc,
-            fat_start: reserved * bps,
-            fat_bytes: fat_sectors * bps,
-            fats,
-            data_start,
-            root_cluster: u32_at(44) & MASK,
-            max_cluster: (clusters + 1) as u32,
-            fs_info: u16_at(48) * bps,
-        }))
-    }
-
-    fn valid(&self, c: u32) -> bool {
-        (2..=self.max_cluster).contains(&c)
-    }
+/// The highest cluster number.
+fn max_cluster(g: &Geometry) -> u32 {
+    (g.clusters + 1) as u32
 }
 
 /// Clusters to give back, per FAT copy.
@@ -115,7 +75,7 @@ impl Lost {
 /// Finds the lost clusters of the ESP; reads only.
 pub fn find(disk: &Disk) -> Result<Lost> {
     let esp = disk.partition(ESP_LABEL)?;
-    let Some(g) = Geometry::read(disk, esp)? else {
+    let Some(g) = geometry(disk, esp)? else {
         warn!("the ESP is not FAT32 as abbuild makes it; not looking for lost clusters");
         return Ok(Lost {
             geometry: None,
@@ -129,7 +89,7 @@ pub fn find(disk: &Disk) -> Result<Lost> {
     let per_fat = fats
         .iter()
         .map(|fat| {
-            (2..=g.max_cluster)
+            (2..=max_cluster(&g))
                 .filter(|&c| {
                     let e = fat[c as usize] & MASK;
                     e != 0 && e != BAD && !reached[c as usize]
@@ -155,12 +115,14 @@ pub fn free(disk: &Disk, lost: &Lost) -> Result<()> {
     for (i, clusters) in lost.per_fat.iter().enumerate() {
         let base = g.fat_start + i as u64 * g.fat_bytes;
         // One read-modify-write per FAT sector touched.
-        let mut sector = vec![0u8; g.sector as usize];
+        let mut sector = vec![0u8; g.sector_bytes as usize];
         let mut k = 0;
         while k < clusters.len() {
-            let at = clusters[k] as u64 * 4 / g.sector * g.sector;
+            let at = clusters[k] as u64 * 4 / g.sector_bytes * g.sector_bytes;
             disk.read_at(esp, base + at, &mut sector)?;
-            while k < clusters.len() && clusters[k] as u64 * 4 / g.sector * g.sector == at {
+            while k < clusters.len()
+                && clusters[k] as u64 * 4 / g.sector_bytes * g.sector_bytes == at
+            {
                 let o = (clusters[k] as u64 * 4 - at) as usize;
                 let keep =
                     u32::from_le_bytes(sector[o..o + 4].try_into().expect("4 bytes")) & !MASK;
@@ -188,7 +150,7 @@ pub fn free(disk: &Disk, lost: &Lost) -> Result<()> {
 }
 
 fn read_fat(disk: &Disk, esp: &Partition, g: &Geometry, i: u64) -> Result<Vec<u32>> {
-    let mut bytes = vec![0u8; ((g.max_cluster as u64 + 1) * 4) as usize];
+    let mut bytes = vec![0u8; ((max_cluster(g) as u64 + 1) * 4) as usize];
     disk.read_at(esp, g.fat_start + i * g.fat_bytes, &mut bytes)
         .context("reading the ESP's FAT")?;
     Ok(bytes
@@ -199,7 +161,7 @@ fn read_fat(disk: &Disk, esp: &Partition, g: &Geometry, i: u64) -> Result<Vec<u3
 
 /// Which clusters the chains of the root directory and of every entry below it reach.
 fn reachable(disk: &Disk, esp: &Partition, g: &Geometry, fat: &[u32]) -> Result<Vec<bool>> {
-    let mut reached = vec![false; g.max_cluster as usize + 1];
+    let mut reached = vec![false; max_cluster(g) as usize + 1];
     // Marks a chain; returns its clusters (a loop or a cross-link ends it where it meets
     // clusters already reached, as it would end any reader's walk of it).
     let mut mark = |first: u32| -> Vec<u32> {
@@ -216,12 +178,8 @@ fn reachable(disk: &Disk, esp: &Partition, g: &Geometry, fat: &[u32]) -> Result<
     let mut buf = vec![0u8; g.cluster_bytes as usize];
     while let Some(clusters) = dirs.pop_front() {
         'dir: for c in clusters {
-            disk.read_at(
-                esp,
-                g.data_start + (c as u64 - 2) * g.cluster_bytes,
-                &mut buf,
-            )
-            .context("reading a directory of the ESP")?;
+            disk.read_at(esp, g.cluster_offset(c), &mut buf)
+                .context("reading a directory of the ESP")?;
             for e in buf.chunks_exact(ENTRY) {
                 match e[0] {
                     0x00 => break 'dir,
@@ -233,8 +191,7 @@ fn reachable(disk: &Disk, esp: &Partition, g: &Geometry, fat: &[u32]) -> Result<
                 if attr & ATTR_LFN == ATTR_LFN || attr & ATTR_VOLUME != 0 {
                     continue;
                 }
-                let first = (u16::from_le_bytes([e[20], e[21]]) as u32) << 16
-                    | u16::from_le_bytes([e[26], e[27]]) as u32;
+                let first = abbundle::fat32::first_cluster(e);
                 let chain = mark(first);
                 if attr & ATTR_DIR != 0 && !chain.is_empty() {
                     dirs.push_back(chain);
