@@ -13,8 +13,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+
+import httpd
 
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -83,12 +86,14 @@ class Machine:
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
-    def start(self, media=(), firmware=None, memory=None, rtc=None):
+    def start(self, media=(), firmware=None, memory=None, rtc=None, http=None):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
         on a USB stick or an extra disk: the offline update case). `firmware` and `memory`,
         if given, replace the machine's from this power-on on (the same disk under another
         firmware). `rtc`: the guest clock's time at power-on (QEMU -rtc base=, e.g.
-        "2026-11-28T12:00:00"), default the host's."""
+        "2026-11-28T12:00:00"), default the host's. `http`: an `httpd.Server` the guest
+        reaches as http://10.0.2.100/ (its only network: `network_up` configures it);
+        without it the machine has no NIC."""
         self.media = media
         if firmware is not None:
             self.firmware = firmware
@@ -97,8 +102,18 @@ class Machine:
         cmd = [
             "qemu-system-x86_64", "-accel", self.accel, "-m", self.memory, "-smp", "1",
             "-machine", self.machine_type, "-nographic", "-no-user-config", "-nodefaults",
-            "-serial", "stdio", "-monitor", "none", "-nic", "none",
+            "-serial", "stdio", "-monitor", "none",
         ]
+        if http is None:
+            cmd += ["-nic", "none"]
+        else:
+            # User networking with restrict=on: the guest reaches nothing but the guestfwd
+            # address, whose connections QEMU hands to a relay to the loopback server (one
+            # relay per connection). romfile= drops the NIC's boot ROM (no network boot try).
+            relay = f"{sys.executable} {os.path.abspath(httpd.__file__)} relay {http.port}"
+            netdev = (f"user,id=n0,restrict=on,"
+                      f"guestfwd=tcp:{httpd.GUEST_ADDR}:80-cmd:{relay.replace(',', ',,')}")
+            cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         if self.firmware != SEABIOS:
             code, vars_template = self.firmware
             if not os.path.exists(self.vars):
@@ -207,6 +222,11 @@ class Machine:
         if check and status != 0:
             raise GuestError(f"`{command}` exited {status}:\n{out}")
         return status, out
+
+    def network_up(self):
+        """Gives the guest's NIC (virtio-net, `start(http=...)`) QEMU's usual guest address;
+        no DHCP, no route beyond the user network's own subnet (the server is in it)."""
+        self.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
 
     def status_json(self):
         _, out = self.run("abupdate status --json 2>/dev/null")
