@@ -605,3 +605,54 @@ fn a_bad_range_reply_mid_apply_is_refused_and_a_rerun_installs() {
         assert_installed(&disk, &v2);
     }
 }
+
+/// v1 and a v2 where the first and the last of three incompressible packages changed: what is
+/// fetched spans several of the slot's write batches (1 MiB), so a cut late in the apply comes
+/// after some fetched chunks were written.
+fn noise_pair(env: &Env) -> (Build, Build) {
+    let pkgs = |a: u64, c: u64| {
+        [
+            ("nix/store/aaaa-one/lib/libone.so", noise(600_000, a)),
+            ("nix/store/bbbb-two/lib/libtwo.so", noise(600_000, 62)),
+            ("nix/store/cccc-three/lib/libthree.so", noise(600_000, c)),
+        ]
+    };
+    let mut out = Vec::new();
+    for (version, f) in [("2026.12.1", pkgs(61, 63)), ("2026.12.2", pkgs(71, 73))] {
+        let refs: Vec<(&str, &[u8])> = f.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+        out.push(env.build_with(version, 1, 64 * 1024, &refs, abbundle::FORMAT_VERSION));
+    }
+    let v2 = out.pop().unwrap();
+    (out.pop().unwrap(), v2)
+}
+
+#[test]
+fn an_http_apply_cut_short_fetches_only_what_is_missing_when_run_again() {
+    let env = Env::new();
+    let (v1, v2) = noise_pair(&env);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let fresh = plan(&env, &disk, &v2.bundle, &[]);
+    assert_eq!(fresh["mode"], "delta", "{fresh}");
+    let planned: u64 = (0..3).map(|k| u(&fresh["payloads"][k], "readBytes")).sum();
+    let bundle = std::fs::read(&v2.bundle).unwrap();
+    // The connection is lost with a fifth of the planned bytes still to come.
+    let cut = planned * 4 / 5;
+    let (url, served) = range_server(bundle.clone(), Serve::CutAfter(cut));
+    let err = fails(&env.abupdate(&disk, &["apply", &url]), 41);
+    assert!(err.contains("slot b has no boot entry"), "{err}");
+    assert_eq!(served.lock().unwrap().sent_bytes, cut);
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+    // The same apply again, from a server that behaves: what was written before the cut is
+    // not fetched again.
+    let (url, served) = range_server(bundle, Serve::Ranges);
+    let o = env.abupdate(&disk, &["apply", &url]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    let again = served.lock().unwrap().sent_bytes;
+    eprintln!("a fresh apply fetches {planned} bytes; cut after {cut}, the re-run fetched {again}");
+    assert!(
+        again < planned,
+        "re-run fetched {again}, a fresh apply {planned}"
+    );
+    assert_installed(&disk, &v2);
+}

@@ -18,6 +18,9 @@ pub enum Serve {
     /// Range requests number `from` (1-based) and later get `fault`; the earlier ones are
     /// served well.
     Fault { from: u64, fault: Fault },
+    /// Ranges are served well until `after` bytes of range bodies were sent in all; the
+    /// connection is then closed in the middle of a body (a lost connection).
+    CutAfter(u64),
 }
 
 /// What a faulty range reply does.
@@ -92,11 +95,11 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
             continue;
         };
         let len = b + 1 - a;
-        let n = {
+        let (n, sent_before) = {
             let mut s = served.lock().unwrap();
             s.range_requests += 1;
             s.range_bytes += len;
-            s.range_requests
+            (s.range_requests, s.sent_bytes)
         };
         let fault = match mode {
             Serve::Fault { from, fault } if n >= from => Some(fault),
@@ -130,6 +133,11 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
             Some(Fault::StallHead) => {
                 hold(&w);
                 return;
+            }
+        }
+        if let Serve::CutAfter(limit) = mode {
+            if sent_before + len > limit {
+                (send, after) = (limit.saturating_sub(sent_before), After::Close);
             }
         }
         let head = format!(
