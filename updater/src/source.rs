@@ -425,11 +425,12 @@ impl HttpRanges {
             let _ = tx.send(agent.get(&url).set("Range", &range).call());
         });
         self.requests += 1;
-        // The response head must come within one rate window, as any read must: ureq (2.12)
-        // clears its read timeout on a kept-alive connection it reuses, so a server that
-        // never answers there would otherwise hold the apply until http-timeout.
+        // The response head must come within one rate window after the connection, as any
+        // read must: ureq (2.12) clears its read timeout on a kept-alive connection it reuses,
+        // so a server that never answers there would otherwise hold the apply until
+        // http-timeout.
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let wait = left.min(self.limits.rate_window);
+        let wait = left.min(self.limits.connect_timeout + self.limits.rate_window);
         let silent = || {
             format!(
                 "the server sent nothing for {} s after asking for bytes {start}-{} \
