@@ -200,7 +200,7 @@ fn an_index_that_does_not_match_its_signed_digest_is_refused() {
 
 /// The apply log's "delta: F bytes read from the bundle, C copied from seeds, P already in
 /// place" numbers.
-fn delta_counts(out: &str) -> [u64; 3] {
+pub(crate) fn delta_counts(out: &str) -> [u64; 3] {
     let line = out
         .lines()
         .find(|l| l.contains("delta: "))
