@@ -431,13 +431,28 @@ impl HttpRanges {
             let _ = tx.send(agent.get(&url).set("Range", &range).call());
         });
         self.requests += 1;
-        let wait = self.deadline.saturating_duration_since(Instant::now());
+        // The response head must come within one rate window after the connection, as any
+        // read must: ureq (2.12) clears its read timeout on a kept-alive connection it reuses,
+        // so a server that never answers there would otherwise hold the apply until
+        // http-timeout.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let wait = left.min(self.limits.connect_timeout + self.limits.rate_window);
+        let silent = || {
+            format!(
+                "the server sent nothing for {} s after asking for bytes {start}-{} \
+                 (http-rate-window)",
+                self.limits.rate_window.as_secs(),
+                end - 1
+            )
+        };
         let resp = match rx.recv_timeout(wait) {
             Ok(Ok(r)) => r,
             Ok(Err(ureq::Error::Status(code, _))) => {
                 return Err(fail(format!("HTTP {code} for bytes {start}-{}", end - 1)))
             }
+            Ok(Err(e)) if timed_out(&e) => return Err(fail(silent())),
             Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) if wait < left => return Err(fail(silent())),
             Err(_) => {
                 return Err(fail(format!(
                     "no response within {} s (http-timeout)",
@@ -481,6 +496,21 @@ impl HttpRanges {
             .take(end - start),
         )))
     }
+}
+
+/// Whether a request failed because a read on its connection timed out (ureq's read timeout
+/// is the rate window).
+#[cfg(feature = "http")]
+fn timed_out(e: &ureq::Error) -> bool {
+    e.kind() == ureq::ErrorKind::Io
+        && std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                )
+            })
 }
 
 /// Trusts only the certificates in the PEM file `ca` for https://.

@@ -221,6 +221,12 @@ fn run_scenario(
         .unwrap();
     let end = judge(&disk, versions);
     assert!(end.is_empty(), "{}: after a full run: {end:?}", s.name);
+    // A delta apply: the bytes an uninterrupted run reads from the bundle. A re-run after a
+    // cut must read no more (what was written before the cut is not read again).
+    let fresh = stderr
+        .contains("delta: ")
+        .then(|| crate::delta::delta_counts(&stderr)[0]);
+    let mut reruns = Vec::new();
     let mut failures = Vec::new();
     for n in 1..=total {
         copy_image(s.base, &disk);
@@ -248,12 +254,28 @@ fn run_scenario(
             eprintln!("{} point {n}: {p}", s.name);
             failures.push(format!("{} point {n}: {p}", s.name));
         }
-        // Every 16th cut: the same command run again must either finish the job or refuse
+        // Every 16th cut, and in a delta apply every cut right after a slot write (where a
+        // resume matters): the same command run again must either finish the job or refuse
         // without changing anything (the cut came after the new entry was written), and the
         // disk must still be judged bootable.
-        if n % 16 == 0 {
+        let slot_write = String::from_utf8_lossy(&out.stderr).contains("(slot write)");
+        if n % 16 == 0 || (fresh.is_some() && slot_write) {
             let again = env.cmd(&disk, s.booted, &args).output().unwrap();
             let code = again.status.code();
+            let log = String::from_utf8_lossy(&again.stderr);
+            if let (Some(fresh), true) = (fresh, again.status.success()) {
+                let fetched = log
+                    .contains("delta: ")
+                    .then(|| crate::delta::delta_counts(&log)[0]);
+                reruns.push(fetched.unwrap_or(u64::MAX));
+                if fetched.is_none_or(|f| f > fresh) {
+                    failures.push(format!(
+                        "{} point {n}: the re-run read {fetched:?} bytes from the bundle, an \
+                         uninterrupted apply {fresh}: {log}",
+                        s.name
+                    ));
+                }
+            }
             if !(again.status.success()
                 || code == Some(codes::NO_FALLBACK)
                 || code == Some(codes::DOWNGRADE_REFUSED))
@@ -273,6 +295,21 @@ fn run_scenario(
                 failures.push(format!("{} point {n} after the rerun: {p}", s.name));
             }
         }
+    }
+    if let Some(fresh) = fresh {
+        // Some cut came after fetched chunks were written: the re-run after it must have read
+        // less (the target slot is a seed: the resume).
+        if !reruns.iter().any(|&f| f < fresh) {
+            failures.push(format!(
+                "{}: no re-run read less than an uninterrupted apply ({fresh} bytes): {reruns:?}",
+                s.name
+            ));
+        }
+        eprintln!(
+            "{}: an uninterrupted apply reads {fresh} bytes from the bundle; re-runs after cuts: \
+             {reruns:?}",
+            s.name
+        );
     }
     (total, failures)
 }

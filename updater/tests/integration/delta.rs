@@ -3,11 +3,13 @@
 //! written; a format 1 bundle still installs.
 
 use std::path::Path;
+use std::time::Duration;
 
 use abbundle::header::{Header, HEADER_LEN};
 use abbundle::PayloadKind;
 use serde_json::Value;
 
+use crate::range_server::{range_server, Fault, Serve};
 use crate::util::*;
 
 /// Compressible, file-like bytes (numbered lines of words), different for each seed.
@@ -198,7 +200,7 @@ fn an_index_that_does_not_match_its_signed_digest_is_refused() {
 
 /// The apply log's "delta: F bytes read from the bundle, C copied from seeds, P already in
 /// place" numbers.
-fn delta_counts(out: &str) -> [u64; 3] {
+pub(crate) fn delta_counts(out: &str) -> [u64; 3] {
     let line = out
         .lines()
         .find(|l| l.contains("delta: "))
@@ -346,101 +348,6 @@ fn a_rerun_after_a_cut_keeps_what_is_in_place() {
     );
 }
 
-/// How the range test server behaves.
-#[derive(Clone, Copy, PartialEq)]
-enum Serve {
-    /// 206 for a Range, 200 without one; keep-alive.
-    Ranges,
-    /// Always 200 and the whole bundle (a server without Range support).
-    NoRanges,
-    /// 206 with a Content-Range one byte off from what was asked.
-    WrongRange,
-    /// A different ETag from the second range request on (the file replaced mid-apply).
-    NewEtag,
-}
-
-#[derive(Default)]
-struct Served {
-    connections: u64,
-    range_requests: u64,
-    range_bytes: u64,
-}
-
-/// A small HTTP/1.1 server on 127.0.0.1 serving `body`, one thread per connection, with
-/// keep-alive. Returns its port and the counters.
-fn range_server(body: Vec<u8>, mode: Serve) -> (u16, std::sync::Arc<std::sync::Mutex<Served>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let served = std::sync::Arc::new(std::sync::Mutex::new(Served::default()));
-    let body = std::sync::Arc::new(body);
-    let s2 = served.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            s2.lock().unwrap().connections += 1;
-            let (body, served) = (body.clone(), s2.clone());
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut range = None;
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                            let (a, b) = v.trim().split_once('-').unwrap();
-                            range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
-                        }
-                    }
-                    let total = body.len() as u64;
-                    let (head, data): (String, &[u8]) = match range.filter(|_| mode != Serve::NoRanges) {
-                        Some((a, b)) => {
-                            let n = {
-                                let mut s = served.lock().unwrap();
-                                s.range_requests += 1;
-                                s.range_bytes += b + 1 - a;
-                                s.range_requests
-                            };
-                            let off = u64::from(mode == Serve::WrongRange);
-                            let etag = if mode == Serve::NewEtag && n > 1 { "\"v2\"" } else { "\"v1\"" };
-                            (
-                                format!(
-                                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{total}\r\nETag: {etag}\r\n\r\n",
-                                    b + 1 - a,
-                                    a + off,
-                                    b + off
-                                ),
-                                &body[(a + off) as usize..(b + 1 + off).min(total) as usize],
-                            )
-                        }
-                        None => (
-                            format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nETag: \"v1\"\r\n\r\n"),
-                            &body[..],
-                        ),
-                    };
-                    if w.write_all(head.as_bytes())
-                        .and_then(|()| w.write_all(data))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, served)
-}
-
 /// v1 and a v2 where the first and the last of three packages changed (two separate ranges).
 fn two_change_pair(env: &Env) -> (Build, Build) {
     let v1 = build(env, "2026.12.1", false, abbundle::FORMAT_VERSION);
@@ -461,8 +368,7 @@ fn http_delta_fetches_only_the_planned_ranges() {
     let disk = env.path("disk.img");
     copy_image(&v1.image, &disk);
     let p = plan(&env, &disk, &v2.bundle, &[]);
-    let (port, served) = range_server(std::fs::read(&v2.bundle).unwrap(), Serve::Ranges);
-    let url = format!("http://127.0.0.1:{port}/v2.abu");
+    let (url, served) = range_server(std::fs::read(&v2.bundle).unwrap(), Serve::Ranges);
     let o = env.abupdate(&disk, &["apply", &url]);
     let out = all_output(&o);
     assert!(o.status.success(), "{out}");
@@ -491,8 +397,7 @@ fn a_server_without_ranges_gets_the_full_stream() {
     let (v1, v2) = two_change_pair(&env);
     let disk = env.path("disk.img");
     copy_image(&v1.image, &disk);
-    let (port, served) = range_server(std::fs::read(&v2.bundle).unwrap(), Serve::NoRanges);
-    let url = format!("http://127.0.0.1:{port}/v2.abu");
+    let (url, served) = range_server(std::fs::read(&v2.bundle).unwrap(), Serve::NoRanges);
     let o = env.abupdate(&disk, &["apply", &url]);
     let out = all_output(&o);
     assert!(o.status.success(), "{out}");
@@ -511,15 +416,26 @@ fn a_wrong_range_or_a_new_etag_is_refused() {
     let env = Env::new();
     let (v1, v2) = two_change_pair(&env);
     for (mode, says) in [
-        (Serve::WrongRange, "where"),
-        (Serve::NewEtag, "changed on the server"),
+        (
+            Serve::Fault {
+                from: 1,
+                fault: Fault::WrongRange,
+            },
+            "where",
+        ),
+        (
+            Serve::Fault {
+                from: 2,
+                fault: Fault::NewEtag,
+            },
+            "changed on the server",
+        ),
     ] {
         let disk = env.path("disk.img");
         copy_image(&v1.image, &disk);
         let size = v1.manifest.payload(PayloadKind::Rootfs).size;
         let slot_a = partition_sha256(&disk, "root-a", size);
-        let (port, _) = range_server(std::fs::read(&v2.bundle).unwrap(), mode);
-        let url = format!("http://127.0.0.1:{port}/v2.abu");
+        let (url, _) = range_server(std::fs::read(&v2.bundle).unwrap(), mode);
         let err = fails(&env.abupdate(&disk, &["apply", &url]), 41);
         assert!(err.contains(says), "{err}");
         assert_eq!(partition_sha256(&disk, "root-a", size), slot_a);
@@ -543,4 +459,200 @@ fn a_plan_that_would_read_most_of_the_bundle_takes_the_full_stream() {
     let out = all_output(&o);
     assert!(o.status.success(), "{out}");
     assert!(!out.contains("delta: "), "{out}");
+}
+
+/// What a failed apply must leave as it was: the running slot, its boot entry, the ESP.
+#[derive(Debug, PartialEq)]
+struct Running {
+    root_a: String,
+    entries: Vec<String>,
+    entry_a: Vec<u8>,
+    esp: String,
+}
+
+fn running(disk: &Path) -> Running {
+    let (_, a_len) = partition(disk, "root-a");
+    let (_, esp_len) = partition(disk, "esp");
+    Running {
+        root_a: partition_sha256(disk, "root-a", a_len),
+        entries: mdir(disk, "loader/entries"),
+        entry_a: mtype(disk, "loader/entries/slot-a.conf"),
+        esp: partition_sha256(disk, "esp", esp_len),
+    }
+}
+
+/// Slot b holds `b` exactly: root, kernel, initrd, and boots next.
+fn assert_installed(disk: &Path, b: &Build) {
+    for kind in PayloadKind::ORDER {
+        let len = b.manifest.payload(kind).size;
+        let got = match kind {
+            PayloadKind::Rootfs => partition_sha256(disk, "root-b", len),
+            PayloadKind::Kernel => sha256_bytes(&mtype(disk, "b/vmlinuz")),
+            PayloadKind::Initrd => sha256_bytes(&mtype(disk, "b/initrd")),
+        };
+        assert_eq!(got, payload_sha(&b.manifest, kind), "{kind}");
+    }
+    assert_eq!(
+        mdir(disk, "loader/entries"),
+        ["slot-a.conf", "slot-b+3.conf"]
+    );
+    fsck_esp(disk).unwrap();
+}
+
+/// An env sharing nothing but the test key with the builds, with these HTTP limits.
+fn limited(window: u64, timeout: u64) -> Env {
+    let env = Env::new();
+    crate::sources::set_http_limits(&env, 0, window, timeout);
+    env
+}
+
+#[test]
+fn a_stalled_range_request_ends_on_the_http_limits() {
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    let bundle = std::fs::read(&v2.bundle).unwrap();
+    // (fault, at which range request, http-rate-window, http-timeout, what the error says,
+    // the limit that ends it)
+    let cases = [
+        // Half of the second range, then silence with the socket open: one window.
+        (
+            Fault::StallBody,
+            2,
+            2,
+            600,
+            "sent nothing for 2 s",
+            "http-rate-window",
+            2,
+        ),
+        // The second range (on a kept-alive connection) never answered: one window.
+        (
+            Fault::StallHead,
+            2,
+            2,
+            600,
+            "sent nothing for 2 s",
+            "http-rate-window",
+            2,
+        ),
+        // The first range never answered, a window longer than the whole deadline: the
+        // deadline.
+        (
+            Fault::StallHead,
+            1,
+            120,
+            4,
+            "no response within 4 s",
+            "http-timeout",
+            4,
+        ),
+    ];
+    for (fault, from, window, timeout, says, key, limit) in cases {
+        let run = limited(window, timeout);
+        let disk = run.path("disk.img");
+        copy_image(&v1.image, &disk);
+        let before = running(&disk);
+        let (url, served) = range_server(bundle.clone(), Serve::Fault { from, fault });
+        let (out, took) = crate::sources::run_bounded(&run, &disk, &["apply", &url]);
+        let err = fails(&out, 41);
+        assert!(
+            err.contains(says) && err.contains(&format!("({key})")),
+            "{fault:?}: {err}"
+        );
+        assert!(
+            took >= Duration::from_secs(limit) && took < Duration::from_secs(limit + 10),
+            "{fault:?}: took {took:?}"
+        );
+        assert_eq!(served.lock().unwrap().range_requests, from, "{fault:?}");
+        assert_eq!(running(&disk), before, "{fault:?}");
+    }
+}
+
+#[test]
+fn a_bad_range_reply_mid_apply_is_refused_and_a_rerun_installs() {
+    // Each fault comes at the second range request, after the first range was served whole
+    // and slot b is being written.
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    let bundle = std::fs::read(&v2.bundle).unwrap();
+    for (fault, says) in [
+        (
+            Fault::Whole,
+            "the server stopped answering range requests (it sent the whole bundle)",
+        ),
+        (Fault::WrongRange, "where"),
+        (Fault::OtherBytes, "where"),
+        (Fault::OtherTotal, "where"),
+        (Fault::ShortLength, "the server sent a short range"),
+        (Fault::ShortClosed, "b.abu"),
+    ] {
+        let disk = env.path("disk.img");
+        copy_image(&v1.image, &disk);
+        let before = running(&disk);
+        let (url, served) = range_server(bundle.clone(), Serve::Fault { from: 2, fault });
+        let err = fails(&env.abupdate(&disk, &["apply", &url]), 41);
+        assert!(err.contains(says), "{fault:?}: {err}");
+        assert!(err.contains("slot b has no boot entry"), "{fault:?}: {err}");
+        {
+            let s = served.lock().unwrap();
+            assert_eq!(s.range_requests, 2, "{fault:?}: {s:?}");
+        }
+        // Slot a, its entry and the whole ESP as they were: slot a still boots.
+        assert_eq!(running(&disk), before, "{fault:?}");
+        // The same apply from a server that behaves installs v2.
+        let (url, _) = range_server(bundle.clone(), Serve::Ranges);
+        let o = env.abupdate(&disk, &["apply", &url]);
+        assert!(o.status.success(), "{fault:?}: {}", all_output(&o));
+        assert_installed(&disk, &v2);
+    }
+}
+
+/// v1 and a v2 where the first and the last of three incompressible packages changed: what is
+/// fetched spans several of the slot's write batches (1 MiB), so a cut late in the apply comes
+/// after some fetched chunks were written.
+fn noise_pair(env: &Env) -> (Build, Build) {
+    let pkgs = |a: u64, c: u64| {
+        [
+            ("nix/store/aaaa-one/lib/libone.so", noise(600_000, a)),
+            ("nix/store/bbbb-two/lib/libtwo.so", noise(600_000, 62)),
+            ("nix/store/cccc-three/lib/libthree.so", noise(600_000, c)),
+        ]
+    };
+    let mut out = Vec::new();
+    for (version, f) in [("2026.12.1", pkgs(61, 63)), ("2026.12.2", pkgs(71, 73))] {
+        let refs: Vec<(&str, &[u8])> = f.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+        out.push(env.build_with(version, 1, 64 * 1024, &refs, abbundle::FORMAT_VERSION));
+    }
+    let v2 = out.pop().unwrap();
+    (out.pop().unwrap(), v2)
+}
+
+#[test]
+fn an_http_apply_cut_short_fetches_only_what_is_missing_when_run_again() {
+    let env = Env::new();
+    let (v1, v2) = noise_pair(&env);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let fresh = plan(&env, &disk, &v2.bundle, &[]);
+    assert_eq!(fresh["mode"], "delta", "{fresh}");
+    let planned: u64 = (0..3).map(|k| u(&fresh["payloads"][k], "readBytes")).sum();
+    let bundle = std::fs::read(&v2.bundle).unwrap();
+    // The connection is lost with a fifth of the planned bytes still to come.
+    let cut = planned * 4 / 5;
+    let (url, served) = range_server(bundle.clone(), Serve::CutAfter(cut));
+    let err = fails(&env.abupdate(&disk, &["apply", &url]), 41);
+    assert!(err.contains("slot b has no boot entry"), "{err}");
+    assert_eq!(served.lock().unwrap().sent_bytes, cut);
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+    // The same apply again, from a server that behaves: what was written before the cut is
+    // not fetched again.
+    let (url, served) = range_server(bundle, Serve::Ranges);
+    let o = env.abupdate(&disk, &["apply", &url]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    let again = served.lock().unwrap().sent_bytes;
+    eprintln!("a fresh apply fetches {planned} bytes; cut after {cut}, the re-run fetched {again}");
+    assert!(
+        again < planned,
+        "re-run fetched {again}, a fresh apply {planned}"
+    );
+    assert_installed(&disk, &v2);
 }

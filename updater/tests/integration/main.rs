@@ -16,6 +16,7 @@ mod grow;
 mod grub;
 mod keysdir;
 mod messages;
+mod range_server;
 mod refusals;
 mod sources;
 mod statefile;

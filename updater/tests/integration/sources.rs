@@ -45,7 +45,7 @@ fn ok_head(len: usize) -> String {
 
 /// Runs abupdate with `args`, killing it after 20 s (an unbounded download is one of the
 /// defects tested here); returns its output and how long it ran.
-fn run_bounded(env: &Env, disk: &Path, args: &[&str]) -> (Output, Duration) {
+pub fn run_bounded(env: &Env, disk: &Path, args: &[&str]) -> (Output, Duration) {
     let start = Instant::now();
     let mut child = env
         .cmd(disk, None, args)
@@ -64,7 +64,7 @@ fn run_bounded(env: &Env, disk: &Path, args: &[&str]) -> (Output, Duration) {
 }
 
 /// Small HTTP limits so that the slow-server tests end in seconds.
-fn set_http_limits(env: &Env, min_rate: u64, window: u64, timeout: u64) {
+pub fn set_http_limits(env: &Env, min_rate: u64, window: u64, timeout: u64) {
     let mut f = fs::OpenOptions::new()
         .append(true)
         .open(env.path("abupdate.toml"))
