@@ -284,6 +284,8 @@ pub struct Plan {
     /// `delta` (ranges of the bundle) or `full` (the whole stream: a format 1 bundle, or a
     /// delta that would read most of it anyway).
     pub mode: &'static str,
+    /// Why this mode, in words.
+    pub reason: &'static str,
     pub bundle_bytes: u64,
     /// Header, manifest, signatures and index: read first, in one request.
     pub front_bytes: u64,
@@ -369,6 +371,13 @@ impl Plan {
             target_slot: target.to_string(),
             format: m.format,
             mode: if delta { "delta" } else { "full" },
+            reason: if delta {
+                "only missing chunks are read"
+            } else if m.format == abbundle::FORMAT_V1 {
+                "format 1 has no chunk index"
+            } else {
+                "a delta would read most of it"
+            },
             bundle_bytes,
             front_bytes: front,
             payloads,
@@ -389,18 +398,17 @@ impl Plan {
             }
         };
         let mut s = format!(
-            "plan: version {} into slot {}, format {} bundle of {} bytes: {}\n",
+            "plan: version {} into slot {}, format {} bundle of {} bytes: {} ({})\n",
             self.version,
             self.target_slot,
             self.format,
             self.bundle_bytes,
             if self.mode == "delta" {
-                "delta (only missing chunks are read)"
-            } else if self.format == abbundle::FORMAT_V1 {
-                "full stream (format 1 has no chunk index)"
+                "delta"
             } else {
-                "full stream (a delta would read most of it)"
-            }
+                "full stream"
+            },
+            self.reason
         );
         for p in &self.payloads {
             s += &format!(

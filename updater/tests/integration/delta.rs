@@ -544,3 +544,49 @@ fn a_plan_that_would_read_most_of_the_bundle_takes_the_full_stream() {
     assert!(o.status.success(), "{out}");
     assert!(!out.contains("delta: "), "{out}");
 }
+
+#[test]
+fn full_reads_the_whole_stream_without_a_seed_scan() {
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    // Without --full this pair plans a delta (dry_run_reads_only_what_changed).
+    let p = plan(&env, &disk, &v2.bundle, &["--full"]);
+    assert_eq!(p["mode"], "full", "{p}");
+    assert_eq!(p["reason"], "asked for with --full", "{p}");
+    assert_eq!(u(&p, "readBytes"), u(&p, "bundleBytes"));
+    assert_eq!(
+        p["seeds"].as_array().unwrap().len(),
+        0,
+        "no seed scanned: {p}"
+    );
+    let text = ok(&env.abupdate(
+        &disk,
+        &["apply", "--dry-run", "--full", v2.bundle.to_str().unwrap()],
+    ));
+    assert!(
+        text.contains("full stream (asked for with --full)"),
+        "{text}"
+    );
+    let o = env.abupdate(&disk, &["apply", "--full", v2.bundle.to_str().unwrap()]);
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    // The full stream's line, not the delta's counts.
+    let size = v2.manifest.payload(PayloadKind::Rootfs).size;
+    assert!(
+        out.contains(&format!("slot b: {size} bytes written and read back\n")),
+        "{out}"
+    );
+    assert!(!out.contains("delta: "), "{out}");
+    assert_eq!(
+        partition_sha256(&disk, "root-b", size),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+    assert_eq!(
+        sha256_bytes(&mtype(&disk, "b/vmlinuz")),
+        payload_sha(&v2.manifest, PayloadKind::Kernel)
+    );
+    fsck_esp(&disk).unwrap();
+}
