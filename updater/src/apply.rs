@@ -45,6 +45,8 @@ pub struct Request<'a> {
     pub dry_run: bool,
     /// With `dry_run`: as JSON.
     pub json: bool,
+    /// Read the whole bundle as a stream: no seed scan, no delta (`apply --full`).
+    pub full: bool,
 }
 
 pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
@@ -172,23 +174,30 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     // Format 2: find which chunks the device already holds. Reads the seeds, writes nothing.
     let local = !(r.source.starts_with("http://") || r.source.starts_with("https://"));
     let seeded = match reader.index() {
-        Some(index) => {
-            let keep_len = kv.info.as_ref().map_or(u64::MAX, |i| i.rootfs_size);
-            Some(delta::find_seeds(&disk, &esp, target, keep_len, m, index)?)
-        }
+        Some(index) if !r.full => Some(delta::find_seeds(
+            &disk,
+            &esp,
+            target,
+            kv.info.as_ref(),
+            m,
+            index,
+        )?),
         _ => None,
     };
     let (maps, seeds) = seeded.unzip();
     let h = reader.header();
-    let plan = delta::Plan::new(
+    let mut plan = delta::Plan::new(
         m,
-        reader.index(),
+        reader.index().filter(|_| !r.full),
         maps.as_deref().unwrap_or(&[]),
         h.index_end(),
         h.total_len,
         target.name(),
         seeds.unwrap_or_default(),
     );
+    if r.full {
+        plan.reason = "asked for with --full";
+    }
     if r.dry_run {
         if r.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -349,6 +358,9 @@ fn write_slot(
     info_json: &[u8],
 ) -> Result<()> {
     loader.make_unbootable(esp, target)?;
+    if let Some(index) = reader.index() {
+        delta::store_index(disk, part, rootfs, &index.payloads[0])?;
+    }
 
     let files = target.files();
     let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
@@ -569,6 +581,7 @@ fn write_slot_delta(
     info_json: &[u8],
 ) -> Result<()> {
     loader.make_unbootable(esp, target)?;
+    delta::store_index(disk, part, rootfs, maps[0].entries())?;
     let keep = disk.partition(target.other().partition_label())?;
     let files = target.files();
     let counts = [

@@ -42,8 +42,9 @@ pub enum Command {
     /// (streamed, no temporary file). Everything is checked before anything is
     /// written; the new slot gets a boot entry with a few tries, and falls back
     /// to the current one if it does not get marked good. A format 2 bundle from
-    /// a file or block device is applied as a delta: only the chunks the device
-    /// does not hold already (in either slot or their boot files) are read.
+    /// a file, block device or URL is applied as a delta: only the chunks the
+    /// device does not hold already (in either slot or their boot files) are
+    /// read. --full skips the seed scan and reads the whole bundle instead.
     ///
     /// Example: abupdate apply /media/usb/update.abu
     Apply(ApplyArgs),
@@ -113,6 +114,12 @@ pub struct ApplyArgs {
     /// ApplyPlan)
     #[arg(long, requires = "dry_run")]
     pub json: bool,
+    /// Read the whole bundle as one stream: no seed scan, no delta (format 2
+    /// bundles). Faster when the source is as fast as the disk (a local SSD or
+    /// NVMe file), where a delta's seed scan costs more than it saves; a delta
+    /// pays off over a network or from a slow medium
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Args, Debug)]

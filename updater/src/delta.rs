@@ -2,11 +2,15 @@
 //! already holds ("seeds": both root slots for the root image, both slots' boot files on the
 //! ESP for kernel and initrd), and which byte ranges of the bundle it would have to read.
 //!
-//! A seed is cut with the same FastCDC parameters as the index (`abbundle::index`) and each of
-//! its chunks hashed with SHA-256; a chunk whose digest is in the index is remembered by where
-//! the seed holds it. The target slot is a seed too: it holds what an interrupted apply already
-//! wrote, so a re-run reads only what is still missing (the resume), and otherwise the version
-//! before last, often close to the new one.
+//! The staying slot's chunks come from its stored slot index (`abbundle::slot_index`: the
+//! signed index's entries of the image it holds, written after the image when it was
+//! installed) when that names exactly the image its info.json describes; otherwise the slot is
+//! cut with the same FastCDC parameters as the index (`abbundle::index`) and each of its chunks
+//! hashed with SHA-256. Either way a chunk whose digest is in the new index is remembered by
+//! where the slot holds it, and hashed again when it is copied. The target slot is read only
+//! when its slot index names the new image (written before the image, so an interrupted apply
+//! of this bundle leaves it): then each chunk is checked at its own offset, and what an
+//! interrupted apply already wrote is kept (the resume).
 //!
 //! Memory is bounded by the index, not the seeds: per index entry, a sorted key (8 bytes of
 //! digest and the entry number: 16 bytes with padding) and an optional location (24 bytes),
@@ -17,14 +21,17 @@
 use std::io::{self, Read};
 
 use abbundle::index::{self, Entry};
+use abbundle::slot_index;
 use abbundle::{ChunkIndex, Manifest, Payload, PayloadKind};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use tracing::{debug, info};
 
-use crate::boot::Slot;
-use crate::disk::Disk;
+use crate::boot::{Slot, SlotInfo};
+use crate::disk::{Disk, Partition};
 use crate::esp::Esp;
+use crate::fault;
 
 /// Seed numbers ([`Loc::seed`]): what each seed is.
 pub mod seed {
@@ -38,19 +45,25 @@ pub mod seed {
     pub const KEEP_FILE: u8 = 3;
 }
 
-/// Cuts the seeds and finds in them the chunks of `index` (one map per payload), reading
-/// nothing of the bundle and writing nothing:
-/// - the root image: the target slot's chunks already in place (what an interrupted apply
-///   wrote: the resume), then the slot that stays, up to `keep_len` bytes (its info.json's
-///   size);
+/// Finds the chunks of `index` the device holds (one map per payload), reading nothing of the
+/// bundle and writing nothing:
+/// - the root image: the target slot's chunks already in place, if its slot index says an
+///   apply of this image was there (what an interrupted apply wrote: the resume; each chunk
+///   hashed at its offset), then the slot that stays: by its stored slot index
+///   ([`abbundle::slot_index`]) when that names exactly the image its info.json (`keep_info`)
+///   says the slot holds, else by cutting and hashing its first `rootfsSize` bytes (all of it
+///   without an info.json);
 /// - kernel and initrd: the target's file if it already equals the payload (then it is not
 ///   written again), else the staying slot's file of the same kind. (Chunks of the target's own
 ///   old file are not used: the new file replaces it as it is written.)
+///
+/// A stored index is not trusted: every chunk copied by it is hashed against the signed index
+/// when it is read (`delta_apply`), and read from the bundle if the slot does not hold it.
 pub fn find_seeds<'a>(
     disk: &Disk,
     esp: &Esp,
     target: Slot,
-    keep_len: u64,
+    keep_info: Option<&SlotInfo>,
     m: &Manifest,
     index: &'a ChunkIndex,
 ) -> Result<(Vec<SeedMap<'a>>, Vec<SeedUse>)> {
@@ -59,28 +72,67 @@ pub fn find_seeds<'a>(
     let keep = target.other();
     let root = m.payload(PayloadKind::Rootfs);
     let tpart = disk.partition(target.partition_label())?;
-    let n = maps[0]
-        .scan_in_place(
-            seed::TARGET_IN_PLACE,
-            buffered(disk.reader(tpart, root.size)),
-        )
-        .with_context(|| format!("reading slot {target} ({})", tpart.label))?;
-    seeds.push(SeedUse {
-        name: format!("slot {target} (in place)"),
-        scanned_bytes: n,
-    });
+    // The target slot counts only if an apply of this very image was there (its slot index,
+    // written before the image, names it): then its chunks are checked where they belong.
+    // Otherwise it holds an older image, whose chunks rarely sit where the new image has them
+    // and would be overwritten before they are copied elsewhere: it is not read at all.
+    match slot_index::read(
+        tpart.len,
+        root.size,
+        &root.sha256,
+        |at, buf| disk.read_at(tpart, at, buf),
+        |_, _| {},
+    ) {
+        Ok(_) => {
+            let n = maps[0]
+                .check_in_place(
+                    seed::TARGET_IN_PLACE,
+                    buffered(disk.reader(tpart, root.size)),
+                )
+                .with_context(|| format!("reading slot {target} ({})", tpart.label))?;
+            seeds.push(SeedUse {
+                name: format!("slot {target} (in place: an earlier apply of this image)"),
+                scanned_bytes: n,
+            });
+        }
+        Err(why) => {
+            debug!("slot {target} is not read: {why}");
+            seeds.push(SeedUse {
+                name: format!("slot {target} (not read: holds no earlier apply of this image)"),
+                scanned_bytes: 0,
+            });
+        }
+    }
     let kpart = disk.partition(keep.partition_label())?;
-    let n = if maps[0].all_from(seed::TARGET_IN_PLACE) {
-        0
+    let seed = if maps[0].all_from(seed::TARGET_IN_PLACE) {
+        SeedUse {
+            name: format!("slot {keep}"),
+            scanned_bytes: 0,
+        }
     } else {
-        maps[0]
-            .scan(seed::KEEP_SLOT, buffered(disk.reader(kpart, keep_len)))
-            .with_context(|| format!("reading slot {keep} ({})", kpart.label))?
+        let stored = match keep_info {
+            Some(info) => read_stored(disk, kpart, info, &mut maps[0]),
+            None => Err("it has no info.json".to_string()),
+        };
+        match stored {
+            Ok(n) => SeedUse {
+                name: format!("slot {keep} (stored index)"),
+                scanned_bytes: n,
+            },
+            Err(why) => {
+                info!("slot {keep}'s stored seed index is not used ({why}): scanning the slot");
+                let len = keep_info.map_or(u64::MAX, |i| i.rootfs_size);
+                let n = maps[0]
+                    .scan(seed::KEEP_SLOT, buffered(disk.reader(kpart, len)))
+                    .with_context(|| format!("reading slot {keep} ({})", kpart.label))?;
+                SeedUse {
+                    name: format!("slot {keep} (scanned)"),
+                    scanned_bytes: n,
+                }
+            }
+        }
     };
-    seeds.push(SeedUse {
-        name: format!("slot {keep}"),
-        scanned_bytes: n,
-    });
+    seeds.push(seed);
     let (tfiles, kfiles) = (target.files(), keep.files());
     for (i, (tpath, kpath)) in [
         (&tfiles.kernel, &kfiles.kernel),
@@ -108,6 +160,53 @@ pub fn find_seeds<'a>(
         });
     }
     Ok((maps, seeds))
+}
+
+/// Records in `map` the chunks the staying slot holds by its stored seed index, if that is
+/// valid and names the image `info` says the slot holds. Returns the record's length, or why
+/// it is not used (then `map` is unchanged).
+fn read_stored(
+    disk: &Disk,
+    part: &Partition,
+    info: &SlotInfo,
+    map: &mut SeedMap,
+) -> Result<u64, String> {
+    let sha = abbundle::Digest(
+        hex::decode(&info.rootfs_sha256)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or("its info.json's rootfsSha256 is not a SHA-256")?,
+    );
+    slot_index::read(
+        part.len,
+        info.rootfs_size,
+        &sha,
+        |at, buf| disk.read_at(part, at, buf),
+        |at, e| map.note(seed::KEEP_SLOT, at, e.len, &e.digest.0),
+    )
+}
+
+/// Writes the seed index of the root image `p` (`entries`: its chunks in the signed index)
+/// after the image in the target slot `part`, and syncs it: the next update finds the chunks
+/// this slot holds without reading the slot. Written before the image, so a re-run after a cut
+/// finds it too. Skipped (logged) when the slot has no room for it after the image.
+pub fn store_index(disk: &Disk, part: &Partition, p: &Payload, entries: &[Entry]) -> Result<()> {
+    let n = entries.len() as u64;
+    if !slot_index::fits(p.size, n, part.len) {
+        info!(
+            "{} has no room for the seed index ({} bytes) after the image: the next delta update \
+             scans the slot instead",
+            part.label,
+            slot_index::record_len(n)
+        );
+        return Ok(());
+    }
+    slot_index::write(p.size, &p.sha256, entries, |at, b| {
+        disk.write_at(part, at, b)
+    })
+    .with_context(|| format!("writing the seed index into {}", part.label))?;
+    fault::point("slot index write");
+    disk.sync()
 }
 
 fn buffered<R: Read>(r: R) -> io::BufReader<R> {
@@ -164,48 +263,53 @@ impl<'a> SeedMap<'a> {
     pub fn scan<R: Read>(&mut self, seed: u8, r: R) -> io::Result<u64> {
         let mut offset = 0u64;
         index::for_each_chunk(r, |data| {
-            let d: [u8; 32] = Sha256::digest(data).into();
-            let p = prefix(&d);
-            let start = self.keys.partition_point(|k| k.0 < p);
-            for &(kp, i) in &self.keys[start..] {
-                if kp != p {
-                    break;
-                }
-                let e = &self.entries[i as usize];
-                if e.digest.0 == d
-                    && e.len as usize == data.len()
-                    && self.found[i as usize].is_none()
-                {
-                    self.found[i as usize] = Some(Loc { seed, offset });
-                }
-            }
+            self.note(
+                seed,
+                offset,
+                data.len() as u32,
+                &Sha256::digest(data).into(),
+            );
             offset += data.len() as u64;
             Ok(())
         })
     }
 
-    /// Like [`SeedMap::scan`], but records only chunks `r` holds at their own offset in the
-    /// payload: `r` is what will be overwritten (the target slot), so only a chunk already in
-    /// place can be kept; one elsewhere would be gone before it is copied.
-    pub fn scan_in_place<R: Read>(&mut self, seed: u8, r: R) -> io::Result<u64> {
-        let (mut offset, mut j, mut at) = (0u64, 0usize, 0u64);
-        index::for_each_chunk(r, |data| {
-            while j < self.entries.len() && at < offset {
-                at += self.entries[j].len as u64;
-                j += 1;
+    /// Records that `seed` holds a chunk of `len` bytes with SHA-256 `digest` at `offset`, if
+    /// the index names it and no seed before did.
+    pub fn note(&mut self, seed: u8, offset: u64, len: u32, digest: &[u8; 32]) {
+        let p = prefix(digest);
+        let start = self.keys.partition_point(|k| k.0 < p);
+        for &(kp, i) in &self.keys[start..] {
+            if kp != p {
+                break;
             }
-            if at == offset && j < self.entries.len() {
-                let e = &self.entries[j];
-                if e.len as usize == data.len()
-                    && self.found[j].is_none()
-                    && e.digest.0[..] == Sha256::digest(data)[..]
-                {
-                    self.found[j] = Some(Loc { seed, offset });
-                }
+            let e = &self.entries[i as usize];
+            if e.digest.0 == *digest && e.len == len && self.found[i as usize].is_none() {
+                self.found[i as usize] = Some(Loc { seed, offset });
             }
-            offset += data.len() as u64;
-            Ok(())
-        })
+        }
+    }
+
+    /// Records the chunks `r` (what will be overwritten: the target slot) holds at their own
+    /// offset in the payload, hashing each entry's bytes where the index puts them: only a
+    /// chunk already in place can be kept; one elsewhere would be gone before it is copied.
+    /// Returns the bytes read.
+    pub fn check_in_place<R: Read>(&mut self, seed: u8, mut r: R) -> io::Result<u64> {
+        let mut buf = vec![0u8; index::MAX_CHUNK as usize];
+        let mut offset = 0u64;
+        for (e, f) in self.entries.iter().zip(&mut self.found) {
+            let data = &mut buf[..e.len as usize];
+            match r.read_exact(data) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(err) => return Err(err),
+            }
+            if f.is_none() && e.digest.0[..] == Sha256::digest(&*data)[..] {
+                *f = Some(Loc { seed, offset });
+            }
+            offset += e.len as u64;
+        }
+        Ok(offset)
     }
 
     /// Marks every entry as held in place by `seed` (a boot file equal to the payload).
@@ -284,6 +388,8 @@ pub struct Plan {
     /// `delta` (ranges of the bundle) or `full` (the whole stream: a format 1 bundle, or a
     /// delta that would read most of it anyway).
     pub mode: &'static str,
+    /// Why this mode, in words.
+    pub reason: &'static str,
     pub bundle_bytes: u64,
     /// Header, manifest, signatures and index: read first, in one request.
     pub front_bytes: u64,
@@ -369,6 +475,13 @@ impl Plan {
             target_slot: target.to_string(),
             format: m.format,
             mode: if delta { "delta" } else { "full" },
+            reason: if delta {
+                "only missing chunks are read"
+            } else if m.format == abbundle::FORMAT_V1 {
+                "format 1 has no chunk index"
+            } else {
+                "a delta would read most of it"
+            },
             bundle_bytes,
             front_bytes: front,
             payloads,
@@ -389,18 +502,17 @@ impl Plan {
             }
         };
         let mut s = format!(
-            "plan: version {} into slot {}, format {} bundle of {} bytes: {}\n",
+            "plan: version {} into slot {}, format {} bundle of {} bytes: {} ({})\n",
             self.version,
             self.target_slot,
             self.format,
             self.bundle_bytes,
             if self.mode == "delta" {
-                "delta (only missing chunks are read)"
-            } else if self.format == abbundle::FORMAT_V1 {
-                "full stream (format 1 has no chunk index)"
+                "delta"
             } else {
-                "full stream (a delta would read most of it)"
-            }
+                "full stream"
+            },
+            self.reason
         );
         for p in &self.payloads {
             s += &format!(

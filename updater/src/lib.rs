@@ -68,6 +68,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 expect_manifest_sha256: None,
                 dry_run: a.dry_run,
                 json: a.json,
+                full: a.full,
             },
         ),
         cli::Command::Status(a) => status::run(&ctx, a.json),

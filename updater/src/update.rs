@@ -339,6 +339,7 @@ fn check(
                 reboot: false,
                 expect_manifest_sha256: Some(doc.manifest_sha256),
                 dry_run: false,
+                full: false,
                 json: false,
             },
         )
