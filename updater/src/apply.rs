@@ -111,7 +111,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let keys = TrustedKeys::load_dir(&ctx.keys)
         .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
 
-    let stream = source::open(r.source, &ctx.config)?;
+    let (stream, front_ranges) = source::open_source(r.source, &ctx.config)?;
     let reader =
         BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
     if let Some(want) = r.expect_manifest_sha256 {
@@ -220,7 +220,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             name: r.source,
         })),
         (None, Some(maps)) if plan.mode == "delta" => {
-            let f = http_fetch(r.source, &ctx.config, h.total_len, m, maps)?;
+            let f = http_fetch(front_ranges, m, maps)?;
             if f.is_none() {
                 info!("the server does not answer range requests: reading the whole bundle");
             }
@@ -489,23 +489,24 @@ fn write_slot(
     check_boot_files(esp, target, kernel, initrd, info_json)
 }
 
-/// The HTTP(S) range source for a delta apply: the plan's ranges, the first one already
-/// asked for. `None` when the server does not answer with ranges (then the full stream).
+/// The HTTP(S) range source for a delta apply, on the client that read the front: the plan's
+/// ranges, the first one already asked for. `None` when the server does not answer with
+/// ranges (the front came whole, or this range did; then the full stream).
 #[cfg(feature = "http")]
 fn http_fetch(
-    source: &str,
-    config: &crate::config::Config,
-    total_len: u64,
+    ranges: Option<source::HttpRanges>,
     m: &abbundle::Manifest,
     maps: &[delta::SeedMap],
 ) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
+    let Some(mut ranges) = ranges else {
+        return Ok(None);
+    };
     let plan: Vec<delta::Range> = m
         .payloads
         .iter()
         .zip(maps)
         .flat_map(|(p, map)| delta::ranges(p, map))
         .collect();
-    let mut ranges = source::HttpRanges::new(source, config, total_len)?;
     let first = match plan.first() {
         Some(r) => match ranges.get(r.start, r.end)? {
             source::RangeReply::Partial(body) => Some(body),
@@ -520,9 +521,7 @@ fn http_fetch(
 
 #[cfg(not(feature = "http"))]
 fn http_fetch(
-    _: &str,
-    _: &crate::config::Config,
-    _: u64,
+    _: Option<source::HttpRanges>,
     _: &abbundle::Manifest,
     _: &[delta::SeedMap],
 ) -> Result<Option<Box<dyn delta_apply::Fetch>>> {

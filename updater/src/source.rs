@@ -39,9 +39,19 @@ fn advise_sequential(file: &File) {
 
 /// Opens `source` as a byte stream of the bundle, with the config's `ca-file` and HTTP limits.
 pub fn open(source: &str, config: &Config) -> Result<Box<dyn Read + Send>> {
+    open_source(source, config).map(|(stream, _)| stream)
+}
+
+/// [`open`], and for an http(s) source whose server honours Range, the client that read the
+/// front by range requests: a delta apply fetches its chunks with it (the same connections,
+/// the URL after redirects, the bundle's ETag).
+pub fn open_source(
+    source: &str,
+    config: &Config,
+) -> Result<(Box<dyn Read + Send>, Option<HttpRanges>)> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let (stream, len) = open_url(source, config)?;
-        return checked(&redact(source), stream, len, false);
+        let (stream, len, ranges) = open_url(source, config, true)?;
+        return Ok((checked(&redact(source), stream, len, false)?, ranges));
     }
     let mut file = File::open(source).with_context(|| format!("opening {source}"))?;
     let meta = file
@@ -53,7 +63,7 @@ pub fn open(source: &str, config: &Config) -> Result<Box<dyn Read + Send>> {
         // read-ahead were clearly faster here than O_DIRECT reads one buffer at a time.)
         // No BufReader: the bundle reader reads whole chunks, straight from the page cache.
         // Data after the bundle's end is left for the reader to refuse (exit 10).
-        return checked(source, file, Some(meta.len()), false);
+        return Ok((checked(source, file, Some(meta.len()), false)?, None));
     }
     let size = file
         .seek(SeekFrom::End(0))
@@ -62,7 +72,7 @@ pub fn open(source: &str, config: &Config) -> Result<Box<dyn Read + Send>> {
     // A bundle on a block device is followed by whatever else the device holds: stop at the
     // length its header states.
     let r = BufReader::with_capacity(READ_BUFFER, file);
-    checked(source, r, Some(size), true)
+    Ok((checked(source, r, Some(size), true)?, None))
 }
 
 /// Reads the header from `r`, refuses a source of known length `len` that is shorter than the
@@ -258,13 +268,14 @@ impl<R: Read> Read for Guarded<R> {
     }
 }
 
-#[cfg(feature = "http")]
-type Stream = (Box<dyn Read + Send>, Option<u64>);
+/// A download: its body, its length if known, and the range client if the server honours Range.
+type Stream = (Box<dyn Read + Send>, Option<u64>, Option<HttpRanges>);
 
 /// GETs `source`, following up to MAX_REDIRECTS redirects to http(s) only and never from
-/// https to http; returns the body with the HTTP limits applied, and its Content-Length.
+/// https to http; returns the body with the HTTP limits applied, and its Content-Length. A
+/// `bundle` is asked for by ranges if the server honours them ([`RangedStream`]).
 #[cfg(feature = "http")]
-fn open_url(source: &str, config: &Config) -> Result<Stream> {
+fn open_url(source: &str, config: &Config, bundle: bool) -> Result<Stream> {
     let limits = HttpLimits::of(config);
     let shown = redact(source);
     let fail = |msg: String| -> anyhow::Error {
@@ -287,7 +298,15 @@ fn open_url(source: &str, config: &Config) -> Result<Stream> {
     let agent = agent.build();
     let mut url = url::Url::parse(source).map_err(|e| fail(format!("not a valid URL: {e}")))?;
     for hop in 0.. {
-        let resp = call(&agent, &url, deadline, &limits).map_err(fail)?;
+        // A bundle is asked for as a range: a server that honours it sends the front only
+        // (see RangedStream).
+        let first = bundle.then_some(FRONT);
+        let resp = call(&agent, &url, deadline, &limits, first).map_err(fail)?;
+        if resp.status() == 206 {
+            let (s, total) = RangedStream::start(resp, &url, config, &shown).map_err(fail)?;
+            let ranges = s.ranges.clone();
+            return Ok((Box::new(s), Some(total), Some(ranges)));
+        }
         if !(300..400).contains(&resp.status()) {
             let len = resp
                 .header("content-length")
@@ -300,7 +319,11 @@ fn open_url(source: &str, config: &Config) -> Result<Stream> {
                 waited: Duration::ZERO,
                 bytes: 0,
             };
-            return Ok((Box::new(BufReader::with_capacity(READ_BUFFER, body)), len));
+            return Ok((
+                Box::new(BufReader::with_capacity(READ_BUFFER, body)),
+                len,
+                None,
+            ));
         }
         if hop == MAX_REDIRECTS {
             return Err(fail(format!("more than {MAX_REDIRECTS} redirects")));
@@ -337,11 +360,16 @@ fn call(
     url: &url::Url,
     deadline: Instant,
     limits: &HttpLimits,
+    first_bytes: Option<u64>,
 ) -> std::result::Result<ureq::Response, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (agent, target) = (agent.clone(), url.to_string());
     std::thread::spawn(move || {
-        let _ = tx.send(agent.get(&target).call());
+        let mut req = agent.get(&target);
+        if let Some(n) = first_bytes {
+            req = req.set("Range", &format!("bytes=0-{}", n - 1));
+        }
+        let _ = tx.send(req.call());
     });
     let wait = deadline.saturating_duration_since(Instant::now());
     match rx.recv_timeout(wait) {
@@ -369,6 +397,7 @@ fn call(
 /// ignores Range: [`RangeReply::Whole`], so the caller falls back to the full stream.
 /// Redirects are not followed here (a redirecting server gets the full stream).
 #[cfg(feature = "http")]
+#[derive(Clone)]
 pub struct HttpRanges {
     agent: ureq::Agent,
     url: String,
@@ -513,6 +542,135 @@ fn timed_out(e: &ureq::Error) -> bool {
             })
 }
 
+/// The first request for a bundle over HTTP(S) asks for this many bytes: the header,
+/// manifest, signatures and chunk index of a root up to about 28 MiB (a larger index comes
+/// with one more request).
+#[cfg(feature = "http")]
+const FRONT: u64 = 64 * 1024;
+
+/// A bundle over HTTP(S) from a server that honours Range, read by range requests as it is
+/// read: the first [`FRONT`] bytes, then the rest of the front (up to the end of the chunk
+/// index, from the header) in one request, then, only if the payloads are read as a stream
+/// too, the rest of the bundle in one more. A delta apply reads the front only and fetches
+/// its chunks itself, so nothing past the front is asked for: a GET without Range would let
+/// the server push megabytes into the socket buffers, never read, while the apply runs.
+#[cfg(feature = "http")]
+struct RangedStream {
+    ranges: HttpRanges,
+    body: Box<dyn Read + Send>,
+    /// Where the stream stands, and where the current range ends.
+    pos: u64,
+    end: u64,
+    /// The header's bytes, until all are seen; then where the front ends.
+    head: Vec<u8>,
+    front_end: Option<u64>,
+}
+
+#[cfg(feature = "http")]
+impl RangedStream {
+    /// The stream from the first reply (206 to `bytes=0-{FRONT-1}`): its Content-Range gives
+    /// the bundle's length. Returns the stream and that length.
+    fn start(
+        resp: ureq::Response,
+        url: &url::Url,
+        config: &Config,
+        shown: &str,
+    ) -> std::result::Result<(RangedStream, u64), String> {
+        let got = resp
+            .header("content-range")
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let parsed = got
+            .strip_prefix("bytes 0-")
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(e, t)| Some((e.parse::<u64>().ok()?, t.parse::<u64>().ok()?)));
+        let Some((last, total)) = parsed.filter(|&(e, t)| t > 0 && e + 1 == FRONT.min(t)) else {
+            return Err(format!(
+                "the server sent the range '{got}' where bytes 0-{} were asked",
+                FRONT - 1
+            ));
+        };
+        let mut ranges =
+            HttpRanges::new(url.as_str(), config, total).map_err(|e| format!("{e:#}"))?;
+        ranges.etag = resp.header("etag").map(str::to_string);
+        ranges.requests = 1;
+        let body = Guarded {
+            inner: resp.into_reader(),
+            url: shown.to_string(),
+            limits: ranges.limits,
+            deadline: ranges.deadline,
+            waited: Duration::ZERO,
+            bytes: 0,
+        }
+        .take(last + 1);
+        let s = RangedStream {
+            ranges,
+            body: Box::new(body),
+            pos: 0,
+            end: last + 1,
+            head: Vec::with_capacity(HEADER_LEN),
+            front_end: None,
+        };
+        Ok((s, total))
+    }
+}
+
+#[cfg(feature = "http")]
+impl Read for RangedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.pos == self.end {
+            let total = self.ranges.total_len;
+            if self.pos >= total {
+                return Ok(0);
+            }
+            let end = match self.front_end {
+                Some(f) if self.pos < f => f.min(total),
+                _ => total,
+            };
+            self.body = match self.ranges.get(self.pos, end) {
+                Ok(RangeReply::Partial(b)) => b,
+                Ok(RangeReply::Whole) => {
+                    return Err(fetch_error(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: the server stopped answering range requests",
+                            self.ranges.shown
+                        ),
+                    ))
+                }
+                Err(e) => return Err(fetch_error(io::ErrorKind::Other, format!("{e:#}"))),
+            };
+            self.end = end;
+        }
+        let want = buf.len().min((self.end - self.pos) as usize);
+        let n = self.body.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(fetch_error(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: the server sent a short range (ended at byte {} of {})",
+                    self.ranges.shown, self.pos, self.end
+                ),
+            ));
+        }
+        if self.front_end.is_none() {
+            let take = n.min(HEADER_LEN - self.head.len());
+            self.head.extend_from_slice(&buf[..take]);
+            if let Ok(h) = <[u8; HEADER_LEN]>::try_from(&self.head[..]) {
+                // A header that does not decode is refused by the caller; the rest then
+                // comes in one range.
+                self.front_end = Some(Header::decode(&h).map_or(0, |h| h.index_end()));
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Trusts only the certificates in the PEM file `ca` for https://.
 #[cfg(feature = "https")]
 fn with_roots(agent: ureq::AgentBuilder, ca: &std::path::Path) -> Result<ureq::AgentBuilder> {
@@ -539,8 +697,12 @@ fn with_roots(_: ureq::AgentBuilder, _: &std::path::Path) -> Result<ureq::AgentB
     anyhow::bail!("ca-file is set, but this abupdate was built without https (feature 'https')")
 }
 
+/// Without HTTP support there is no range client (never built).
 #[cfg(not(feature = "http"))]
-fn open_url(url: &str, _: &Config) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+pub struct HttpRanges;
+
+#[cfg(not(feature = "http"))]
+fn open_url(url: &str, _: &Config, _: bool) -> Result<Stream> {
     anyhow::bail!(
         "{}: this abupdate was built without HTTP support (feature 'http')",
         redact(url)
@@ -567,7 +729,7 @@ pub fn fetch_document(location: &str, config: &Config, max: u64) -> Result<Vec<u
     if location.starts_with("http://") || location.starts_with("https://") {
         let mut c = config.clone();
         c.http_timeout = c.http_timeout.min(DOCUMENT_TIMEOUT.as_secs());
-        let (stream, _) = open_url(location, &c)?;
+        let (stream, _, _) = open_url(location, &c, false)?;
         stream
             .take(max + 1)
             .read_to_end(&mut out)

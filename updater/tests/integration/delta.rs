@@ -383,11 +383,15 @@ fn http_delta_fetches_only_the_planned_ranges() {
     let out = all_output(&o);
     assert!(o.status.success(), "{out}");
     let s = served.lock().unwrap();
-    // Exactly the plan's ranges: its requests but the front (read by the first GET).
+    // Exactly the plan's ranges, and its front as one range request of the first 64 KiB
+    // (the front here is smaller): no GET of the whole bundle.
     let planned: u64 = (0..3).map(|k| u(&p["payloads"][k], "readBytes")).sum();
-    assert_eq!(s.range_bytes, planned, "{p}");
-    assert_eq!(s.range_requests, u(&p, "requests") - 1, "{p}");
-    assert!(s.range_requests >= 2, "{p}");
+    let front = u(&p, "frontBytes");
+    assert!(front < 65536, "{p}");
+    assert_eq!(s.range_bytes, planned + 65536, "{p}");
+    assert_eq!(s.range_requests, u(&p, "requests"), "{p}");
+    assert!(s.range_requests >= 3, "{p}");
+    assert_eq!(s.sent_bytes, s.range_bytes, "{p}");
     let size = v2.manifest.payload(PayloadKind::Rootfs).size;
     assert!(s.range_bytes * 2 < size);
     assert_eq!(delta_counts(&out)[0], u(&p["payloads"][0], "fetchBytes"));
@@ -524,28 +528,29 @@ fn a_stalled_range_request_ends_on_the_http_limits() {
     // (fault, at which range request, http-rate-window, http-timeout, what the error says,
     // the limit that ends it)
     let cases = [
-        // Half of the second range, then silence with the socket open: one window.
+        // Half of the second planned range (request 3: the front is the first), then
+        // silence with the socket open: one window.
         (
             Fault::StallBody,
-            2,
+            3,
             2,
             600,
             "sent nothing for 2 s",
             "http-rate-window",
             2,
         ),
-        // The second range (on a kept-alive connection) never answered: one window.
+        // The second planned range (on a kept-alive connection) never answered: one window.
         (
             Fault::StallHead,
-            2,
+            3,
             2,
             600,
             "sent nothing for 2 s",
             "http-rate-window",
             2,
         ),
-        // The first range never answered, a window longer than the whole deadline: the
-        // deadline.
+        // The first request (the front) never answered, a window longer than the whole
+        // deadline: the deadline.
         (
             Fault::StallHead,
             1,
@@ -579,8 +584,8 @@ fn a_stalled_range_request_ends_on_the_http_limits() {
 
 #[test]
 fn a_bad_range_reply_mid_apply_is_refused_and_a_rerun_installs() {
-    // Each fault comes at the second range request, after the first range was served whole
-    // and slot b is being written.
+    // Each fault comes at the third range request (the first is the bundle's front), after
+    // the first planned range was served whole and slot b is being written.
     let env = Env::new();
     let (v1, v2) = two_change_pair(&env);
     let bundle = std::fs::read(&v2.bundle).unwrap();
@@ -598,13 +603,13 @@ fn a_bad_range_reply_mid_apply_is_refused_and_a_rerun_installs() {
         let disk = env.path("disk.img");
         copy_image(&v1.image, &disk);
         let before = running(&disk);
-        let (url, served) = range_server(bundle.clone(), Serve::Fault { from: 2, fault });
+        let (url, served) = range_server(bundle.clone(), Serve::Fault { from: 3, fault });
         let err = fails(&env.abupdate(&disk, &["apply", &url]), 41);
         assert!(err.contains(says), "{fault:?}: {err}");
         assert!(err.contains("slot b has no boot entry"), "{fault:?}: {err}");
         {
             let s = served.lock().unwrap();
-            assert_eq!(s.range_requests, 2, "{fault:?}: {s:?}");
+            assert_eq!(s.range_requests, 3, "{fault:?}: {s:?}");
         }
         // Slot a, its entry and the whole ESP as they were: slot a still boots.
         assert_eq!(running(&disk), before, "{fault:?}");
