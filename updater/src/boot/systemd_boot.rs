@@ -167,6 +167,16 @@ fn replace(esp: &Esp, entries: &[BootEntry], slot: Slot, new: EntryName, mark: M
     Ok(())
 }
 
+/// Gives `slot` a plain good entry if it is a downgrade's kept fallback (`all`: the ESP's
+/// entries), so that its 0 tries left do not decide the order any more.
+fn unmark_kept_fallback(esp: &Esp, all: &[BootEntry], slot: Slot) -> Result<()> {
+    let entries = of_slot(all, slot);
+    if entries.iter().any(kept_fallback) {
+        replace(esp, &entries, slot, EntryName::good(slot), Mark::None)?;
+    }
+    Ok(())
+}
+
 /// The systemd-boot model over a snapshot: the entries and which of their files exist.
 struct Model {
     entries: Vec<BootEntry>,
@@ -280,16 +290,7 @@ impl BootLoader for SystemdBoot {
         // not decide this update's order: with both entries at 0 tries and equal versions,
         // systemd-boot would pick `slot-b` by name. It is made plainly good first (it is the
         // running, good slot); apply marks it again if this is another downgrade.
-        let other = of_slot(&read_entries(esp)?, slot.other());
-        if other.iter().any(kept_fallback) {
-            replace(
-                esp,
-                &other,
-                slot.other(),
-                EntryName::good(slot.other()),
-                Mark::None,
-            )?;
-        }
+        unmark_kept_fallback(esp, &read_entries(esp)?, slot.other())?;
         let file = EntryName::trying(slot, tries).file_name();
         let contents = abbundle::layout::boot_entry(slot, version, kernel_params);
         let path = entry_path(&file);
@@ -324,16 +325,7 @@ impl BootLoader for SystemdBoot {
     /// at 0, the version or the name would decide, and equal versions would pick `slot-b`.
     fn mark_bad(&self, esp: &Esp, slot: Slot) -> Result<()> {
         let all = read_entries(esp)?;
-        let other = of_slot(&all, slot.other());
-        if other.iter().any(kept_fallback) {
-            replace(
-                esp,
-                &other,
-                slot.other(),
-                EntryName::good(slot.other()),
-                Mark::None,
-            )?;
-        }
+        unmark_kept_fallback(esp, &all, slot.other())?;
         let entries = of_slot(&all, slot);
         let st = state(&entries);
         if st == SlotState::Empty

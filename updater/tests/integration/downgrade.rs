@@ -27,6 +27,13 @@ fn status(env: &Env, disk: &Path, booted: Option<&str>) -> Value {
     .unwrap()
 }
 
+fn env_for(loader: Loader) -> Env {
+    match loader {
+        Loader::SystemdBoot => Env::new(),
+        Loader::Grub => Env::new_grub(),
+    }
+}
+
 /// Both slots' `state` (with tries left, if any) and the next boot slot, as `status` says.
 fn shape(env: &Env, disk: &Path) -> String {
     let s = status(env, disk, None);
@@ -71,10 +78,7 @@ fn boot_check(env: &Env, disk: &Path, slot: &str) -> Value {
 }
 
 fn downgrade_on(loader: Loader) {
-    let env = match loader {
-        Loader::SystemdBoot => Env::new(),
-        Loader::Grub => Env::new_grub(),
-    };
+    let env = env_for(loader);
     let v1 = env.build("2026.11.1", 1, 64 * 1024);
     let v2 = env.build("2026.11.2", 2, 64 * 1024);
     let disk = env.path("disk.img");
@@ -157,10 +161,7 @@ fn downgrade_keeps_the_good_fallback_grub() {
 /// out, a boots: with both entries at 0 tries and equal versions, systemd-boot would otherwise
 /// pick `slot-b` by its name.
 fn reinstall_after_a_failed_downgrade_on(loader: Loader) {
-    let env = match loader {
-        Loader::SystemdBoot => Env::new(),
-        Loader::Grub => Env::new_grub(),
-    };
+    let env = env_for(loader);
     let v1 = env.build("2026.11.1", 1, 64 * 1024);
     let v2 = env.build("2026.11.2", 2, 64 * 1024);
     let v3 = env.build("2026.11.3", 3, 64 * 1024);
@@ -216,10 +217,7 @@ fn reinstall_after_a_failed_downgrade_falls_back_grub() {
 /// next boot of a is not reported as a fallback, on either loader (the channel loop would
 /// otherwise skip that version for good as `failed-before`).
 fn marked_bad_is_no_fallback_on(loader: Loader) {
-    let env = match loader {
-        Loader::SystemdBoot => Env::new(),
-        Loader::Grub => Env::new_grub(),
-    };
+    let env = env_for(loader);
     let v1 = env.build("2026.11.1", 1, 64 * 1024);
     let v2 = env.build("2026.11.2", 2, 64 * 1024);
     let disk = env.path("disk.img");

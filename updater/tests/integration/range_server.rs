@@ -75,6 +75,16 @@ pub fn range_server(body: Vec<u8>, mode: Serve) -> (String, Arc<Mutex<Served>>) 
     (format!("http://127.0.0.1:{port}/b.abu"), served)
 }
 
+/// A 200 with the whole bundle (what a server without Range support sends).
+fn send_whole(w: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes())?;
+    w.write_all(body)
+}
+
 /// Serves requests on one connection until it closes or a fault ends it.
 fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>) {
     let mut r = BufReader::new(conn.try_clone().unwrap());
@@ -84,12 +94,7 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
         let Some(range) = request(&mut r) else { return };
         let range = range.filter(|_| mode != Serve::NoRanges);
         let Some((a, b)) = range else {
-            let head =
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nETag: \"v1\"\r\n\r\n");
-            if w.write_all(head.as_bytes())
-                .and_then(|()| w.write_all(body))
-                .is_err()
-            {
+            if send_whole(&mut w, body).is_err() {
                 return;
             }
             continue;
@@ -117,12 +122,7 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
             Some(Fault::OtherTotal) => total_said = total + 4096,
             Some(Fault::NewEtag) => etag = "\"v2\"",
             Some(Fault::Whole) => {
-                let head =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nETag: \"v1\"\r\n\r\n");
-                if w.write_all(head.as_bytes())
-                    .and_then(|()| w.write_all(body))
-                    .is_err()
-                {
+                if send_whole(&mut w, body).is_err() {
                     return;
                 }
                 continue;
