@@ -296,10 +296,12 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
     let raw_path = o.out_dir.join(format!("{stem}.img"));
     let raw_tmp = work.path().join("disk.img");
     info!("writing the disk image");
+    let root_index = root_index(&bundle_tmp, &manifest)?;
     write_disk(
         &raw_tmp,
         &layout,
         &rootfs,
+        root_index.as_ref().map(|e| (&manifest, e.as_slice())),
         &contents,
         image_epoch,
         grub_images.as_ref(),
@@ -377,11 +379,34 @@ pub fn run_cli(a: &crate::cli::BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the raw disk image: table, slot A, ESP. The rest stays sparse zeros.
+/// The root payload's entries of a format 2 bundle's chunk index (read back from the bundle
+/// just written, checked against the manifest's digest); `None` for format 1.
+fn root_index(bundle: &Path, m: &Manifest) -> Result<Option<Vec<abbundle::index::Entry>>> {
+    let Some(r) = &m.chunk_index else {
+        return Ok(None);
+    };
+    let mut bytes = vec![0u8; r.size as usize];
+    let f = File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut bytes, r.offset)
+        .with_context(|| format!("reading the chunk index of {}", bundle.display()))?;
+    if <sha2::Sha256 as sha2::Digest>::digest(&bytes)[..] != r.sha256.0 {
+        bail!(
+            "the chunk index of {} does not match its manifest",
+            bundle.display()
+        );
+    }
+    let sizes: Vec<u64> = m.payloads.iter().map(|p| p.size).collect();
+    let mut index = abbundle::ChunkIndex::decode(&bytes, r, &sizes)?;
+    Ok(Some(index.payloads.swap_remove(0)))
+}
+
+/// Writes the raw disk image: table, slot A (and, for a format 2 bundle, the root's seed index
+/// after it: `abbundle::slot_index`), ESP. The rest stays sparse zeros.
 fn write_disk(
     path: &Path,
     layout: &Layout,
     rootfs: &Path,
+    root_index: Option<(&Manifest, &[abbundle::index::Entry])>,
     contents: &Contents,
     epoch: u64,
     grub: Option<&grub::Images>,
@@ -405,6 +430,17 @@ fn write_disk(
             path.display()
         )
     })?;
+    if let Some((m, entries)) = root_index {
+        let root = m.payload(abbundle::PayloadKind::Rootfs);
+        if abbundle::slot_index::fits(root.size, entries.len() as u64, slot.size) {
+            abbundle::slot_index::write(root.size, &root.sha256, entries, |at, b| {
+                std::os::unix::fs::FileExt::write_all_at(&f, b, slot.offset + at)
+            })
+            .with_context(|| format!("writing slot A's seed index in {}", path.display()))?;
+        } else {
+            info!("slot A has no room for the seed index after the root image");
+        }
+    }
     let esp_part = layout.partition(ESP_LABEL);
     let volume_id = u32::from_le_bytes(esp_part.uuid.as_bytes()[..4].try_into().unwrap());
     esp::write(&f, esp_part, volume_id, epoch, contents).context("writing the ESP")?;

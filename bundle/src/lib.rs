@@ -22,6 +22,7 @@ pub mod keys;
 pub mod layout;
 pub mod manifest;
 pub mod reader;
+pub mod slot_index;
 pub mod version;
 pub mod writer;
 

@@ -174,10 +174,14 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     // Format 2: find which chunks the device already holds. Reads the seeds, writes nothing.
     let local = !(r.source.starts_with("http://") || r.source.starts_with("https://"));
     let seeded = match reader.index() {
-        Some(index) if !r.full => {
-            let keep_len = kv.info.as_ref().map_or(u64::MAX, |i| i.rootfs_size);
-            Some(delta::find_seeds(&disk, &esp, target, keep_len, m, index)?)
-        }
+        Some(index) if !r.full => Some(delta::find_seeds(
+            &disk,
+            &esp,
+            target,
+            kv.info.as_ref(),
+            m,
+            index,
+        )?),
         _ => None,
     };
     let (maps, seeds) = seeded.unzip();
@@ -354,6 +358,9 @@ fn write_slot(
     info_json: &[u8],
 ) -> Result<()> {
     loader.make_unbootable(esp, target)?;
+    if let Some(index) = reader.index() {
+        delta::store_index(disk, part, rootfs, &index.payloads[0])?;
+    }
 
     let files = target.files();
     let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
@@ -574,6 +581,7 @@ fn write_slot_delta(
     info_json: &[u8],
 ) -> Result<()> {
     loader.make_unbootable(esp, target)?;
+    delta::store_index(disk, part, rootfs, maps[0].entries())?;
     let keep = disk.partition(target.other().partition_label())?;
     let files = target.files();
     let counts = [

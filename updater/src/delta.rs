@@ -22,9 +22,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::boot::Slot;
-use crate::disk::Disk;
+use abbundle::slot_index;
+use tracing::info;
+
+use crate::boot::{Slot, SlotInfo};
+use crate::disk::{Disk, Partition};
 use crate::esp::Esp;
+use crate::fault;
 
 /// Seed numbers ([`Loc::seed`]): what each seed is.
 pub mod seed {
@@ -38,19 +42,24 @@ pub mod seed {
     pub const KEEP_FILE: u8 = 3;
 }
 
-/// Cuts the seeds and finds in them the chunks of `index` (one map per payload), reading
-/// nothing of the bundle and writing nothing:
+/// Finds the chunks of `index` the device holds (one map per payload), reading nothing of the
+/// bundle and writing nothing:
 /// - the root image: the target slot's chunks already in place (what an interrupted apply
-///   wrote: the resume), then the slot that stays, up to `keep_len` bytes (its info.json's
-///   size);
+///   wrote: the resume), then the slot that stays: by its stored seed index
+///   ([`abbundle::slot_index`]) when that names exactly the image its info.json (`keep_info`)
+///   says the slot holds, else by cutting and hashing its first `rootfsSize` bytes (all of it
+///   without an info.json);
 /// - kernel and initrd: the target's file if it already equals the payload (then it is not
 ///   written again), else the staying slot's file of the same kind. (Chunks of the target's own
 ///   old file are not used: the new file replaces it as it is written.)
+///
+/// A stored index is not trusted: every chunk copied by it is hashed against the signed index
+/// when it is read (`delta_apply`), and read from the bundle if the slot does not hold it.
 pub fn find_seeds<'a>(
     disk: &Disk,
     esp: &Esp,
     target: Slot,
-    keep_len: u64,
+    keep_info: Option<&SlotInfo>,
     m: &Manifest,
     index: &'a ChunkIndex,
 ) -> Result<(Vec<SeedMap<'a>>, Vec<SeedUse>)> {
@@ -70,17 +79,35 @@ pub fn find_seeds<'a>(
         scanned_bytes: n,
     });
     let kpart = disk.partition(keep.partition_label())?;
-    let n = if maps[0].all_from(seed::TARGET_IN_PLACE) {
-        0
+    let seed = if maps[0].all_from(seed::TARGET_IN_PLACE) {
+        SeedUse {
+            name: format!("slot {keep}"),
+            scanned_bytes: 0,
+        }
     } else {
-        maps[0]
-            .scan(seed::KEEP_SLOT, buffered(disk.reader(kpart, keep_len)))
-            .with_context(|| format!("reading slot {keep} ({})", kpart.label))?
+        let stored = match keep_info {
+            Some(info) => read_stored(disk, kpart, info, &mut maps[0]),
+            None => Err("it has no info.json".to_string()),
+        };
+        match stored {
+            Ok(n) => SeedUse {
+                name: format!("slot {keep} (stored index)"),
+                scanned_bytes: n,
+            },
+            Err(why) => {
+                info!("slot {keep}'s stored seed index is not used ({why}): scanning the slot");
+                let len = keep_info.map_or(u64::MAX, |i| i.rootfs_size);
+                let n = maps[0]
+                    .scan(seed::KEEP_SLOT, buffered(disk.reader(kpart, len)))
+                    .with_context(|| format!("reading slot {keep} ({})", kpart.label))?;
+                SeedUse {
+                    name: format!("slot {keep} (scanned)"),
+                    scanned_bytes: n,
+                }
+            }
+        }
     };
-    seeds.push(SeedUse {
-        name: format!("slot {keep}"),
-        scanned_bytes: n,
-    });
+    seeds.push(seed);
     let (tfiles, kfiles) = (target.files(), keep.files());
     for (i, (tpath, kpath)) in [
         (&tfiles.kernel, &kfiles.kernel),
@@ -108,6 +135,53 @@ pub fn find_seeds<'a>(
         });
     }
     Ok((maps, seeds))
+}
+
+/// Records in `map` the chunks the staying slot holds by its stored seed index, if that is
+/// valid and names the image `info` says the slot holds. Returns the record's length, or why
+/// it is not used (then `map` is unchanged).
+fn read_stored(
+    disk: &Disk,
+    part: &Partition,
+    info: &SlotInfo,
+    map: &mut SeedMap,
+) -> Result<u64, String> {
+    let sha = abbundle::Digest(
+        hex::decode(&info.rootfs_sha256)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or("its info.json's rootfsSha256 is not a SHA-256")?,
+    );
+    slot_index::read(
+        part.len,
+        info.rootfs_size,
+        &sha,
+        |at, buf| disk.read_at(part, at, buf),
+        |at, e| map.note(seed::KEEP_SLOT, at, e.len, &e.digest.0),
+    )
+}
+
+/// Writes the seed index of the root image `p` (`entries`: its chunks in the signed index)
+/// after the image in the target slot `part`, and syncs it: the next update finds the chunks
+/// this slot holds without reading the slot. Written before the image, so a re-run after a cut
+/// finds it too. Skipped (logged) when the slot has no room for it after the image.
+pub fn store_index(disk: &Disk, part: &Partition, p: &Payload, entries: &[Entry]) -> Result<()> {
+    let n = entries.len() as u64;
+    if !slot_index::fits(p.size, n, part.len) {
+        info!(
+            "{} has no room for the seed index ({} bytes) after the image: the next delta update \
+             scans the slot instead",
+            part.label,
+            slot_index::record_len(n)
+        );
+        return Ok(());
+    }
+    slot_index::write(p.size, &p.sha256, entries, |at, b| {
+        disk.write_at(part, at, b)
+    })
+    .with_context(|| format!("writing the seed index into {}", part.label))?;
+    fault::point("slot index write");
+    disk.sync()
 }
 
 fn buffered<R: Read>(r: R) -> io::BufReader<R> {
@@ -164,24 +238,31 @@ impl<'a> SeedMap<'a> {
     pub fn scan<R: Read>(&mut self, seed: u8, r: R) -> io::Result<u64> {
         let mut offset = 0u64;
         index::for_each_chunk(r, |data| {
-            let d: [u8; 32] = Sha256::digest(data).into();
-            let p = prefix(&d);
-            let start = self.keys.partition_point(|k| k.0 < p);
-            for &(kp, i) in &self.keys[start..] {
-                if kp != p {
-                    break;
-                }
-                let e = &self.entries[i as usize];
-                if e.digest.0 == d
-                    && e.len as usize == data.len()
-                    && self.found[i as usize].is_none()
-                {
-                    self.found[i as usize] = Some(Loc { seed, offset });
-                }
-            }
+            self.note(
+                seed,
+                offset,
+                data.len() as u32,
+                &Sha256::digest(data).into(),
+            );
             offset += data.len() as u64;
             Ok(())
         })
+    }
+
+    /// Records that `seed` holds a chunk of `len` bytes with SHA-256 `digest` at `offset`, if
+    /// the index names it and no seed before did.
+    pub fn note(&mut self, seed: u8, offset: u64, len: u32, digest: &[u8; 32]) {
+        let p = prefix(digest);
+        let start = self.keys.partition_point(|k| k.0 < p);
+        for &(kp, i) in &self.keys[start..] {
+            if kp != p {
+                break;
+            }
+            let e = &self.entries[i as usize];
+            if e.digest.0 == *digest && e.len == len && self.found[i as usize].is_none() {
+                self.found[i as usize] = Some(Loc { seed, offset });
+            }
+        }
     }
 
     /// Like [`SeedMap::scan`], but records only chunks `r` holds at their own offset in the

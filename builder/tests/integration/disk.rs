@@ -124,9 +124,25 @@ fn slot_a_holds_the_bundles_rootfs() {
         read_range(&bundle, b_off, size) == read_range(&image, slot_off, size),
         "slot A differs from the bundle"
     );
-    // The rest of the slot, and slot B, are empty.
-    assert!(read_range(&image, slot_off + size, slot_size - size)
+    // After the image (format 2): its slot index, the bundle's root entries
+    // (docs/layout.md); the rest of the slot, and slot B, are empty.
+    let at = abbundle::slot_index::offset(size);
+    let chunks = manifest["chunk_index"]["chunks"][0].as_u64().unwrap();
+    let len = abbundle::slot_index::record_len(chunks);
+    let record = read_range(&image, slot_off + at, len);
+    assert_eq!(&record[..8], b"ABSLTIDX");
+    let (i_off, i_len) = (
+        manifest["chunk_index"]["offset"].as_u64().unwrap(),
+        chunks * abbundle::index::ENTRY_LEN as u64,
+    );
+    assert!(record[64..64 + i_len as usize] == read_range(&bundle, i_off, i_len)[..]);
+    assert!(read_range(&image, slot_off + size, at - size)
         .iter()
+        .chain(&read_range(
+            &image,
+            slot_off + at + len,
+            slot_size - at - len
+        ))
         .all(|b| *b == 0));
     let (b_off, b_size) = partition(&image, "root-b");
     assert!(read_range(&image, b_off, b_size.min(1 << 20))

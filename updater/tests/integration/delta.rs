@@ -590,3 +590,216 @@ fn full_reads_the_whole_stream_without_a_seed_scan() {
     );
     fsck_esp(&disk).unwrap();
 }
+
+/// The seed index stored after `m`'s root in partition `label` of `disk`: its entries, read
+/// by the record's layout (`abbundle::slot_index`).
+fn stored_entries(disk: &Path, label: &str, m: &abbundle::Manifest) -> Vec<abbundle::index::Entry> {
+    use abbundle::slot_index;
+    let (start, _) = partition(disk, label);
+    let root = m.payload(PayloadKind::Rootfs);
+    let img = std::fs::read(disk).unwrap();
+    let at = (start + slot_index::offset(root.size)) as usize;
+    assert_eq!(&img[at..at + 8], b"ABSLTIDX", "no seed index in {label}");
+    let n = u64::from_le_bytes(img[at + 56..at + 64].try_into().unwrap()) as usize;
+    img[at + 64..at + 64 + n * 36]
+        .chunks(36)
+        .map(|e| abbundle::index::Entry {
+            len: u32::from_le_bytes(e[..4].try_into().unwrap()),
+            digest: abbundle::Digest(e[4..].try_into().unwrap()),
+        })
+        .collect()
+}
+
+/// Writes `record` where partition `label` keeps the seed index of an image of `size` bytes.
+fn put_record(disk: &Path, label: &str, size: u64, record: &[u8]) {
+    let (start, _) = partition(disk, label);
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &f,
+        record,
+        start + abbundle::slot_index::offset(size),
+    )
+    .unwrap();
+}
+
+fn seed_names(p: &Value) -> Vec<String> {
+    p["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_staying_slot_is_read_by_its_stored_index() {
+    // abbuild stores slot a's seed index (the signed index's root entries) after the image:
+    // the plan reads that record, not the slot, and finds what a scan of the slot finds.
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let root1 = v1.manifest.payload(PayloadKind::Rootfs);
+    let entries = stored_entries(&disk, "root-a", &v1.manifest);
+    // The record holds exactly the bundle's index entries of the root.
+    let bundle = std::fs::read(&v1.bundle).unwrap();
+    let cut = abbundle::index::cut(&bundle[root1.offset as usize..root1.end() as usize]).unwrap();
+    assert_eq!(entries, cut);
+    let stored = plan(&env, &disk, &v2.bundle, &[]);
+    let names = seed_names(&stored);
+    assert!(names.contains(&"slot a (stored index)".into()), "{stored}");
+    let record_len = abbundle::slot_index::record_len(entries.len() as u64);
+    assert_eq!(
+        u(&stored["seeds"][1], "scannedBytes"),
+        record_len,
+        "{stored}"
+    );
+    assert!(record_len * 50 < root1.size);
+    let text = ok(&env.abupdate(&disk, &["apply", "--dry-run", v2.bundle.to_str().unwrap()]));
+    assert!(text.contains("seed slot a (stored index)"), "{text}");
+
+    // A record that fails its checksum is ignored: the slot is scanned, with the same result.
+    let mut bad = abbundle::slot_index::encode(root1.size, &root1.sha256, &entries);
+    bad[64 + 36 + 5] ^= 1;
+    put_record(&disk, "root-a", root1.size, &bad);
+    let scanned = plan(&env, &disk, &v2.bundle, &[]);
+    assert!(
+        seed_names(&scanned).contains(&"slot a (scanned)".into()),
+        "{scanned}"
+    );
+    assert!(u(&scanned["seeds"][1], "scannedBytes") >= root1.size);
+    for k in ["fetchBytes", "copyBytes", "requests"] {
+        assert_eq!(
+            u(&scanned["payloads"][0], k),
+            u(&stored["payloads"][0], k),
+            "{k}"
+        );
+    }
+
+    // A valid record of another image (v2's root, where slot a's info.json says v1) is
+    // ignored too.
+    let root2 = v2.manifest.payload(PayloadKind::Rootfs);
+    let b2 = std::fs::read(&v2.bundle).unwrap();
+    let e2 = abbundle::index::cut(&b2[root2.offset as usize..root2.end() as usize]).unwrap();
+    let other = abbundle::slot_index::encode(root2.size, &root2.sha256, &e2);
+    // Put where slot a's own would be, so only what it describes tells it apart.
+    put_record(&disk, "root-a", root1.size, &other);
+    let p = plan(&env, &disk, &v2.bundle, &[]);
+    assert!(seed_names(&p).contains(&"slot a (scanned)".into()), "{p}");
+}
+
+#[test]
+fn a_stored_index_that_lies_still_installs_the_signed_image() {
+    // The stored index is not trusted: a chunk it places wrongly, or one the slot no longer
+    // holds, fails its check against the new signed index and is read from the bundle.
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let root1 = v1.manifest.payload(PayloadKind::Rootfs);
+    let root2 = v2.manifest.payload(PayloadKind::Rootfs);
+    let clean = env.path("clean.img");
+    copy_image(&v1.image, &clean);
+    let entries = stored_entries(&clean, "root-a", &v1.manifest);
+
+    // (1) The entries reversed (each chunk's offset is wrong), the checksum rewritten so the
+    // record is valid; (2) a byte of slot a flipped in a chunk v2 shares.
+    let lying = env.path("lying.img");
+    copy_image(&v1.image, &lying);
+    let mut rev = entries.clone();
+    rev.reverse();
+    put_record(
+        &lying,
+        "root-a",
+        root1.size,
+        &abbundle::slot_index::encode(root1.size, &root1.sha256, &rev),
+    );
+    let flipped = env.path("flipped.img");
+    copy_image(&v1.image, &flipped);
+    {
+        let (start, _) = partition(&flipped, "root-a");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&flipped)
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8];
+        // Inside the first chunk of slot a that v2 shares (so the plan copies it).
+        let e2 = abbundle::index::cut(
+            &std::fs::read(&v2.bundle).unwrap()[root2.offset as usize..root2.end() as usize],
+        )
+        .unwrap();
+        let mut at = 0u64;
+        let shared = entries
+            .iter()
+            .find_map(|e| {
+                let hit = e2.iter().any(|x| x.digest == e.digest);
+                let r = hit.then_some(at);
+                at += e.len as u64;
+                r
+            })
+            .expect("v2 shares a chunk with v1");
+        f.read_exact_at(&mut b, start + shared + 100).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], start + shared + 100)
+            .unwrap();
+    }
+    for disk in [&lying, &flipped] {
+        let p = plan(&env, disk, &v2.bundle, &[]);
+        assert!(
+            seed_names(&p).contains(&"slot a (stored index)".into()),
+            "{p}"
+        );
+        let o = env.abupdate(disk, &["apply", v2.bundle.to_str().unwrap()]);
+        let out = all_output(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(out.contains("the seed no longer holds it"), "{out}");
+        // More was read from the bundle than planned: the chunks the record misplaced.
+        let planned: u64 = (0..3).map(|k| u(&p["payloads"][k], "fetchBytes")).sum();
+        assert!(delta_counts(&out)[0] > planned, "{out}");
+        assert_eq!(
+            partition_sha256(disk, "root-b", root2.size),
+            payload_sha(&v2.manifest, PayloadKind::Rootfs)
+        );
+    }
+}
+
+#[test]
+fn every_install_of_a_format_2_bundle_stores_the_slot_index() {
+    // Delta and full stream alike: slot b then carries v2's root entries, and a plan made from
+    // slot b (booted there) reads them instead of the slot.
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let root2 = v2.manifest.payload(PayloadKind::Rootfs);
+    let b2 = std::fs::read(&v2.bundle).unwrap();
+    let want = abbundle::index::cut(&b2[root2.offset as usize..root2.end() as usize]).unwrap();
+    // v3: another package changes (slot a's v1 is no copy of it).
+    let f = [
+        ("nix/store/aaaa-one/lib/libone.so", text(900_000, 71)),
+        ("nix/store/bbbb-two/lib/libtwo.so", text(900_000, 99)),
+        ("nix/store/cccc-three/lib/libthree.so", text(900_000, 13)),
+    ];
+    let refs: Vec<(&str, &[u8])> = f.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    let v3 = env.build_with("2026.12.3", 1, 64 * 1024, &refs, abbundle::FORMAT_VERSION);
+    for extra in [None, Some("--full")] {
+        let disk = env.path("disk.img");
+        copy_image(&v1.image, &disk);
+        let mut args = vec!["apply"];
+        args.extend(extra);
+        args.push(v2.bundle.to_str().unwrap());
+        ok(&env.abupdate(&disk, &args));
+        assert_eq!(
+            stored_entries(&disk, "root-b", &v2.manifest),
+            want,
+            "{extra:?}"
+        );
+        ok(&env.abupdate_booted(&disk, Some("b"), &["mark-good"]));
+        let out = ok(&env.abupdate_booted(
+            &disk,
+            Some("b"),
+            &["apply", "--dry-run", v3.bundle.to_str().unwrap()],
+        ));
+        assert!(out.contains("seed slot b (stored index)"), "{out}");
+    }
+}
