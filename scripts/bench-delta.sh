@@ -251,6 +251,7 @@ for p in "${pairs[@]}"; do
     "${label[$p]}" "$bundle" "$bytes" "$(pct "$bytes" "$bundle")" "$reqs" "$planned" "$(pct "$planned" "$bundle")" "$cb" "$(pct "$cb" "$bundle")" \
     "$xb" "$(pct "$xb" "$bundle")" "$rb" "$(pct "$rb" "$bundle")" "$dt" "$ft" \
     "$(echo "scale=1; $rss / 1024" | bc)" "$(echo "scale=1; $frss / 1024" | bc)")")
+  log "${rows[-1]}"
   share=$(awk -v a="$bytes" -v b="$bundle" 'BEGIN { printf "%.2f", 100 * a / b }')
   goals+=("- ${label[$p]}: ${share}% of the bundle (goal <= ${goal[$p]}%: $(verdict "$share" "${goal[$p]}")); \
 $(awk -v a="$bytes" -v c="$cb" 'BEGIN { printf "%.2fx casync'"'"'s bytes", a / c }') ($(verdict "$bytes" "$cb")); \
