@@ -25,6 +25,9 @@
 # (new-image 4 KiB blocks whose SHA-256 is not among the old image's, plus its 32-byte-per-block
 # hash index).
 #
+# BENCH_RATE=12500k serves at that rate (nginx limit_rate: 100 Mbit/s) for the time columns.
+# nginx applies it per request after the first second's worth, so it slows the full stream but
+# not a delta's small ranges: read the delta column as a lower bound then.
 # BENCH_1G=1 adds a ~1 GiB root: the same packages plus large real directories of this machine
 # (BENCH_1G_DIRS) as store paths without references, and the leaf change. Slow (~10 min).
 # Usage: bash scripts/bench-delta.sh   (BENCH_DIR: work directory parent, default /var/tmp)
@@ -156,7 +159,7 @@ http {
   default_type application/octet-stream;
   sendfile on;
   keepalive_requests 100000;
-  server { listen 127.0.0.1:$port; root $www; }
+  server { listen 127.0.0.1:$port; root $www; ${BENCH_RATE:+limit_rate $BENCH_RATE;} }
 }
 EOF
 nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
