@@ -2,11 +2,15 @@
 //! already holds ("seeds": both root slots for the root image, both slots' boot files on the
 //! ESP for kernel and initrd), and which byte ranges of the bundle it would have to read.
 //!
-//! A seed is cut with the same FastCDC parameters as the index (`abbundle::index`) and each of
-//! its chunks hashed with SHA-256; a chunk whose digest is in the index is remembered by where
-//! the seed holds it. The target slot is a seed too: it holds what an interrupted apply already
-//! wrote, so a re-run reads only what is still missing (the resume), and otherwise the version
-//! before last, often close to the new one.
+//! The staying slot's chunks come from its stored slot index (`abbundle::slot_index`: the
+//! signed index's entries of the image it holds, written after the image when it was
+//! installed) when that names exactly the image its info.json describes; otherwise the slot is
+//! cut with the same FastCDC parameters as the index (`abbundle::index`) and each of its chunks
+//! hashed with SHA-256. Either way a chunk whose digest is in the new index is remembered by
+//! where the slot holds it, and hashed again when it is copied. The target slot is read only
+//! when its slot index names the new image (written before the image, so an interrupted apply
+//! of this bundle leaves it): then each chunk is checked at its own offset, and what an
+//! interrupted apply already wrote is kept (the resume).
 //!
 //! Memory is bounded by the index, not the seeds: per index entry, a sorted key (8 bytes of
 //! digest and the entry number: 16 bytes with padding) and an optional location (24 bytes),
@@ -17,13 +21,12 @@
 use std::io::{self, Read};
 
 use abbundle::index::{self, Entry};
+use abbundle::slot_index;
 use abbundle::{ChunkIndex, Manifest, Payload, PayloadKind};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-
-use abbundle::slot_index;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::boot::{Slot, SlotInfo};
 use crate::disk::{Disk, Partition};
@@ -44,8 +47,9 @@ pub mod seed {
 
 /// Finds the chunks of `index` the device holds (one map per payload), reading nothing of the
 /// bundle and writing nothing:
-/// - the root image: the target slot's chunks already in place (what an interrupted apply
-///   wrote: the resume), then the slot that stays: by its stored seed index
+/// - the root image: the target slot's chunks already in place, if its slot index says an
+///   apply of this image was there (what an interrupted apply wrote: the resume; each chunk
+///   hashed at its offset), then the slot that stays: by its stored slot index
 ///   ([`abbundle::slot_index`]) when that names exactly the image its info.json (`keep_info`)
 ///   says the slot holds, else by cutting and hashing its first `rootfsSize` bytes (all of it
 ///   without an info.json);
@@ -68,16 +72,37 @@ pub fn find_seeds<'a>(
     let keep = target.other();
     let root = m.payload(PayloadKind::Rootfs);
     let tpart = disk.partition(target.partition_label())?;
-    let n = maps[0]
-        .scan_in_place(
-            seed::TARGET_IN_PLACE,
-            buffered(disk.reader(tpart, root.size)),
-        )
-        .with_context(|| format!("reading slot {target} ({})", tpart.label))?;
-    seeds.push(SeedUse {
-        name: format!("slot {target} (in place)"),
-        scanned_bytes: n,
-    });
+    // The target slot counts only if an apply of this very image was there (its slot index,
+    // written before the image, names it): then its chunks are checked where they belong.
+    // Otherwise it holds an older image, whose chunks rarely sit where the new image has them
+    // and would be overwritten before they are copied elsewhere: it is not read at all.
+    match slot_index::read(
+        tpart.len,
+        root.size,
+        &root.sha256,
+        |at, buf| disk.read_at(tpart, at, buf),
+        |_, _| {},
+    ) {
+        Ok(_) => {
+            let n = maps[0]
+                .check_in_place(
+                    seed::TARGET_IN_PLACE,
+                    buffered(disk.reader(tpart, root.size)),
+                )
+                .with_context(|| format!("reading slot {target} ({})", tpart.label))?;
+            seeds.push(SeedUse {
+                name: format!("slot {target} (in place: an earlier apply of this image)"),
+                scanned_bytes: n,
+            });
+        }
+        Err(why) => {
+            debug!("slot {target} is not read: {why}");
+            seeds.push(SeedUse {
+                name: format!("slot {target} (not read: holds no earlier apply of this image)"),
+                scanned_bytes: 0,
+            });
+        }
+    }
     let kpart = disk.partition(keep.partition_label())?;
     let seed = if maps[0].all_from(seed::TARGET_IN_PLACE) {
         SeedUse {
@@ -265,28 +290,26 @@ impl<'a> SeedMap<'a> {
         }
     }
 
-    /// Like [`SeedMap::scan`], but records only chunks `r` holds at their own offset in the
-    /// payload: `r` is what will be overwritten (the target slot), so only a chunk already in
-    /// place can be kept; one elsewhere would be gone before it is copied.
-    pub fn scan_in_place<R: Read>(&mut self, seed: u8, r: R) -> io::Result<u64> {
-        let (mut offset, mut j, mut at) = (0u64, 0usize, 0u64);
-        index::for_each_chunk(r, |data| {
-            while j < self.entries.len() && at < offset {
-                at += self.entries[j].len as u64;
-                j += 1;
+    /// Records the chunks `r` (what will be overwritten: the target slot) holds at their own
+    /// offset in the payload, hashing each entry's bytes where the index puts them: only a
+    /// chunk already in place can be kept; one elsewhere would be gone before it is copied.
+    /// Returns the bytes read.
+    pub fn check_in_place<R: Read>(&mut self, seed: u8, mut r: R) -> io::Result<u64> {
+        let mut buf = vec![0u8; index::MAX_CHUNK as usize];
+        let mut offset = 0u64;
+        for (e, f) in self.entries.iter().zip(&mut self.found) {
+            let data = &mut buf[..e.len as usize];
+            match r.read_exact(data) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(err) => return Err(err),
             }
-            if at == offset && j < self.entries.len() {
-                let e = &self.entries[j];
-                if e.len as usize == data.len()
-                    && self.found[j].is_none()
-                    && e.digest.0[..] == Sha256::digest(data)[..]
-                {
-                    self.found[j] = Some(Loc { seed, offset });
-                }
+            if f.is_none() && e.digest.0[..] == Sha256::digest(&*data)[..] {
+                *f = Some(Loc { seed, offset });
             }
-            offset += data.len() as u64;
-            Ok(())
-        })
+            offset += e.len as u64;
+        }
+        Ok(offset)
     }
 
     /// Marks every entry as held in place by `seed` (a boot file equal to the payload).

@@ -172,13 +172,18 @@ impl<'d> Esp<'d> {
             .with_context(|| format!("reading {path} on the ESP"))
     }
 
-    /// Reads `buf.len()` bytes of the file at `path` from `offset`.
-    pub fn read_exact_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut f = self
-            .fs
+    /// Opens the file at `path` for reading.
+    pub fn open_file(&self, path: &str) -> Result<EspFile<'_, 'd>> {
+        self.fs
             .root_dir()
             .open_file(path)
-            .with_context(|| format!("opening {path} on the ESP"))?;
+            .with_context(|| format!("opening {path} on the ESP"))
+    }
+
+    /// Reads `buf.len()` bytes of the open file `f` (at `path`) from `offset`. The FAT driver
+    /// seeks by walking the cluster chain from the file's start, except to where the file
+    /// stands: reads that follow each other through one open file cost no walk.
+    pub fn read_exact_at(f: &mut EspFile, path: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         f.seek(std::io::SeekFrom::Start(offset))
             .and_then(|_| f.read_exact(buf))
             .with_context(|| format!("reading {path} on the ESP at {offset}"))

@@ -126,8 +126,10 @@ fn dry_run_of_the_running_root_reads_no_payload_byte() {
 
 #[test]
 fn the_target_slot_is_a_seed_too() {
-    // Slot b already holds v2's root (as after an apply cut short after the slot write):
-    // nothing of the root is read again, though slot a holds the old one.
+    // Slot b already holds v2's root and, before it, v2's slot index (as an apply of v2 cut
+    // short after the slot write leaves it): nothing of the root is read again, though slot a
+    // holds the old one. The same bytes without that index (another image's leftovers, as far
+    // as abupdate can tell) are not read at all.
     let env = Env::new();
     let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
     let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
@@ -140,7 +142,13 @@ fn the_target_slot_is_a_seed_too() {
     std::os::unix::fs::FileExt::write_all_at(&f, &root[r.offset as usize..r.end() as usize], start)
         .unwrap();
     let p = plan(&env, &disk, &v2.bundle, &[]);
+    assert!(u(&p["payloads"][0], "fetchBytes") > 0, "{p}");
+    assert_eq!(u(&p["seeds"][0], "scannedBytes"), 0, "{p}");
+    assert!(seed_names(&p)[0].contains("not read"), "{p}");
+    put_record(&disk, "root-b", r.size, &record_of(&v2));
+    let p = plan(&env, &disk, &v2.bundle, &[]);
     assert_eq!(u(&p["payloads"][0], "fetchBytes"), 0, "{p}");
+    assert_eq!(u(&p["seeds"][0], "scannedBytes"), r.size, "{p}");
 }
 
 #[test]
@@ -316,8 +324,8 @@ fn a_fetched_chunk_that_does_not_match_the_index_is_refused() {
 
 #[test]
 fn a_rerun_after_a_cut_keeps_what_is_in_place() {
-    // Slot b holds the first half of v2's root (an apply cut short): the re-run writes only
-    // the rest and reads back the whole slot.
+    // Slot b holds v2's slot index and the first half of v2's root (an apply cut short): the
+    // re-run writes only the rest and reads back the whole slot.
     let env = Env::new();
     let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
     let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
@@ -334,6 +342,8 @@ fn a_rerun_after_a_cut_keeps_what_is_in_place() {
         start,
     )
     .unwrap();
+    // The apply wrote the slot index of v2 before the image.
+    put_record(&disk, "root-b", r.size, &record_of(&v2));
     let o = env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]);
     let out = all_output(&o);
     assert!(o.status.success(), "{out}");
@@ -802,4 +812,49 @@ fn every_install_of_a_format_2_bundle_stores_the_slot_index() {
         ));
         assert!(out.contains("seed slot b (stored index)"), "{out}");
     }
+}
+
+/// Needs the fault-injection build: `cargo test -p abupdate --features fault-injection --test
+/// integration delta`.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_rerun_after_a_real_cut_resumes_in_place() {
+    // An apply stopped dead right after its first slot write (fault injection, as a power
+    // cut): the re-run checks slot b in place by the slot index the cut apply left, keeps what
+    // it wrote, and installs v2.
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    let bundle = v2.bundle.to_str().unwrap();
+    let cut = (1..200)
+        .find(|n| {
+            copy_image(&v1.image, &disk);
+            let o = env
+                .cmd(&disk, None, &["apply", bundle])
+                .env("ABUPDATE_FAULT_AFTER", n.to_string())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stderr).contains("(slot write)")
+        })
+        .expect("a cut after a slot write");
+    let p = plan(&env, &disk, &v2.bundle, &[]);
+    assert!(seed_names(&p)[0].contains("in place"), "cut at {cut}: {p}");
+    let o = env.abupdate(&disk, &["apply", bundle]);
+    let out = all_output(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(delta_counts(&out)[2] > 0, "nothing kept in place: {out}");
+    let size = v2.manifest.payload(PayloadKind::Rootfs).size;
+    assert_eq!(
+        partition_sha256(&disk, "root-b", size),
+        payload_sha(&v2.manifest, PayloadKind::Rootfs)
+    );
+}
+
+/// The slot index an apply of `b` writes into its target before the image.
+fn record_of(b: &Build) -> Vec<u8> {
+    let r = b.manifest.payload(PayloadKind::Rootfs);
+    let bundle = std::fs::read(&b.bundle).unwrap();
+    let entries = abbundle::index::cut(&bundle[r.offset as usize..r.end() as usize]).unwrap();
+    abbundle::slot_index::encode(r.size, &r.sha256, &entries)
 }
