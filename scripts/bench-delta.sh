@@ -74,6 +74,8 @@ done
 # The systems: store paths, a real kernel, a small real initrd (busybox in a cpio), init.
 export SOURCE_DATE_EPOCH=1700000000
 mkdir -p "$work/initrd/bin" && cp /bin/busybox "$work/initrd/bin/"
+# (fixed times: the system directory, initrd included, is packed into the root image)
+find "$work/initrd" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$work/initrd" && find . | LC_ALL=C sort | cpio -o -H newc --reproducible -R 0:0 2>/dev/null | gzip -n -9) >"$work/initrd.img"
 kernel=$(ls /boot/vmlinuz-* | head -n1)
 finish_sys() { # finish_sys DIR: kernel, initrd, init
