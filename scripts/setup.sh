@@ -13,6 +13,8 @@ packages=(
   # GRUB images for boot-backend = "grub" (grub-mkimage), and the tests' grub-editenv,
   # grub-script-check and grub-bios-setup: the -bin packages never run grub-install.
   grub-common grub-pc-bin grub-efi-amd64-bin
+  # A Debian 13 root for Nix 2.26 and GRUB 2.12 (scripts/trixie-root.sh).
+  debootstrap
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -35,4 +37,6 @@ fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
+# Nix 2.26 and GRUB 2.12 in a Debian 13 root, made once and kept (skipped when present).
+bash "$(dirname "$0")/trixie-root.sh" >/dev/null
 echo "setup: ok"
