@@ -3,6 +3,9 @@ late in it, and while the boot files are written to the ESP. Each time the next 
 on the old slot (or on the new one only if the apply had completed), and a final apply then
 succeeds and boots."""
 
+# Wall time in the CI run of 2026-11-28 (the runner starts the longest first).
+EXPECTED_SECONDS = 66
+
 import time
 
 # Log lines of `abupdate apply` (non-terminal output: a line at each tenth or so, the steps
