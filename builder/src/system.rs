@@ -128,6 +128,12 @@ impl System {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        // The whole file, as abupdate reads it: an unknown key, a bad value or an update
+        // setting abupdate would refuse (update-reboot, update-jitter) fails the build, not
+        // the device.
+        let c = abupdate::config::Config::parse(&text, &path)?;
+        c.update_settings()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let t: toml::Table =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let theirs = t.get("compatible").and_then(|v| v.as_str());
