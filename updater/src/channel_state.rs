@@ -106,10 +106,11 @@ impl UpdateState {
     }
 
     pub fn sequence(&self, channel: &str) -> Option<u64> {
-        self.sequences.get(channel).copied()
+        self.sequences.get(&sequence_key(channel)).copied()
     }
 
     pub fn accept_sequence(&mut self, channel: &str, sequence: u64) {
+        let channel = &sequence_key(channel);
         self.sequences.insert(channel.to_string(), sequence);
         while self.sequences.len() > MAX_CHANNELS {
             // Drop the channel with the lowest sequence other than this one.
@@ -141,6 +142,16 @@ impl UpdateState {
         }
         true
     }
+}
+
+/// The key a channel's sequence is kept under: its URL, or for a URL longer than
+/// [`MAX_STORED_URL`] its SHA-256 (16 such keys must not fill the file).
+fn sequence_key(channel: &str) -> String {
+    if channel.len() <= MAX_STORED_URL {
+        return channel.to_string();
+    }
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(channel)))
 }
 
 /// `s` cut to at most `max` bytes (at a character boundary), with a marker saying how much
@@ -327,5 +338,16 @@ mod tests {
         });
         assert!(s.save(&p).is_err());
         assert_eq!(UpdateState::load(&p).unwrap().sequence("c"), Some(1));
+        // Long channel URLs (from --channel) are kept by digest: the most channels kept,
+        // each with a 5 KB URL, still fit.
+        s.last_check = None;
+        for i in 0..20u64 {
+            s.accept_sequence(&format!("https://h/{i}/{}", "x".repeat(5000)), i + 2);
+        }
+        s.save(&p).unwrap();
+        let back = UpdateState::load(&p).unwrap();
+        let last = format!("https://h/19/{}", "x".repeat(5000));
+        assert_eq!(back.sequence(&last), Some(21));
+        assert_eq!(back.sequences.len(), MAX_CHANNELS);
     }
 }
