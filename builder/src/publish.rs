@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use abbundle::channel::{self, Channel};
 use abbundle::reader::read_unverified;
-use abbundle::{SecretKey, Signer};
+use abbundle::{BundleReader, SecretKey, Signer, TrustedKeys};
 use anyhow::{bail, Context, Result};
 
 use crate::cli::PublishArgs;
@@ -88,6 +88,10 @@ pub fn publish(a: &PublishArgs) -> Result<Published> {
     let channel_file = dir.join(format!("{}.json", a.channel));
 
     let sequence = match a.sequence {
+        Some(s) if s == u64::MAX => bail!(
+            "--sequence {s} leaves no room: no later publication could replace it, so devices \
+             would keep this one for ever; give a lower one"
+        ),
         Some(s) => s,
         None => match fs::read(&channel_file) {
             Ok(bytes) => {
@@ -97,7 +101,16 @@ pub fn publish(a: &PublishArgs) -> Result<Published> {
                         channel_file.display()
                     )
                 })?;
-                prev.sequence + 1
+                // Checked: a wrap to 0 would be refused by every device (59) for ever.
+                match prev.sequence.checked_add(1).filter(|&n| n < u64::MAX) {
+                    Some(n) => n,
+                    None => bail!(
+                        "{} has sequence {}: no higher one is left to publish (give --sequence \
+                         only if every device may lose its replay protection)",
+                        channel_file.display(),
+                        prev.sequence
+                    ),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(e).with_context(|| format!("reading {}", channel_file.display())),
@@ -109,8 +122,15 @@ pub fn publish(a: &PublishArgs) -> Result<Published> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .context("the bundle path has no file name")?;
+    // Only `*.abu` names: a bundle called like a channel file (`stable.json`) or its
+    // temporary name (`stable.json.tmp`) would be overwritten or deleted by the channel file.
+    if !name.ends_with(".abu") || name.starts_with('.') {
+        bail!(
+            "bundle file name '{name}' must end in .abu (and not start with '.'): it goes next to \
+             the channel files, which end in .json"
+        );
+    }
     let bundle_file = dir.join(&name);
-    place_bundle(&a.bundle, &bundle_file, len)?;
 
     let issued = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -131,6 +151,8 @@ pub fn publish(a: &PublishArgs) -> Result<Published> {
         rollout: a.rollout,
     };
     document.validate().map_err(anyhow::Error::msg)?;
+    verify_bundle(&a.bundle, &keys)?;
+    place_bundle(&a.bundle, &bundle_file, len)?;
     let signers: Vec<&dyn Signer> = keys.iter().map(|k| k as &dyn Signer).collect();
     let bytes = channel::sign(&document, &signers)?;
     write_atomic(&channel_file, &bytes)?;
@@ -139,6 +161,22 @@ pub fn publish(a: &PublishArgs) -> Result<Published> {
         bundle_file,
         document,
     })
+}
+
+/// The whole bundle checked as a device will check it, trusting only the publishing keys: a
+/// bundle they did not sign (or one damaged since it was built) is not put on a channel that
+/// they sign.
+fn verify_bundle(bundle: &Path, keys: &[SecretKey]) -> Result<()> {
+    let trusted = TrustedKeys::new(keys.iter().map(SecretKey::public).collect());
+    let f = File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
+    BundleReader::open(BufReader::with_capacity(1 << 20, f), &trusted)
+        .and_then(|mut r| r.verify_rest())
+        .with_context(|| {
+            format!(
+                "{}: not published: it does not verify against the publishing key(s)",
+                bundle.display()
+            )
+        })
 }
 
 /// Copies the bundle into the tree unless the same file (or one with the same bytes' length

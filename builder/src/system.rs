@@ -114,7 +114,9 @@ pub fn resolve(path: &Path) -> Result<System> {
 impl System {
     /// Checks the system's `etc/abupdate.toml` against the image definition: a device whose
     /// compatible string differs from its image's refuses every update built for it, and one
-    /// whose `boot-tries` differs gives new slots other tries than the image says.
+    /// whose `boot-tries` differs gives new slots other tries than the image says. The whole
+    /// file is read with abupdate's own config code, so anything abupdate would refuse (an
+    /// unknown key, a bad `update-reboot`) fails the build instead of the device.
     pub fn check_updater_config(&self, compatible: &str, boot_tries: u32) -> Result<()> {
         let path = self.path.join("etc/abupdate.toml");
         let text = match std::fs::read_to_string(&path) {
@@ -128,6 +130,12 @@ impl System {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        // The whole file, as abupdate reads it: an unknown key, a bad value or an update
+        // setting abupdate would refuse (update-reboot, update-jitter) fails the build, not
+        // the device.
+        let c = abupdate::config::Config::parse(&text, &path)?;
+        c.update_settings()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let t: toml::Table =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let theirs = t.get("compatible").and_then(|v| v.as_str());

@@ -41,6 +41,9 @@ pub struct Request<'a> {
     /// `update`: the SHA-256 of the manifest the channel file pins; any other bundle, even
     /// one validly signed, is refused before anything is written.
     pub expect_manifest_sha256: Option<abbundle::Digest>,
+    /// `update`: the version the channel file states; a bundle with another version in its
+    /// manifest is refused before anything is written.
+    pub expect_version: Option<&'a Version>,
     /// Print the plan (`delta::Plan`) after every check, and change nothing.
     pub dry_run: bool,
     /// With `dry_run`: as JSON.
@@ -127,6 +130,15 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     }
     reader.check_compatible(compatible)?;
     let m = reader.manifest();
+    if let Some(want) = r.expect_version.filter(|&w| *w != m.version) {
+        refuse!(
+            codes::CHANNEL_VERSION_MISMATCH,
+            "{}: the bundle's version is {}, the channel file says {want}: a broken publication; \
+             nothing was changed",
+            source::redact(r.source),
+            m.version
+        );
+    }
     let version = m.version.clone();
     let rootfs = m.payload(PayloadKind::Rootfs).clone();
     let kernel = m.payload(PayloadKind::Kernel).clone();

@@ -34,9 +34,10 @@ pub struct BootRecord {
     pub time: u64,
 }
 
-/// Reads the state file; `None` if missing or unreadable.
+/// Reads the state file; `None` if missing or unreadable (a symlink, a FIFO, a directory:
+/// read like every state file, without following or waiting).
 pub fn read(path: &Path) -> Option<BootRecord> {
-    let bytes = fs::read(path).ok()?;
+    let bytes = crate::channel_state::read_bounded(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

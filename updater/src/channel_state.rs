@@ -20,7 +20,12 @@ const MAX_FAILED: usize = 32;
 /// Channels whose sequence is remembered (a device rarely switches channels).
 const MAX_CHANNELS: usize = 16;
 /// Longest state file read: it is a few hundred bytes.
-const MAX_STATE_LEN: u64 = 64 * 1024;
+pub const MAX_STATE_LEN: u64 = 64 * 1024;
+/// Longest message kept from a check: a message can quote what a server sent (a redirect's
+/// `Location`), and update.json must stay far below [`MAX_STATE_LEN`] whatever it holds.
+pub const MAX_STORED_MESSAGE: usize = 2048;
+/// Longest URL kept (a channel, a quoted bundle name).
+pub const MAX_STORED_URL: usize = 1024;
 
 /// The update state file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -86,15 +91,26 @@ impl UpdateState {
         })
     }
 
+    /// Refuses to write a file `load` would not read back whole (it would then refuse every
+    /// later check as damaged): the old file stays.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &serde_json::to_vec_pretty(self)?)
+        let bytes = serde_json::to_vec_pretty(self)?;
+        if bytes.len() as u64 > MAX_STATE_LEN {
+            anyhow::bail!(
+                "not writing {}: {} bytes, more than the {MAX_STATE_LEN} it is read back with",
+                path.display(),
+                bytes.len()
+            );
+        }
+        write_atomic(path, &bytes)
     }
 
     pub fn sequence(&self, channel: &str) -> Option<u64> {
-        self.sequences.get(channel).copied()
+        self.sequences.get(&sequence_key(channel)).copied()
     }
 
     pub fn accept_sequence(&mut self, channel: &str, sequence: u64) {
+        let channel = &sequence_key(channel);
         self.sequences.insert(channel.to_string(), sequence);
         while self.sequences.len() > MAX_CHANNELS {
             // Drop the channel with the lowest sequence other than this one.
@@ -128,19 +144,64 @@ impl UpdateState {
     }
 }
 
-/// This machine's id: 16 random bytes as hex, created on first use (exclusively, so two
-/// concurrent first runs agree on one).
-pub fn machine_id(path: &Path) -> Result<String> {
-    if let Ok(bytes) = read_bounded(path) {
-        let id = String::from_utf8_lossy(&bytes).trim().to_string();
-        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(id);
-        }
-        anyhow::bail!(
-            "{} is not a machine id (32 hex digits); remove it to make a new one",
-            path.display()
-        );
+/// The key a channel's sequence is kept under: its URL, or for a URL longer than
+/// [`MAX_STORED_URL`] its SHA-256 (16 such keys must not fill the file).
+fn sequence_key(channel: &str) -> String {
+    if channel.len() <= MAX_STORED_URL {
+        return channel.to_string();
     }
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(channel)))
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary), with a marker saying how much
+/// was left out.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(40);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes left out)", &s[..end], s.len() - end)
+}
+
+/// This machine's id: 16 random bytes as hex, created on first use (exclusively, so two
+/// concurrent first runs agree on one). Made only when there is nothing at `path`: a
+/// symlink, directory or FIFO there is an error, not a reason to make another.
+pub fn machine_id(path: &Path) -> Result<String> {
+    match read_id(path)? {
+        Some(id) => Ok(id),
+        None => make_machine_id(path),
+    }
+}
+
+/// The id at `path`; `None` if there is nothing there.
+fn read_id(path: &Path) -> Result<Option<String>> {
+    let bytes = match read_bounded(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "reading {} (the machine id; remove it to make a new one)",
+                    path.display()
+                )
+            })
+        }
+    };
+    let id = String::from_utf8_lossy(&bytes).trim().to_string();
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(Some(id));
+    }
+    anyhow::bail!(
+        "{} is not a machine id (32 hex digits); remove it to make a new one",
+        path.display()
+    );
+}
+
+fn make_machine_id(path: &Path) -> Result<String> {
     let mut raw = [0u8; 16];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut raw))
@@ -169,13 +230,17 @@ pub fn machine_id(path: &Path) -> Result<String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let _ = fs::remove_file(&tmp);
-            machine_id(path)
+            // Another run made it meanwhile (read that one), or something that is not an id
+            // is there (an error; never another round of making one).
+            read_id(path)?.with_context(|| format!("creating {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
 }
 
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+/// Reads a state file safely: no symlinks followed, no waiting on a FIFO (non-blocking
+/// open), regular files only, at most [`MAX_STATE_LEN`] bytes.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
@@ -222,5 +287,67 @@ mod tests {
         let a = machine_id(&p).unwrap();
         assert_eq!(a.len(), 32);
         assert_eq!(machine_id(&p).unwrap(), a);
+    }
+
+    /// Each once made `machine_id` recurse (create, link fails, read fails, again) until the
+    /// stack overflowed; a FIFO could hang a read.
+    #[test]
+    fn machine_id_that_is_not_a_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, format!("{}\n", "ab".repeat(16))).unwrap();
+        let link = dir.path().join("link/machine-id");
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let d = dir.path().join("dir/machine-id");
+        fs::create_dir_all(&d).unwrap();
+        let fifo = dir.path().join("fifo/machine-id");
+        fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        for p in [&link, &d, &fifo] {
+            let e = format!("{:#}", machine_id(p).unwrap_err());
+            assert!(e.contains("machine id"), "{e}");
+        }
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn long_messages_are_cut_and_the_file_stays_readable() {
+        let long = "é".repeat(40_000);
+        let cut = bounded(&long, MAX_STORED_MESSAGE);
+        assert!(cut.len() <= MAX_STORED_MESSAGE, "{}", cut.len());
+        assert!(cut.ends_with("bytes left out)"), "{cut}");
+        assert_eq!(bounded("short", 10), "short");
+        // A state that would not be read back whole is not written.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("update.json");
+        let mut s = UpdateState::load(&p).unwrap();
+        s.accept_sequence("c", 1);
+        s.save(&p).unwrap();
+        s.last_check = Some(Check {
+            time: 0,
+            channel: "c".into(),
+            outcome: "error".into(),
+            code: 41,
+            message: "x".repeat(70_000),
+            channel_version: None,
+        });
+        assert!(s.save(&p).is_err());
+        assert_eq!(UpdateState::load(&p).unwrap().sequence("c"), Some(1));
+        // Long channel URLs (from --channel) are kept by digest: the most channels kept,
+        // each with a 5 KB URL, still fit.
+        s.last_check = None;
+        for i in 0..20u64 {
+            s.accept_sequence(&format!("https://h/{i}/{}", "x".repeat(5000)), i + 2);
+        }
+        s.save(&p).unwrap();
+        let back = UpdateState::load(&p).unwrap();
+        let last = format!("https://h/19/{}", "x".repeat(5000));
+        assert_eq!(back.sequence(&last), Some(21));
+        assert_eq!(back.sequences.len(), MAX_CHANNELS);
     }
 }

@@ -72,6 +72,13 @@ pub const CHANNEL_INCOMPATIBLE: i32 = 61;
 pub const CHANNEL_DIGEST_MISMATCH: i32 = 62;
 /// No channel is configured and none was given.
 pub const NO_CHANNEL: i32 = 63;
+/// The channel's version is not the version in the manifest of the bundle it pins.
+pub const CHANNEL_VERSION_MISMATCH: i32 = 64;
+/// The channel file was issued further in the future than the allowed clock skew.
+pub const CHANNEL_NOT_YET_VALID: i32 = 65;
+/// `update-reboot` or `update-jitter` in the configuration is invalid (only `update` needs
+/// them; other commands run).
+pub const UPDATE_SETTINGS_INVALID: i32 = 66;
 
 /// A refusal or failure with a documented exit code and a one-line message.
 #[derive(Debug)]

@@ -81,14 +81,28 @@ impl Default for Config {
     }
 }
 
+/// Longest a duration setting (`http-*` seconds) may be: 30 days. Bounded when the file is
+/// loaded, so no later arithmetic on a setting (a deadline, a sum) can overflow.
+pub const MAX_SECONDS: u64 = 30 * 86400;
+/// Longest `update-jitter`: 7 days (a check runs at least weekly).
+pub const MAX_JITTER: u64 = 7 * 86400;
+
+/// `update-reboot` and `update-jitter`, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpdateSettings {
+    pub reboot: crate::update::RebootPolicy,
+    /// Seconds, at most [`MAX_JITTER`].
+    pub jitter: u64,
+}
+
 impl Config {
     /// Loads `path`; a missing file at the default path gives the defaults, a missing file
-    /// the user named explicitly is an error.
+    /// the user named explicitly is an error. The update settings are checked too, but a
+    /// bad one only warns here: commands that do not need them (mark-good, boot-check,
+    /// status) must still work; `update` refuses it ([`Config::update_settings`]).
     pub fn load(path: &Path) -> Result<Config> {
-        let c: Config = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| {
-                anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e, &text))
-            })?,
+        let c = match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path)?,
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) =>
             {
@@ -96,6 +110,20 @@ impl Config {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        if let Err(e) = c.update_settings() {
+            tracing::warn!(
+                "{}: {e}; `abupdate update` refuses to run until it is fixed",
+                path.display()
+            );
+        }
+        Ok(c)
+    }
+
+    /// Parses and checks the text of `path` (all but the update settings). `abbuild build`
+    /// checks a system's file with this and [`Config::update_settings`].
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let c: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e, text)))?;
         if !(1..=100).contains(&c.boot_tries) {
             bail!("{}: boot-tries must be between 1 and 100", path.display());
         }
@@ -104,14 +132,27 @@ impl Config {
             ("http-timeout", c.http_timeout),
             ("http-rate-window", c.http_rate_window),
         ] {
-            if v == 0 {
-                bail!("{}: {name} must be at least 1 (seconds)", path.display());
+            if !(1..=MAX_SECONDS).contains(&v) {
+                bail!(
+                    "{}: {name} must be between 1 and {MAX_SECONDS} (seconds, 30 days)",
+                    path.display()
+                );
             }
         }
-        crate::update::RebootPolicy::parse(&c.update_reboot)
-            .and_then(|_| abbundle::channel::parse_duration(&c.update_jitter))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(c)
+    }
+
+    /// `update-reboot` and `update-jitter`, checked and bounded.
+    pub fn update_settings(&self) -> Result<UpdateSettings, String> {
+        let reboot = crate::update::RebootPolicy::parse(&self.update_reboot)?;
+        let jitter = abbundle::channel::parse_duration(&self.update_jitter)?;
+        if jitter > MAX_JITTER {
+            return Err(format!(
+                "update-jitter '{}' is longer than 7d (the longest random delay)",
+                self.update_jitter
+            ));
+        }
+        Ok(UpdateSettings { reboot, jitter })
     }
 }
 
@@ -159,11 +200,43 @@ mod tests {
         .unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.channel.as_deref(), Some("/m/stable.json"));
-        for bad in ["update-reboot = \"3am\"", "update-jitter = \"soon\""] {
+        assert_eq!(c.update_settings().unwrap().jitter, 1800);
+        // A bad update setting still loads (other commands need the rest), and `update`
+        // gets the reason.
+        for bad in [
+            "update-reboot = \"3am\"",
+            "update-reboot = \"+3:00-05:00\"",
+            "update-jitter = \"soon\"",
+            // Once a remainder by zero (u64::MAX + 1 wrapped) in `update`.
+            "update-jitter = \"18446744073709551615\"",
+            "update-jitter = \"8d\"",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            let c = Config::load(&p).unwrap();
+            assert!(c.update_settings().is_err(), "{bad}");
+        }
+        std::fs::write(&p, "update-jitter = \"7d\"").unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap().update_settings().unwrap().jitter,
+            7 * 86400
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        for bad in [
+            "http-timeout = 9223372036854775807",
+            "http-connect-timeout = 0",
+            "http-rate-window = 2592001",
+        ] {
             std::fs::write(&p, bad).unwrap();
             let e = format!("{:#}", Config::load(&p).unwrap_err());
             assert!(e.starts_with(&p.display().to_string()), "{e}");
         }
+        std::fs::write(&p, "http-timeout = 2592000").unwrap();
+        assert_eq!(Config::load(&p).unwrap().http_timeout, MAX_SECONDS);
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 slot: a.slot,
                 reboot: a.reboot,
                 expect_manifest_sha256: None,
+                expect_version: None,
                 dry_run: a.dry_run,
                 json: a.json,
                 full: a.full,

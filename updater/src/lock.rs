@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -28,12 +29,19 @@ pub fn path() -> PathBuf {
 /// Takes the lock or refuses with [`codes::LOCKED`].
 pub fn acquire() -> Result<Lock> {
     let path = path();
+    // No symlink followed, no wait on a FIFO (a write-only open of one blocks until a reader
+    // comes), and only a regular file is locked.
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .mode(0o644)
         .open(&path)
         .with_context(|| format!("opening lock file {}", path.display()))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        anyhow::bail!("lock file {} is not a regular file", path.display());
+    }
     // SAFETY: flock takes an open descriptor and flags; no memory is shared.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {

@@ -20,6 +20,11 @@ use crate::cli::UpdateArgs;
 use crate::codes::{self, Refusal};
 use crate::{apply, bootcheck, refuse, source, status, Context as Ctx};
 
+/// How far in the future a channel file's `issued` may be: clocks of a device and of the
+/// machine that published differ by seconds to minutes (NTP not synced yet); a file from
+/// further ahead is refused (65), as a clock that far off makes the expiry meaningless too.
+pub const MAX_CLOCK_SKEW: u64 = 300;
+
 /// When `update` reboots into what it installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RebootPolicy {
@@ -45,10 +50,16 @@ impl RebootPolicy {
             "immediately" => return Ok(RebootPolicy::Immediately),
             _ => {}
         }
+        // Exactly two digits, ':', two digits: u32's parser also takes "+3", which once
+        // read "+3:00-05:00" as 03:00-05:00.
         let hm = |t: &str| -> Option<u32> {
-            let (h, m) = t.split_once(':')?;
-            let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-            (h < 24 && m < 60 && t.len() == 5).then_some(h * 60 + m)
+            let b = t.as_bytes();
+            let digits = |i: usize| b[i].is_ascii_digit() && b[i + 1].is_ascii_digit();
+            if b.len() != 5 || b[2] != b':' || !digits(0) || !digits(3) {
+                return None;
+            }
+            let (h, m): (u32, u32) = (t[..2].parse().ok()?, t[3..].parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
         };
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let (start, end) = (hm(a).ok_or_else(bad)?, hm(b).ok_or_else(bad)?);
@@ -142,10 +153,16 @@ pub fn run(ctx: &Ctx, a: &UpdateArgs) -> Result<()> {
         );
     };
     let shown = source::redact(&channel);
-    let policy = RebootPolicy::parse(&ctx.config.update_reboot).map_err(anyhow::Error::msg)?;
-    let jitter = channel::parse_duration(&ctx.config.update_jitter).map_err(anyhow::Error::msg)?;
+    let settings = ctx.config.update_settings().map_err(|e| {
+        Refusal::new(
+            codes::UPDATE_SETTINGS_INVALID,
+            format!("{}: {e}; nothing was changed", ctx.config_path.display()),
+        )
+    })?;
+    let (policy, jitter) = (settings.reboot, settings.jitter);
     if !a.now && jitter > 0 {
-        let wait = random_u64()? % (jitter + 1);
+        // `jitter` is bounded when loaded (config::MAX_JITTER); checked all the same.
+        let wait = random_u64()? % jitter.checked_add(1).context("update-jitter is too long")?;
         info!("waiting {wait} s before checking (update-jitter {jitter} s; --now skips it)");
         std::thread::sleep(Duration::from_secs(wait));
     }
@@ -168,12 +185,14 @@ pub fn run(ctx: &Ctx, a: &UpdateArgs) -> Result<()> {
     };
     let now = now();
     if !a.dry_run {
+        // Bounded: the message can quote what a server sent (a redirect's Location), and the
+        // file must stay within what `UpdateState::load` reads back.
         state.last_check = Some(Check {
             time: now,
-            channel: shown.clone(),
+            channel: channel_state::bounded(&shown, channel_state::MAX_STORED_URL),
             outcome: outcome.clone(),
             code,
-            message: message.clone(),
+            message: channel_state::bounded(&message, channel_state::MAX_STORED_MESSAGE),
             channel_version: seen.doc.as_ref().map(|d| d.version.to_string()),
         });
         if let Err(e) = state.save(&state_path) {
@@ -275,6 +294,15 @@ fn check(
         );
     }
     let now = now();
+    if doc.issued > now.saturating_add(MAX_CLOCK_SKEW) {
+        refuse!(
+            codes::CHANNEL_NOT_YET_VALID,
+            "{shown}: the channel file was issued {} s in the future (issued {}, now {now}): \
+             this device's clock or the publisher's is wrong; nothing was changed",
+            doc.issued - now,
+            doc.issued
+        );
+    }
     if now >= doc.expires {
         refuse!(
             codes::CHANNEL_EXPIRED,
@@ -338,6 +366,7 @@ fn check(
                 slot: None,
                 reboot: false,
                 expect_manifest_sha256: Some(doc.manifest_sha256),
+                expect_version: Some(&doc.version),
                 dry_run: false,
                 full: false,
                 json: false,
@@ -378,17 +407,20 @@ pub fn rollout_bucket(machine_id: &str, version: &str) -> u64 {
 }
 
 /// Where the bundle is: `bundle` (a checked relative path) next to the channel file. A
-/// file:// URL becomes a plain path, which `apply` opens.
+/// file:// URL becomes a plain path, which `apply` opens. An http(s) channel is joined as a
+/// URL (RFC 3986) and the result must stay on the channel's scheme, host and port: with an
+/// empty path (`http://host:port`) a text join would have let `otherhost:port/x.abu` name
+/// another server.
 pub fn bundle_location(channel: &str, bundle: &str) -> Result<String> {
+    if channel.starts_with("http://") || channel.starts_with("https://") {
+        return http_bundle_location(channel, bundle);
+    }
     let base = channel.split(['?', '#']).next().unwrap_or(channel);
     let dir = match base.rfind('/') {
         Some(i) => &base[..=i],
         None => "",
     };
     let joined = format!("{dir}{bundle}");
-    if joined.starts_with("http://") || joined.starts_with("https://") {
-        return Ok(joined);
-    }
     let path = source::local_path(&joined).map_err(|e| {
         Refusal::new(
             codes::SOURCE_UNAVAILABLE,
@@ -396,6 +428,43 @@ pub fn bundle_location(channel: &str, bundle: &str) -> Result<String> {
         )
     })?;
     Ok(path.display().to_string())
+}
+
+#[cfg(feature = "http")]
+fn http_bundle_location(channel: &str, bundle: &str) -> Result<String> {
+    let outside = |why: String| -> anyhow::Error {
+        Refusal::new(
+            codes::CHANNEL_MALFORMED,
+            format!(
+                "{}: bundle '{}' {why}; nothing was changed",
+                source::redact(channel),
+                channel_state::bounded(bundle, channel_state::MAX_STORED_URL)
+            ),
+        )
+        .into()
+    };
+    let base = url::Url::parse(channel).map_err(|e| outside(format!("cannot be placed: {e}")))?;
+    let joined = base
+        .join(bundle)
+        .map_err(|e| outside(format!("cannot be joined to the channel's URL: {e}")))?;
+    if joined.scheme() != base.scheme()
+        || joined.host_str() != base.host_str()
+        || joined.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(outside(
+            "is not on the channel's server (scheme, host and port)".into(),
+        ));
+    }
+    Ok(joined.to_string())
+}
+
+#[cfg(not(feature = "http"))]
+fn http_bundle_location(channel: &str, _bundle: &str) -> Result<String> {
+    refuse!(
+        codes::SOURCE_UNAVAILABLE,
+        "{}: this abupdate was built without http support; nothing was changed",
+        source::redact(channel)
+    )
 }
 
 /// Runs `f` with stdout pointing at stderr when `json`: stdout then carries only the JSON
@@ -458,6 +527,10 @@ mod tests {
             "03:00-03:00",
             "24:00-01:00",
             "03:00",
+            "+3:00-05:00",
+            "03:00-+5:00",
+            "03:0+-05:00",
+            " 3:00-05:00",
         ] {
             assert!(RebootPolicy::parse(bad).is_err(), "{bad}");
         }
@@ -492,5 +565,29 @@ mod tests {
             "/media/ssd/vps/v2.abu"
         );
         assert_eq!(bundle_location("stable.json", "v2.abu").unwrap(), "v2.abu");
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn bundle_stays_on_the_channels_server() {
+        assert_eq!(
+            bundle_location("http://h:8080", "v2.abu").unwrap(),
+            "http://h:8080/v2.abu"
+        );
+        assert_eq!(
+            bundle_location("https://u:p@h/vps/stable.json#x", "a/v2.abu").unwrap(),
+            "https://u:p@h/vps/a/v2.abu"
+        );
+        // Passes the channel's own path check (relative, no "://"), yet a text join after
+        // "http://" made it a host.
+        for (channel, bundle) in [
+            ("http://127.0.0.1:8080", "otherhost:9/x.abu"),
+            ("http://h:8080?q", "evil.example:80/x.abu"),
+            ("https://h", "http:x.abu"),
+        ] {
+            let e = bundle_location(channel, bundle).unwrap_err();
+            let r = e.downcast_ref::<Refusal>().expect("a refusal");
+            assert_eq!(r.code, codes::CHANNEL_MALFORMED, "{channel} {bundle}: {e}");
+        }
     }
 }

@@ -182,6 +182,28 @@ fn updater_config_disagrees_with_the_image() {
             "compatible = \"qemu-test\"\nboot-tries = 5\n",
             "boot-tries = 5, the image definition says 3",
         ),
+        // What abupdate itself would refuse, found at build time rather than on the device
+        // (a bad update-reboot once failed every command there, mark-good included).
+        (
+            "compatible = \"qemu-test\"\nupdate-reboot = \"3am\"\n",
+            "update-reboot '3am'",
+        ),
+        (
+            "compatible = \"qemu-test\"\nupdate-reboot = \"+3:00-05:00\"\n",
+            "update-reboot '+3:00-05:00'",
+        ),
+        (
+            "compatible = \"qemu-test\"\nupdate-jitter = \"18446744073709551615\"\n",
+            "update-jitter",
+        ),
+        (
+            "compatible = \"qemu-test\"\nhttp-timeout = 0\n",
+            "http-timeout must be between 1",
+        ),
+        (
+            "compatible = \"qemu-test\"\nbogus = 1\n",
+            "unknown field `bogus`",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let sys = fake_system(dir.path());

@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use abbundle::channel;
@@ -58,30 +58,10 @@ fn serve_dir(root: &Path) -> String {
 
 /// `abbuild publish` (its library) of `bundle` on channel `stable` into `tree`.
 fn publish(env: &Env, tree: &Path, bundle: &Path, rollout: u8, valid_for: &str, seq: Option<u64>) {
-    publish_key(
-        env,
-        tree,
-        bundle,
-        rollout,
-        valid_for,
-        seq,
-        env.path("test-only.key"),
-    );
-}
-
-fn publish_key(
-    _env: &Env,
-    tree: &Path,
-    bundle: &Path,
-    rollout: u8,
-    valid_for: &str,
-    seq: Option<u64>,
-    key: PathBuf,
-) {
     abbuild::publish::publish(&abbuild::cli::PublishArgs {
         bundle: bundle.to_path_buf(),
         channel: "stable".into(),
-        key: vec![key],
+        key: vec![env.path("test-only.key")],
         out_dir: tree.to_path_buf(),
         image: Some("vps".into()),
         rollout,
@@ -252,13 +232,10 @@ fn bad_channels_are_refused_and_change_nothing() {
     // Unsigned, untrusted, altered, malformed, oversized.
     rewrite(&file, None, |_| {});
     refused(codes::CHANNEL_UNSIGNED, "unsigned");
-    let other = env.path("other.key");
-    fs::write(
-        &other,
-        SecretKey::from_seed([0x55; 32], "test-only-other").to_line(),
-    )
-    .unwrap();
-    publish_key(&env, &tree, &v2.bundle, 100, "1d", Some(8), other);
+    // (publish itself refuses a bundle its key did not sign: re-signed by hand.)
+    publish(&env, &tree, &v2.bundle, 100, "1d", Some(8));
+    let other = SecretKey::from_seed([0x55; 32], "test-only-other");
+    rewrite(&file, Some(&other), |_| {});
     refused(codes::CHANNEL_UNTRUSTED, "untrusted");
     publish(&env, &tree, &v2.bundle, 100, "1d", Some(9));
     let text = fs::read_to_string(&file).unwrap();
@@ -526,4 +503,213 @@ fn silent_channel_server_is_bounded() {
     assert_eq!(code, codes::SOURCE_UNAVAILABLE, "{r}");
     assert!(line.contains("nothing was changed"), "{line}");
     assert_eq!(sha256_file(&disk), before);
+}
+
+/// A server at `127.0.0.1` that answers every request with `head` (and no body); counts the
+/// requests. Returns the port.
+fn serve_head(head: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let head = head.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let _ = s.write_all(head.as_bytes());
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// A 302 whose Location is ~70 KB (from the channel's server, its CDN or anyone on the path
+/// of an http:// channel): the whole message went into update.json, past the 64 KiB it is
+/// read back with, and every later check failed "update.json is damaged".
+#[test]
+fn a_long_redirect_does_not_damage_the_state_file() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    // The redirect leads to a server that closes without answering.
+    let (port, _) = serve_head(String::new());
+    let long = format!(
+        "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let (port, hits) = serve_head(long);
+    let url = format!("http://127.0.0.1:{port}/vps/stable.json");
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let before = sha256_file(&disk);
+    for round in 0..2 {
+        let (code, r, o) = update(&env, &disk, None, &url);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("damaged"), "round {round}: {stderr}");
+        assert_eq!(code, codes::SOURCE_UNAVAILABLE, "round {round}: {r}");
+        assert_eq!(sha256_file(&disk), before);
+    }
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let state = fs::read(env.path("state/update.json")).unwrap();
+    assert!(state.len() < 16 * 1024, "{} bytes", state.len());
+    let v: Value = serde_json::from_slice(&state).unwrap();
+    let message = v["lastCheck"]["message"].as_str().unwrap();
+    assert!(message.ends_with("bytes left out)"), "{message}");
+    ok(&env.abupdate(&disk, &["status"]));
+}
+
+/// A channel URL with an empty path (`http://host:port`): the signed `bundle` field
+/// `localhost:PORT/x.abu` passes the channel's path check, and a text join after "http://"
+/// fetched it from that other server. Refused (54), the other server never asked.
+#[test]
+fn a_bundle_on_another_server_is_refused() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
+    let tree = env.path("www");
+    publish(&env, &tree, &v2.bundle, 100, "1d", None);
+    // The other server serves the bundle (it would install, digest and all).
+    let other = serve_dir(&tree.join("vps"));
+    let other_port = other.rsplit(':').next().unwrap().to_string();
+    let name = v2
+        .bundle
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let file = tree.join("vps/stable.json");
+    rewrite(&file, Some(&key), |d| {
+        d["bundle"] = format!("localhost:{other_port}/{name}").into();
+    });
+    // The channel's server answers every path with the channel file.
+    let body = fs::read(&file).unwrap();
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    head.push_str(std::str::from_utf8(&body).unwrap());
+    let (port, _) = serve_head(head);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let before = sha256_file(&disk);
+    let (code, r, o) = update(&env, &disk, None, &format!("http://127.0.0.1:{port}"));
+    let line = fails(&o, codes::CHANNEL_MALFORMED);
+    assert_eq!(code, codes::CHANNEL_MALFORMED, "{r}");
+    assert!(line.contains("not on the channel's server"), "{line}");
+    assert_eq!(sha256_file(&disk), before);
+}
+
+/// A channel saying version 2026.11.9 for a 2026.11.2 bundle installed it and reported
+/// "installed version 2026.11.9" (and tried again at every check). Refused before anything is written (64).
+#[test]
+fn a_channel_version_that_is_not_the_bundles_is_refused() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
+    let tree = env.path("www");
+    publish(&env, &tree, &v2.bundle, 100, "1d", None);
+    rewrite(&tree.join("vps/stable.json"), Some(&key), |d| {
+        d["version"] = "2026.11.9".into();
+    });
+    let url = format!("{}/vps/stable.json", serve_dir(&tree));
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let before = sha256_file(&disk);
+    let (code, r, o) = update(&env, &disk, None, &url);
+    let line = fails(&o, codes::CHANNEL_VERSION_MISMATCH);
+    assert_eq!(code, codes::CHANNEL_VERSION_MISMATCH, "{r}");
+    assert!(
+        line.contains("version is 2026.11.2")
+            && line.contains("says 2026.11.9")
+            && line.contains("nothing was changed"),
+        "{line}"
+    );
+    assert_eq!(sha256_file(&disk), before);
+    assert_eq!(
+        next_boot(&env, &disk),
+        ("a".into(), Some("2026.11.1".into()))
+    );
+}
+
+/// A channel file issued in the future: within the clock skew allowed (5 minutes) it is
+/// taken; further ahead it is refused (65) and its sequence is not remembered.
+#[test]
+fn a_channel_issued_in_the_future() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
+    let tree = env.path("www");
+    let file = tree.join("vps/stable.json");
+    let url = format!("{}/vps/stable.json", serve_dir(&tree));
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let before = sha256_file(&disk);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    publish(&env, &tree, &v2.bundle, 100, "1d", Some(7));
+    rewrite(&file, Some(&key), |d| {
+        d["issued"] = (now + 3600).into();
+        d["expires"] = (now + 7200).into();
+    });
+    let (code, r, o) = update(&env, &disk, None, &url);
+    let line = fails(&o, codes::CHANNEL_NOT_YET_VALID);
+    assert_eq!(code, codes::CHANNEL_NOT_YET_VALID, "{r}");
+    assert!(
+        line.contains("in the future") && line.contains("clock"),
+        "{line}"
+    );
+    assert_eq!(sha256_file(&disk), before);
+    // Its sequence (7) was not accepted: 6 is still taken.
+    publish(&env, &tree, &v2.bundle, 100, "1d", Some(6));
+    rewrite(&file, Some(&key), |d| {
+        d["issued"] = (now + 60).into();
+    });
+    let o = env.abupdate(&disk, &["update", "--now", "--dry-run", "--channel", &url]);
+    assert_eq!(o.status.code(), Some(codes::UPDATE_AVAILABLE), "{o:?}");
+}
+
+/// A bad `update-reboot` (`+3:00-05:00` was read as 03:00-05:00) or `update-jitter`
+/// (`18446744073709551615` panicked: remainder by zero) is refused by `update` (66), while
+/// every command that does not need them still works: they once all failed.
+#[test]
+fn bad_update_settings_stop_only_update() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let tree = env.path("www");
+    publish(&env, &tree, &v2.bundle, 100, "1d", None);
+    let channel = tree.join("vps/stable.json").display().to_string();
+    let base = fs::read_to_string(env.path("abupdate.toml")).unwrap();
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    for bad in [
+        "update-reboot = \"+3:00-05:00\"\n",
+        "update-reboot = \"3am\"\n",
+        "update-jitter = \"18446744073709551615\"\n",
+    ] {
+        set_config(&env, &base, &format!("channel = \"{channel}\"\n{bad}"));
+        let before = sha256_file(&disk);
+        // Without --now: the jitter is where the panic was.
+        let o = output_within(&mut env.cmd(&disk, None, &["update"]), 60);
+        let line = fails(&o, codes::UPDATE_SETTINGS_INVALID);
+        assert!(
+            line.contains("abupdate.toml") && line.contains("update-"),
+            "{bad}: {line}"
+        );
+        assert_eq!(sha256_file(&disk), before, "{bad}");
+        ok(&env.abupdate_booted(&disk, Some("a"), &["boot-check"]));
+        ok(&env.abupdate_booted(&disk, Some("a"), &["status"]));
+        ok(&env.abupdate_booted(&disk, Some("a"), &["mark-good"]));
+    }
 }

@@ -506,3 +506,39 @@ impl RawBundle<'_> {
 pub fn grub_env(img: &Path) -> [Option<abbundle::grubenv::State>; 2] {
     abbundle::grubenv::ENV_FILES.map(|f| abbundle::grubenv::parse(&mtype(img, f)).ok())
 }
+
+/// Runs `c` and returns its output, or kills it and panics after `secs` seconds: a hang
+/// fails the test instead of holding it.
+pub fn output_within(c: &mut Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            // SAFETY: a signal to the child this test started (its pid, not yet reaped).
+            unsafe { libc::kill(id as i32, libc::SIGKILL) };
+            panic!("{c:?} did not end within {secs} s");
+        }
+    }
+}
+
+/// Makes a FIFO at `p`.
+pub fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
