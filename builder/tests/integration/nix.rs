@@ -602,3 +602,80 @@ fn mksystem_channel_medium_is_mounted_for_each_check() {
         "{err}"
     );
 }
+
+/// `nix-build` of one attribute of nix/tests/mock-system.nix (mkSystem on the mock nixpkgs).
+fn mock_system(attr: &str) -> PathBuf {
+    let out = stdout(
+        Command::new("nix-build")
+            .args([
+                "--option",
+                "sandbox",
+                "false",
+                "--option",
+                "substituters",
+                "",
+            ])
+            .arg("--no-out-link")
+            .arg(repo_file("nix/tests/mock-system.nix"))
+            .args(["-A", attr]),
+    );
+    PathBuf::from(out.trim())
+}
+
+/// Builds `system`'s initrd and toplevel and checks that the initrd holds the kernel's modules
+/// (every file etc/abinit/modules lists, virtio_blk among them unless built in) and that the
+/// toplevel's kernel is the kernel's image.
+fn check_initrd_modules(system: &str) {
+    let initrd = mock_system(&format!("{system}.initrd"));
+    let kver = initrd
+        .to_str()
+        .unwrap()
+        .split_once("-abinit-initrd-")
+        .expect("initrd named abinit-initrd-<version>")
+        .1
+        .to_string();
+    let cpio = |args: &str| {
+        stdout(Command::new("sh").arg("-c").arg(format!(
+            "gzip -dc '{}' | cpio --quiet {args}",
+            initrd.join("initrd").display()
+        )))
+    };
+    let files = cpio("-it");
+    let listed = cpio("-i --to-stdout etc/abinit/modules");
+    assert!(!listed.trim().is_empty(), "no modules in the initrd");
+    for m in listed.lines() {
+        let path = format!("lib/modules/{kver}/{m}");
+        assert!(files.lines().any(|l| l == path), "{path} not in the initrd");
+    }
+    let builtin =
+        fs::read_to_string(format!("/lib/modules/{kver}/modules.builtin")).unwrap_or_default();
+    if !builtin.contains("/virtio_blk.ko") {
+        assert!(listed.contains("/virtio_blk.ko"), "{listed}");
+    }
+    let top = mock_system(&format!("{system}.toplevel"));
+    assert!(
+        fs::read(top.join("kernel")).unwrap() == fs::read(format!("/boot/vmlinuz-{kver}")).unwrap(),
+        "the toplevel's kernel is not the kernel's bzImage"
+    );
+}
+
+/// mkSystem with a kernel laid out as nixpkgs lays it out since PR #423933 (the mock's kernel:
+/// outputs out, dev and modules, the modules in `modules`, none under out/lib/modules): the
+/// initrd gets the modules. Reading `${kernel}/lib/modules` failed with "modules.dep not found".
+#[test]
+fn mksystem_initrd_with_split_output_kernel() {
+    if !have_nix_build() {
+        return;
+    }
+    check_initrd_modules("bootable");
+}
+
+/// mkSystem with a single-output kernel (older nixpkgs, or a custom kernel: lib/modules inside
+/// out, no passthru target): the initrd gets the modules, the toplevel the bzImage.
+#[test]
+fn mksystem_initrd_with_single_output_kernel() {
+    if !have_nix_build() {
+        return;
+    }
+    check_initrd_modules("singleOutputKernel");
+}

@@ -46,11 +46,18 @@ let
     cp /usr/bin/busybox $out/bin/busybox
   '' { };
 
+  # Shaped as nixpkgs' kernel/build.nix builds one (since PR #423933, 2025): outputs out (the
+  # image, named by passthru.target), dev and modules (lib/modules/<modDirVersion>; out has no
+  # lib/modules); passthru version (the release, not the directory name), modDirVersion, target.
   kernel = drv "linux-host-${kver}" ''
-    mkdir -p $out/lib/modules
+    mkdir -p $out $dev $modules/lib/modules
     cp /boot/vmlinuz-${kver} $out/bzImage
-    ln -s /lib/modules/${kver} $out/lib/modules/${kver}
-  '' { } // { modDirVersion = kver; version = kver; };
+    ln -s /lib/modules/${kver} $modules/lib/modules/${kver}
+  '' { outputs = [ "out" "dev" "modules" ]; } // {
+    modDirVersion = kver;
+    version = builtins.head (builtins.match "([0-9]+\\.[0-9]+(\\.[0-9]+)?).*" kver);
+    target = "bzImage";
+  };
 
   # dropbear stand-in: stays up like a daemon and makes a host key file.
   # (The device's root has no /bin/sh: the scripts name the mock busybox as interpreter.)
