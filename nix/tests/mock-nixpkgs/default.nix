@@ -4,7 +4,9 @@
 # production boot scripts can be booted in QEMU (see docs/nix.md, "Evaluating
 # mkSystem"). It is not nixpkgs: packages that are not needed for a boot are empty stubs, the
 # kernel's modules are a symlink into the host's /lib/modules, and everything builds with
-# sandbox = false only.
+# sandbox = false only. Where nix/ depends on a package's shape (outputs, passthru attributes,
+# .override's argument names, configure flags), the stand-in has nixpkgs' shape as read in
+# nixpkgs' files: docs/nix.md, "nixpkgs touch points".
 # Arguments: abupdate (a static abupdate binary, absolute path string; default
 # $ABUPDATE_STATIC), abbuild (an abbuild binary, default $ABBUILD_BIN; without one abbuild is a
 # stub), abdocgen (the man page and completion generator the packages run in postInstall;
