@@ -37,6 +37,11 @@ let
     PATH = hostPath;
   } // env);
   stub = name: drv name "mkdir -p $out/bin" { };
+  # A stub with a nixpkgs package's outputs, the first being bin (so "${p}" is bin, with bin/).
+  stubOutputs = name: outputs: drv name ''
+    for o in $outputs; do eval "mkdir -p \"\$$o\""; done
+    mkdir -p $bin/bin
+  '' { inherit outputs; };
 
   # A package made by callPackage, as far as .override goes: it takes the argument names of the
   # package's function in nixpkgs (formals, read from its file; docs/nix.md's touch-point table)
@@ -254,8 +259,8 @@ let
       (_: busybox) { };
     inherit dropbear openssh;
     e2fsprogs = e2fsprogsFor false;
-    curl = stub "curl-stub";
-    zstd = stub "zstd-stub";
+    curl = stubOutputs "curl-stub" [ "bin" "dev" "out" "man" "devdoc" ];
+    zstd = stubOutputs "zstd-stub" [ "bin" "dev" "man" "out" ];
     makeWrapper = stub "makeWrapper-stub";
     installShellFiles = stub "installShellFiles-stub";
     squashfsTools = stub "squashfs-tools-stub";
