@@ -9,7 +9,6 @@
 # from its pkgsMusl. See docs/nix.md.
 { pkgs ? import <nixpkgs> { } }:
 let
-  pkgsMusl = pkgs.pkgsMusl;
   version = "0.1.0";
 
   # The Rust workspace only: edits elsewhere (docs, nix, tests) do not rebuild the binaries.
@@ -39,7 +38,11 @@ let
   '';
 
   # Statically linked, so the same binary runs in any root (and in an initrd if ever needed).
-  abupdate = pkgsMusl.rustPlatform.buildRustPackage {
+  # pkgsStatic, not pkgsMusl with +crt-static: nixpkgs builds pkgsMusl's std and configures its
+  # cargo for dynamic musl (crt-static = isStatic, false there), while pkgsStatic is the set
+  # meant for static binaries, and it reuses the build machine's rustc (only std is built for
+  # it) where pkgsMusl needs a rustc and LLVM built for musl. docs/nix.md says what was read.
+  abupdate = pkgs.pkgsStatic.rustPlatform.buildRustPackage {
     pname = "abupdate";
     inherit version src;
     cargoLock.lockFile = ../Cargo.lock;
@@ -47,7 +50,6 @@ let
     cargoTestFlags = [ "-p" "abupdate" ];
     # The integration tests build disk images with abbuild and external tools; CI runs them.
     doCheck = false;
-    RUSTFLAGS = "-C target-feature=+crt-static";
     nativeBuildInputs = [ pkgs.installShellFiles ];
     postInstall = installDocs "abupdate";
     meta.mainProgram = "abupdate";

@@ -39,9 +39,17 @@ let
     else checkName "abupdate.compatible" cfg.abupdate.compatible;
 
   kernel = cfg.kernel.package;
-  # nixpkgs master dropped stdenv.hostPlatform.linux-kernel in 2026; bzImage is x86_64's target.
-  kernelTarget = pkgs.stdenv.hostPlatform.linux-kernel.target or "bzImage";
-  kver = kernel.modDirVersion;
+  # The image file's name in the kernel's out: nixpkgs' kernels carry it as passthru.target
+  # (build.nix: bzImage on x86); for other kernels the platform's, and x86_64's bzImage where
+  # the platform no longer says (nixpkgs master dropped hostPlatform.linux-kernel in 2026).
+  kernelTarget = kernel.target or (pkgs.stdenv.hostPlatform.linux-kernel.target or "bzImage");
+  # The directory name under lib/modules: nixpkgs' kernels have modDirVersion (the version padded
+  # to X.Y.Z, plus any suffix); a custom kernel may have only version.
+  kver = kernel.modDirVersion or kernel.version;
+  # Where the modules are: nixpkgs' kernels (since PR #423933, 2025) install them into their
+  # `modules` output (lib.getOutput "modules" kernel); older and custom single-output kernels
+  # have lib/modules in out. Chosen by the outputs, not by an attribute that happens to exist.
+  kernelModules = if builtins.elem "modules" (kernel.outputs or [ ]) then kernel.modules else kernel;
 
   # One link per applet, all in bin/, whatever layout the busybox package has.
   bb = pkgs.runCommand "busybox-applets" { } ''
@@ -60,7 +68,7 @@ let
       nativeBuildInputs = [ pkgs.zstd ]; # for kernels with .ko.zst modules
       busybox = "${getBin cfg.initrd.busybox}/bin/busybox";
       initScript = ../initrd/init.sh;
-      moduleDir = "${kernel}/lib/modules/${kver}";
+      moduleDir = "${kernelModules}/lib/modules/${kver}";
       kernelVersion = kver;
       modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules);
       optionalModules = builtins.concatStringsSep " " cfg.initrd.optionalModules;

@@ -44,7 +44,9 @@
     # mkfs.ext4, e2fsck and resize2fs in the initrd (journaled ext4 on data, checked at every
     # boot, grown when its partition was grown).
     # null: busybox mke2fs, which makes ext2.
-    e2fsprogs = pkgs.pkgsStatic.e2fsprogs;
+    # Without fuse2fs and libarchive (on by default in nixpkgs), which the initrd does not use and
+    # pkgsStatic would otherwise build statically (fuse3, libarchive and what they need).
+    e2fsprogs = pkgs.pkgsStatic.e2fsprogs.override { withFuse = false; withLibarchive = false; };
   };
 
   # Everything on the system's PATH besides busybox and abupdate.
@@ -69,8 +71,10 @@
     # What dropbear runs for the sftp subsystem (also what `scp` from OpenSSH >= 9.0 uses):
     # OpenSSH's sftp-server, copied alone so that the system holds it rather than all of openssh.
     # null: no sftp.
+    # Built without PAM and ldns (on by default in nixpkgs' openssh): sftp-server uses neither,
+    # and both would otherwise be built for musl just for this file.
     sftpServer = pkgs.runCommand "sftp-server" { } ''
-      cp ${pkgsMusl.openssh}/libexec/sftp-server $out
+      cp ${pkgsMusl.openssh.override { withPAM = false; withLdns = false; }}/libexec/sftp-server $out
     '';
   };
 

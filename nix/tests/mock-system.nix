@@ -15,6 +15,22 @@ in
   inherit (ab) abbuild;
   vps = ab.examples.vps;
   bootable = ab.mkSystem { modules = [ ../examples/vps.nix ./vps-test.nix ]; };
+  # An older nixpkgs' or a custom kernel: one output, lib/modules/<modDirVersion> inside it, no
+  # passthru target (so the platform's or x86_64's default). "bootable" has the mock's kernel,
+  # laid out as current nixpkgs' (a modules output).
+  singleOutputKernel = ab.mkSystem {
+    modules = [
+      ../examples/vps.nix
+      ./vps-test.nix
+      {
+        kernel.package = pkgs.runCommand "linux-single-output" { } ''
+          mkdir -p $out/lib/modules
+          cp ${pkgs.linuxPackages.kernel}/bzImage $out/bzImage
+          cp -r ${pkgs.linuxPackages.kernel.modules}/lib/modules/. $out/lib/modules/
+        '' // { inherit (pkgs.linuxPackages.kernel) modDirVersion version; };
+      }
+    ];
+  };
   # With a channel: the periodic `abupdate update` (docs/channels.md).
   updating = ab.mkSystem {
     modules = [

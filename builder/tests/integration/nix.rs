@@ -602,3 +602,170 @@ fn mksystem_channel_medium_is_mounted_for_each_check() {
         "{err}"
     );
 }
+
+/// `nix-build` of one attribute of nix/tests/mock-system.nix (mkSystem on the mock nixpkgs).
+fn mock_system(attr: &str) -> PathBuf {
+    let out = stdout(
+        Command::new("nix-build")
+            .args([
+                "--option",
+                "sandbox",
+                "false",
+                "--option",
+                "substituters",
+                "",
+            ])
+            .arg("--no-out-link")
+            .arg(repo_file("nix/tests/mock-system.nix"))
+            .args(["-A", attr]),
+    );
+    PathBuf::from(out.trim())
+}
+
+/// Builds `system`'s initrd and toplevel and checks that the initrd holds the kernel's modules
+/// (every file etc/abinit/modules lists, virtio_blk among them unless built in) and that the
+/// toplevel's kernel is the kernel's image.
+fn check_initrd_modules(system: &str) {
+    let initrd = mock_system(&format!("{system}.initrd"));
+    let kver = initrd
+        .to_str()
+        .unwrap()
+        .split_once("-abinit-initrd-")
+        .expect("initrd named abinit-initrd-<version>")
+        .1
+        .to_string();
+    let cpio = |args: &str| {
+        stdout(Command::new("sh").arg("-c").arg(format!(
+            "gzip -dc '{}' | cpio --quiet {args}",
+            initrd.join("initrd").display()
+        )))
+    };
+    let files = cpio("-it");
+    let listed = cpio("-i --to-stdout etc/abinit/modules");
+    assert!(!listed.trim().is_empty(), "no modules in the initrd");
+    for m in listed.lines() {
+        let path = format!("lib/modules/{kver}/{m}");
+        assert!(files.lines().any(|l| l == path), "{path} not in the initrd");
+    }
+    let builtin =
+        fs::read_to_string(format!("/lib/modules/{kver}/modules.builtin")).unwrap_or_default();
+    if !builtin.contains("/virtio_blk.ko") {
+        assert!(listed.contains("/virtio_blk.ko"), "{listed}");
+    }
+    let top = mock_system(&format!("{system}.toplevel"));
+    assert!(
+        fs::read(top.join("kernel")).unwrap() == fs::read(format!("/boot/vmlinuz-{kver}")).unwrap(),
+        "the toplevel's kernel is not the kernel's bzImage"
+    );
+}
+
+/// mkSystem with a kernel laid out as nixpkgs lays it out since PR #423933 (the mock's kernel:
+/// outputs out, dev and modules, the modules in `modules`, none under out/lib/modules): the
+/// initrd gets the modules. Reading `${kernel}/lib/modules` failed with "modules.dep not found".
+#[test]
+fn mksystem_initrd_with_split_output_kernel() {
+    if !have_nix_build() {
+        return;
+    }
+    check_initrd_modules("bootable");
+}
+
+/// mkSystem with a single-output kernel (older nixpkgs, or a custom kernel: lib/modules inside
+/// out, no passthru target): the initrd gets the modules, the toplevel the bzImage.
+#[test]
+fn mksystem_initrd_with_single_output_kernel() {
+    if !have_nix_build() {
+        return;
+    }
+    check_initrd_modules("singleOutputKernel");
+}
+
+/// The .drv files in the closure of `attr` of nix/tests/mock-system.nix (instantiated only),
+/// by name, with their text.
+fn mock_system_drvs(attr: &str) -> Vec<(String, String)> {
+    let drv = stdout(
+        Command::new("nix-instantiate")
+            .arg(repo_file("nix/tests/mock-system.nix"))
+            .args(["-A", attr]),
+    );
+    stdout(Command::new("nix-store").arg("-qR").arg(drv.trim()))
+        .lines()
+        .filter(|l| l.ends_with(".drv"))
+        .map(|l| (l.to_string(), fs::read_to_string(l).unwrap()))
+        .collect()
+}
+
+/// The one .drv in `drvs` whose name ends with `suffix`.
+fn drv_named<'a>(drvs: &'a [(String, String)], suffix: &str) -> &'a str {
+    let found: Vec<_> = drvs.iter().filter(|(p, _)| p.ends_with(suffix)).collect();
+    assert_eq!(found.len(), 1, "{suffix}: {found:?}");
+    &found[0].1
+}
+
+/// What the example system asks of nixpkgs, against the mock's real-shaped packages (docs/nix.md,
+/// "Touch points"): abupdate from pkgsStatic's rustPlatform (a static host) without its own
+/// RUSTFLAGS, e2fsprogs without fuse2fs and libarchive, openssh without PAM and ldns. Before,
+/// abupdate came from pkgsMusl with +crt-static and both packages had nixpkgs' defaults.
+#[test]
+fn mksystem_asks_nixpkgs_for_static_and_lean_packages() {
+    if !have_nix_build() {
+        return;
+    }
+    let drvs = mock_system_drvs("vps.toplevel");
+    let abupdate = drvs
+        .iter()
+        .find(|(p, _)| p.ends_with("-abupdate-stub.drv") || p.ends_with("-abupdate-prebuilt.drv"))
+        .map(|(_, t)| t.as_str())
+        .expect("an abupdate derivation");
+    assert!(abupdate.contains("(\"hostIsStatic\",\"1\")"), "{abupdate}");
+    assert!(abupdate.contains("(\"RUSTFLAGS\",\"\")"), "{abupdate}");
+    let e2fs = drv_named(&drvs, "-e2fsprogs-stub.drv");
+    assert!(
+        e2fs.contains("(\"configureFlags\",\"--disable-elf-shlibs\")"),
+        "{e2fs}"
+    );
+    assert!(!e2fs.contains("(\"fuse2fs\","), "{e2fs}");
+    let ssh = drv_named(&drvs, "-openssh-stub.drv");
+    assert!(
+        ssh.contains("(\"configureFlags\",\"--without-pam\")"),
+        "{ssh}"
+    );
+}
+
+/// The mock's `.override` takes the argument names of the nixpkgs package function only, as
+/// callPackage does, so a misspelt or removed argument fails as it would against nixpkgs.
+#[test]
+fn mock_nixpkgs_override_rejects_unknown_arguments() {
+    if !have_nix_build() {
+        return;
+    }
+    let eval = |expr: &str| {
+        Command::new("nix-instantiate")
+            .args(["--eval", "-E"])
+            .arg(format!(
+                "let p = import {} {{ }}; in {expr}",
+                repo_file("nix/tests/mock-nixpkgs").display()
+            ))
+            .output()
+            .unwrap()
+    };
+    for (pkg, good, bad) in [
+        ("busybox", "enableStatic", "enableStatics"),
+        ("dropbear", "sftpPath", "sftp"),
+        ("openssh", "withLdns", "withLDNS"),
+        ("pkgsStatic.e2fsprogs", "withLibarchive", "withArchive"),
+    ] {
+        let ok = eval(&format!("(p.{pkg}.override {{ {good} = false; }}).drvPath"));
+        assert!(
+            ok.status.success(),
+            "{pkg}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let e = eval(&format!("(p.{pkg}.override {{ {bad} = false; }}).drvPath"));
+        let err = String::from_utf8_lossy(&e.stderr);
+        assert!(
+            !e.status.success() && err.contains(&format!("unexpected argument '{bad}'")),
+            "{pkg}: {err}"
+        );
+    }
+}

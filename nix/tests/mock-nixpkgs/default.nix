@@ -4,7 +4,9 @@
 # production boot scripts can be booted in QEMU (see docs/nix.md, "Evaluating
 # mkSystem"). It is not nixpkgs: packages that are not needed for a boot are empty stubs, the
 # kernel's modules are a symlink into the host's /lib/modules, and everything builds with
-# sandbox = false only.
+# sandbox = false only. Where nix/ depends on a package's shape (outputs, passthru attributes,
+# .override's argument names, configure flags), the stand-in has nixpkgs' shape as read in
+# nixpkgs' files: docs/nix.md, "nixpkgs touch points".
 # Arguments: abupdate (a static abupdate binary, absolute path string; default
 # $ABUPDATE_STATIC), abbuild (an abbuild binary, default $ABBUILD_BIN; without one abbuild is a
 # stub), abdocgen (the man page and completion generator the packages run in postInstall;
@@ -35,6 +37,22 @@ let
     PATH = hostPath;
   } // env);
   stub = name: drv name "mkdir -p $out/bin" { };
+  # A stub with a nixpkgs package's outputs, the first being bin (so "${p}" is bin, with bin/).
+  stubOutputs = name: outputs: drv name ''
+    for o in $outputs; do eval "mkdir -p \"\$$o\""; done
+    mkdir -p $bin/bin
+  '' { inherit outputs; };
+
+  # A package made by callPackage, as far as .override goes: it takes the argument names of the
+  # package's function in nixpkgs (formals, read from its file; docs/nix.md's touch-point table)
+  # and nothing else, as nixpkgs fails with "function ... called with unexpected argument";
+  # overrides accumulate. make: the given arguments -> the derivation.
+  overridable = name: formals: make: args:
+    let unknown = builtins.filter (n: !(builtins.elem n formals)) (builtins.attrNames args);
+    in
+    if unknown != [ ] then
+      throw "mock nixpkgs: ${name}.override: function called with unexpected argument '${builtins.head unknown}'"
+    else make args // { override = more: overridable name formals make (args // more); };
 
   versions = builtins.filter (v: builtins.pathExists (/boot + "/vmlinuz-${v}"))
     (builtins.attrNames (builtins.readDir /lib/modules));
@@ -46,17 +64,24 @@ let
     cp /usr/bin/busybox $out/bin/busybox
   '' { };
 
+  # Shaped as nixpkgs' kernel/build.nix builds one (since PR #423933, 2025): outputs out (the
+  # image, named by passthru.target), dev and modules (lib/modules/<modDirVersion>; out has no
+  # lib/modules); passthru version (the release, not the directory name), modDirVersion, target.
   kernel = drv "linux-host-${kver}" ''
-    mkdir -p $out/lib/modules
+    mkdir -p $out $dev $modules/lib/modules
     cp /boot/vmlinuz-${kver} $out/bzImage
-    ln -s /lib/modules/${kver} $out/lib/modules/${kver}
-  '' { } // { modDirVersion = kver; version = kver; };
+    ln -s /lib/modules/${kver} $modules/lib/modules/${kver}
+  '' { outputs = [ "out" "dev" "modules" ]; } // {
+    modDirVersion = kver;
+    version = builtins.head (builtins.match "([0-9]+\\.[0-9]+(\\.[0-9]+)?).*" kver);
+    target = "bzImage";
+  };
 
   # dropbear stand-in: stays up like a daemon and makes a host key file.
   # (The device's root has no /bin/sh: the scripts name the mock busybox as interpreter.)
   # It takes nixpkgs' override arguments (enableSCP, sftpPath): with enableSCP it has a bin/scp
   # stub, and it records sftpPath in nix-support/sftp-path, for tests of what mkSystem asks for.
-  dropbearWith = { enableSCP ? false, sftpPath ? "/run/current-system/sw/libexec/sftp-server" }:
+  dropbearWith = { enableSCP ? false, sftpPath ? "/run/current-system/sw/libexec/sftp-server", ... }:
     drv "dropbear-stub" ''
       mkdir -p $out/bin $out/nix-support
       sh="#!${busybox}/bin/busybox sh"
@@ -66,14 +91,56 @@ let
       chmod +x $out/bin/*
       echo "$sftpPath" > $out/nix-support/sftp-path
     '' { inherit enableSCP sftpPath; };
-  dropbear = dropbearWith { } // { override = a: dropbearWith a; };
+  # pkgs/by-name/dr/dropbear/package.nix's arguments.
+  dropbear = overridable "dropbear" [ "lib" "stdenv" "fetchurl" "zlib" "libxcrypt" "enableSCP" "sftpPath" ]
+    dropbearWith { };
 
-  # openssh stand-in: only its sftp-server, which says what it is.
-  openssh = drv "openssh-stub" ''
-    mkdir -p $out/libexec
-    printf '#!${busybox}/bin/busybox sh\necho "sftp-server stub"\n' > $out/libexec/sftp-server
-    chmod +x $out/libexec/sftp-server
-  '' { };
+  # openssh stand-in: only its sftp-server, which says what it is. openssh's default.nix calls
+  # common.nix through callPackage, so .override reaches common.nix's arguments; the options it
+  # is built with show in configureFlags as common.nix writes them (--with-pam/--without-pam,
+  # --with-ldns).
+  opensshWith = { withPAM ? true, withLdns ? true, withKerberos ? false, ... }:
+    drv "openssh-stub" ''
+      mkdir -p $out/libexec
+      printf '#!${busybox}/bin/busybox sh\necho "sftp-server stub"\n' > $out/libexec/sftp-server
+      chmod +x $out/libexec/sftp-server
+    '' {
+      configureFlags = [ (if withPAM then "--with-pam" else "--without-pam") ]
+        ++ (if withKerberos then [ "--with-kerberos5" ] else [ ])
+        ++ (if withLdns then [ "--with-ldns" ] else [ ]);
+    };
+  openssh = overridable "openssh"
+    [
+      "lib" "stdenv" "pkgs" "fetchurl" "fetchpatch" "autoreconfHook" "zlib" "openssl" "libedit"
+      "ldns" "pkg-config" "pam" "libredirect" "etcDir" "withKerberos" "withLdns" "krb5" "libfido2"
+      "libxcrypt" "hostname" "nixosTests" "withSecurityKey" "withFIDO" "withPAM"
+      "dsaKeysSupport" "linkOpenssl" "isNixos"
+    ]
+    opensshWith { };
+
+  # e2fsprogs stand-in with pkgs/by-name/e2/e2fsprogs/package.nix's shape: outputs bin (first,
+  # so "${e2fsprogs}" is bin), dev, out, man, info and fuse2fs with withFuse (on by default on
+  # Linux); --with-libarchive=direct with withLibarchive (on by default). Its programs are stubs.
+  e2fsprogsWith = isStatic: { withFuse ? true, withLibarchive ? true, shared ? !isStatic, ... }:
+    drv "e2fsprogs-stub" ''
+      mkdir -p $bin/bin $dev $out $man $info
+      for p in mkfs.ext4 e2fsck resize2fs; do
+        printf '#!/bin/sh\necho "e2fsprogs stub: $0"\nexit 1\n' > $bin/bin/$p
+        chmod +x $bin/bin/$p
+      done
+      if [ -n "$withFuse" ]; then mkdir -p $fuse2fs/bin; fi
+    '' {
+      outputs = [ "bin" "dev" "out" "man" "info" ] ++ (if withFuse then [ "fuse2fs" ] else [ ]);
+      inherit withFuse;
+      configureFlags = [ (if shared then "--enable-elf-shlibs" else "--disable-elf-shlibs") ]
+        ++ (if withLibarchive then [ "--with-libarchive=direct" ] else [ ]);
+    };
+  e2fsprogsFor = isStatic: overridable "e2fsprogs"
+    [
+      "lib" "stdenv" "buildPackages" "fetchurl" "fetchpatch" "pkg-config" "libuuid" "gettext"
+      "texinfo" "withFuse" "fuse3" "shared" "e2fsprogs" "runCommand" "withLibarchive" "libarchive"
+    ]
+    (e2fsprogsWith isStatic) { };
 
   # systemd stand-in: only what nix/default.nix takes from it, systemd-boot's EFI binary.
   systemd = drv "systemd-boot-host" ''
@@ -146,33 +213,54 @@ let
   '';
 
   # A prebuilt binary in place of a cargo build; the expression's postInstall runs as it would.
-  prebuilt = a: bin: drv "${a.pname}-prebuilt" ''
+  prebuilt = a: bin: env: drv "${a.pname}-prebuilt" ''
     ${wrapProgram}
     ${installShellFiles}
     mkdir -p $out/bin
     cp ${builtins.path { name = "${a.pname}-bin"; path = /. + bin; }} $out/bin/${a.pname}
     ${docgen}
     ${a.postInstall or ""}
-  '' { };
-  rustPlatform.buildRustPackage = a:
-    if a.pname == "abupdate" && abupdate != null then prebuilt a abupdate
-    else if a.pname == "abbuild" && abbuild != null then prebuilt a abbuild
-    else stub "${a.pname}-stub";
+  '' env;
+  # rustPlatform of a package set; the derivation records whether that set's host is static
+  # (pkgsStatic: isStatic, so nixpkgs' cargo hook and std are +crt-static; pkgsMusl: not) and the
+  # RUSTFLAGS it was given, for tests of which set builds what.
+  rustPlatformFor = isStatic: {
+    buildRustPackage = a:
+      let env = { hostIsStatic = isStatic; RUSTFLAGS = a.RUSTFLAGS or ""; }; in
+      if a.pname == "abupdate" && abupdate != null then prebuilt a abupdate env
+      else if a.pname == "abbuild" && abbuild != null then prebuilt a abbuild env
+      else drv "${a.pname}-stub" "mkdir -p $out/bin" env;
+  };
+  rustPlatform = rustPlatformFor false;
 
   self = {
     inherit system kernel rustPlatform systemd;
     grub2 = grubFor "i386-pc";
     grub2_efi = grubFor "x86_64-efi";
     pkgsMusl = self;
-    pkgsStatic = self;
+    # nixpkgs' pkgsStatic is a cross set with isStatic (top-level/stage.nix): its own rustPlatform
+    # and packages built static.
+    pkgsStatic = self // {
+      rustPlatform = rustPlatformFor true;
+      e2fsprogs = e2fsprogsFor true;
+      stdenv.hostPlatform = { isStatic = true; };
+    };
     # As on nixpkgs master since 2026: no linux-kernel (nix/system/build.nix falls back to bzImage).
     stdenv.hostPlatform = { };
     linuxPackages = { inherit kernel; };
-    busybox = busybox // { override = _: busybox; };
+    # pkgs/os-specific/linux/busybox/default.nix's arguments; the mock's busybox is the host's
+    # static one whatever they say.
+    busybox = overridable "busybox"
+      [
+        "stdenv" "lib" "buildPackages" "fetchurl" "fetchpatch" "fetchFromGitLab" "enableStatic"
+        "enableMinimal" "enableAppletSymlinks" "useMusl" "musl" "extraConfig" "hostname"
+        "coreutils" "zip" "which" "simple-http-server"
+      ]
+      (_: busybox) { };
     inherit dropbear openssh;
-    e2fsprogs = stub "e2fsprogs-stub";
-    curl = stub "curl-stub";
-    zstd = stub "zstd-stub";
+    e2fsprogs = e2fsprogsFor false;
+    curl = stubOutputs "curl-stub" [ "bin" "dev" "out" "man" "devdoc" ];
+    zstd = stubOutputs "zstd-stub" [ "bin" "dev" "man" "out" ];
     makeWrapper = stub "makeWrapper-stub";
     installShellFiles = stub "installShellFiles-stub";
     squashfsTools = stub "squashfs-tools-stub";
