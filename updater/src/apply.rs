@@ -490,8 +490,8 @@ fn write_slot(
 }
 
 /// The HTTP(S) range source for a delta apply, on the client that read the front: the plan's
-/// ranges, the first one already asked for. `None` when the server does not answer with
-/// ranges (the front came whole, or this range did; then the full stream).
+/// ranges, the first one already asked for. `None` when the front came whole (the server
+/// ignores Range; then the full stream).
 #[cfg(feature = "http")]
 fn http_fetch(
     ranges: Option<source::HttpRanges>,
@@ -507,11 +507,10 @@ fn http_fetch(
         .zip(maps)
         .flat_map(|(p, map)| delta::ranges(p, map))
         .collect();
+    // A 200 here (the server ignored this Range) is the whole bundle: the chunks are read
+    // from it, and no request is left to fail that way once the slot is written.
     let first = match plan.first() {
-        Some(r) => match ranges.get(r.start, r.end)? {
-            source::RangeReply::Partial(body) => Some(body),
-            source::RangeReply::Whole => return Ok(None),
-        },
+        Some(r) => Some(ranges.get(r.start, r.end)?),
         None => None,
     };
     Ok(Some(Box::new(delta_apply::HttpSource::new(

@@ -82,15 +82,37 @@ pub struct HttpSource {
 
 #[cfg(feature = "http")]
 impl HttpSource {
-    /// `plan`: the ranges to fetch, in order; `first`: the first one's body if the caller
-    /// already asked for it (to see that the server honours Range before anything is written).
+    /// `plan`: the ranges to fetch, in order; `first`: the reply to the first one if the
+    /// caller already asked for it (before anything is written).
     pub fn new(
         ranges: crate::source::HttpRanges,
         plan: Vec<crate::delta::Range>,
-        first: Option<Box<dyn std::io::Read + Send>>,
+        first: Option<crate::source::RangeReply>,
     ) -> HttpSource {
-        let cur = first.map(|b| (b, plan[0].start, plan[0].end));
-        HttpSource { ranges, plan, cur }
+        let mut s = HttpSource {
+            ranges,
+            plan,
+            cur: None,
+        };
+        if let Some(reply) = first {
+            let (start, end) = (s.plan[0].start, s.plan[0].end);
+            s.take(reply, start, end);
+        }
+        s
+    }
+
+    /// Makes `reply` (to a request for `[start, end)`) the open range. A whole bundle (the
+    /// server ignored Range) serves every later chunk too: they are asked for in increasing
+    /// offset order, so the gaps are read and skipped.
+    fn take(&mut self, reply: crate::source::RangeReply, start: u64, end: u64) {
+        use crate::source::RangeReply;
+        self.cur = Some(match reply {
+            RangeReply::Partial(body) => (body, start, end),
+            RangeReply::Whole(body) => {
+                info!("the server sent the whole bundle for a range: reading the chunks from it");
+                (body, 0, self.ranges.total_len())
+            }
+        });
     }
 }
 
@@ -111,17 +133,8 @@ impl Fetch for HttpSource {
                 _ => (offset, end),
             };
             self.cur = None;
-            match self.ranges.get(s, e)? {
-                crate::source::RangeReply::Partial(body) => self.cur = Some((body, s, e)),
-                crate::source::RangeReply::Whole => {
-                    return Err(crate::codes::Refusal::new(
-                        codes::SOURCE_UNAVAILABLE,
-                        "the server stopped answering range requests (it sent the whole bundle)"
-                            .to_string(),
-                    )
-                    .into())
-                }
-            }
+            let reply = self.ranges.get(s, e)?;
+            self.take(reply, s, e);
         }
         let (body, pos, _) = self.cur.as_mut().expect("just set");
         let short = |e: std::io::Error| -> anyhow::Error {
