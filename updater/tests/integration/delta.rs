@@ -1062,3 +1062,159 @@ fn record_of(b: &Build) -> Vec<u8> {
     let entries = abbundle::index::cut(&bundle[r.offset as usize..r.end() as usize]).unwrap();
     abbundle::slot_index::encode(r.size, &r.sha256, &entries)
 }
+
+/// `b` with its signed manifest text edited by `edit` (same length, so every offset stays) and
+/// signed again with the test key: only what was edited is wrong.
+fn resigned(b: &[u8], edit: impl FnOnce(&str) -> String) -> Vec<u8> {
+    use abbundle::{SecretKey, Signer};
+    let h = Header::decode(b[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let m = HEADER_LEN..HEADER_LEN + h.manifest_len as usize;
+    let text = std::str::from_utf8(&b[m.clone()]).unwrap();
+    let new = edit(text);
+    assert_eq!(new.len(), text.len());
+    assert_ne!(new, text);
+    let mut out = b.to_vec();
+    out[m.clone()].copy_from_slice(new.as_bytes());
+    let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
+    out[m.end + 8..m.end + 72].copy_from_slice(&key.sign(new.as_bytes()));
+    out
+}
+
+/// `text` with its one occurrence of `old` replaced by another string of the same length.
+fn replace_once(text: &str, old: &str, new: &str) -> String {
+    assert_eq!(old.len(), new.len());
+    assert_eq!(text.matches(old).count(), 1, "{old} in {text}");
+    text.replace(old, new)
+}
+
+/// Another hex digest than `d`, of the same length.
+fn other_hex(d: &str) -> String {
+    d.chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect()
+}
+
+/// `b` (format 2) with index entry `k`'s digest changed, and the manifest's digest of the
+/// index (signed again) made to match: a validly signed index that disagrees with the payload.
+fn wrong_index_entry(b: &[u8], k: usize) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let h = Header::decode(b[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let index = h.signatures_end() as usize..h.index_end() as usize;
+    let old = hex::encode(Sha256::digest(&b[index.clone()]));
+    let mut out = b.to_vec();
+    out[index.start + k * abbundle::index::ENTRY_LEN + 4] ^= 0x01;
+    let new = hex::encode(Sha256::digest(&out[index]));
+    resigned(&out, |t| replace_once(t, &old, &new))
+}
+
+/// The signed CDC index is checked against the payloads by `verify` (exit 10, the bundle was
+/// built wrong), in the same read as the signed table and the whole-file sha256: a first and a
+/// last entry that disagree with their (correct) bytes. Before, such a bundle verified (rc 0),
+/// installed with --full, and failed a delta with 18 after the target lost its entry.
+#[test]
+fn verify_checks_the_chunk_index_against_the_payloads() {
+    let env = Env::new();
+    let good = RawBundle::default().bytes();
+    let path = env.path("b.abu");
+    std::fs::write(&path, &good).unwrap();
+    let out = ok(&env.abupdate(&env.path("no-disk"), &["verify", path.to_str().unwrap()]));
+    assert!(out.starts_with("OK: "), "{out}");
+    let h = Header::decode(good[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let last = h.index_len as usize / abbundle::index::ENTRY_LEN - 1;
+    for (k, kind) in [(0, "rootfs"), (last, "initrd")] {
+        std::fs::write(&path, wrong_index_entry(&good, k)).unwrap();
+        let err = fails(
+            &env.abupdate(&env.path("no-disk"), &["verify", path.to_str().unwrap()]),
+            10,
+        );
+        assert!(
+            err.contains(&format!("of the {kind} payload in the signed chunk index"))
+                && err.contains("the bundle was built wrong"),
+            "{k}: {err}"
+        );
+    }
+}
+
+/// In a delta, the chunks are checked against the signed index, and the slot and boot files
+/// after them against the signed table and whole-file sha256. Where the index is right and the
+/// table (a root chunk) or a sha256 (the kernel's) is wrong, the bundle is blamed (10), not
+/// the medium (37, as before). Slot a and its entry are untouched.
+#[test]
+fn a_wrong_table_or_sha256_with_a_right_index_is_blamed_on_the_bundle() {
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    assert_eq!(plan(&env, &disk, &v2.bundle, &[])["mode"], "delta");
+    let b = std::fs::read(&v2.bundle).unwrap();
+    let chunk = v2.manifest.payload(PayloadKind::Rootfs).chunks[0].to_string();
+    let kernel = payload_sha(&v2.manifest, PayloadKind::Kernel);
+    let field = |d: &str| format!("\"sha256\": \"{d}\"");
+    let table = resigned(&b, |t| {
+        replace_once(
+            t,
+            &format!("\"{chunk}\""),
+            &format!("\"{}\"", other_hex(&chunk)),
+        )
+    });
+    let sha = resigned(&b, |t| {
+        replace_once(t, &field(&kernel), &field(&other_hex(&kernel)))
+    });
+    // (what, bundle, apply's message, verify's exit code: the reader checks the bytes
+    // against the table first, 18)
+    for (what, bundle, says, verify) in [
+        (
+            "table",
+            &table,
+            "chunk 0 of the rootfs payload in the signed table does not match the image",
+            18,
+        ),
+        (
+            "sha256",
+            &sha,
+            "payload kernel's sha256 does not match its chunks in the signed chunk index",
+            10,
+        ),
+    ] {
+        copy_image(&v1.image, &disk);
+        let before = running(&disk);
+        let path = env.path("wrong.abu");
+        std::fs::write(&path, bundle).unwrap();
+        let err = fails(&env.abupdate(&disk, &["apply", path.to_str().unwrap()]), 10);
+        assert!(err.contains(says), "{what}: {err}");
+        assert_eq!(running(&disk).root_a, before.root_a, "{what}");
+        assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"], "{what}");
+        assert_eq!(
+            mtype(&disk, "loader/entries/slot-a.conf"),
+            before.entry_a,
+            "{what}"
+        );
+        // verify blames the same bundles.
+        fails(
+            &env.abupdate(&disk, &["verify", path.to_str().unwrap()]),
+            verify,
+        );
+    }
+}
+
+/// The other side of the test above: the right bundle in a delta, on a medium that flips a
+/// bit of the first slot write, is still the medium's fault (37).
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_lying_medium_under_a_delta_is_blamed_on_the_medium() {
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    assert_eq!(plan(&env, &disk, &v2.bundle, &[])["mode"], "delta");
+    let out = env
+        .cmd(&disk, None, &["apply", v2.bundle.to_str().unwrap()])
+        .env("ABUPDATE_FAULT_LYING_MEDIUM", "1")
+        .output()
+        .unwrap();
+    let err = fails(&out, 37);
+    assert!(err.contains("does not read back as written"), "{err}");
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
+}
