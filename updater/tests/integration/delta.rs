@@ -685,7 +685,7 @@ fn a_server_that_stops_answering_ranges_mid_apply_still_installs() {
 }
 
 /// `verify` reads a URL by ranges too: a 200 (or a redirect) after the first 206 is read on,
-/// for a front under and over 64 KiB.
+/// for a front under and over 64 KiB and a format 1 bundle.
 #[test]
 fn verify_reads_on_when_the_server_stops_answering_ranges() {
     let env = Env::new();
@@ -698,7 +698,12 @@ fn verify_reads_on_when_the_server_stops_answering_ranges() {
     .bytes();
     let h = Header::decode(big[..HEADER_LEN].try_into().unwrap()).unwrap();
     assert!(h.index_end() > 65536, "{h:?}");
-    for bundle in [small, big] {
+    let v1 = RawBundle {
+        format: abbundle::FORMAT_V1,
+        ..Default::default()
+    }
+    .bytes();
+    for bundle in [small, big, v1] {
         for fault in [Fault::Whole, Fault::Redirect] {
             let (url, served) = range_server(bundle.clone(), Serve::Fault { from: 2, fault });
             let out = ok(&env.abupdate(&env.path("no-disk"), &["verify", &url]));
