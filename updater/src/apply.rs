@@ -206,8 +206,8 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         }
         return Ok(());
     }
-    // Over HTTP(S), the first planned range is asked for now, before anything is written: a
-    // server that ignores Range (or redirects) gets the full stream instead.
+    // Over HTTP(S), the first planned range is asked for now, before anything is written (a
+    // 200 there is read as the whole bundle).
     let file = match maps.as_ref().filter(|_| plan.mode == "delta" && local) {
         Some(_) => {
             Some(std::fs::File::open(r.source).with_context(|| format!("opening {}", r.source))?)
@@ -220,7 +220,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             name: r.source,
         })),
         (None, Some(maps)) if plan.mode == "delta" => {
-            let f = http_fetch(front_ranges, m, maps)?;
+            let f = http_fetch(front_ranges.clone(), m, maps)?;
             if f.is_none() {
                 info!("the server does not answer range requests: reading the whole bundle");
             }
@@ -229,6 +229,11 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         _ => None,
     };
     let maps = maps.filter(|_| fetch.is_some());
+    // The full stream over HTTP(S): the rest of the bundle is asked for now too, so that a
+    // server that answers it badly changes nothing.
+    if let Some(mut ranges) = front_ranges.filter(|_| fetch.is_none()) {
+        ranges.prepare_rest()?;
+    }
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {

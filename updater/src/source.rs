@@ -10,6 +10,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
+#[cfg(feature = "http")]
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 #[cfg(feature = "http")]
 use std::time::Instant;
@@ -422,6 +424,16 @@ pub struct HttpRanges {
     etag: Option<String>,
     /// Range requests made so far.
     pub requests: u64,
+    /// Shared by the clones: where the bundle's stream asks for its next range, and that
+    /// range's reply if [`HttpRanges::prepare_rest`] asked for it already.
+    next: Arc<Mutex<Next>>,
+}
+
+#[cfg(feature = "http")]
+#[derive(Default)]
+struct Next {
+    start: u64,
+    reply: Option<RangeReply>,
 }
 
 /// What a range request brought.
@@ -454,7 +466,30 @@ impl HttpRanges {
             total_len,
             etag: None,
             requests: 0,
+            next: Default::default(),
         })
+    }
+
+    /// Asks for the rest of the bundle after what its stream has read or was sent (the front),
+    /// for a caller about to read the payloads as a stream: the server's answer to it (a
+    /// range, the whole bundle, a redirect, an error) is known before anything is written, and
+    /// the stream reads on from it.
+    pub fn prepare_rest(&mut self) -> Result<()> {
+        let start = self.next.lock().expect("not poisoned").start;
+        if start == 0 || start >= self.total_len {
+            return Ok(());
+        }
+        let reply = self.get(start, self.total_len).map_err(|e| {
+            Refusal::new(
+                codes::SOURCE_UNAVAILABLE,
+                format!("{e:#}; nothing was changed"),
+            )
+        })?;
+        let mut next = self.next.lock().expect("not poisoned");
+        if next.start == start {
+            next.reply = Some(reply);
+        }
+        Ok(())
     }
 
     /// The bundle's length.
@@ -662,6 +697,7 @@ impl RangedStream {
             bytes: 0,
         }
         .take(last + 1);
+        ranges.next.lock().expect("not poisoned").start = last + 1;
         let s = RangedStream {
             ranges,
             body: Box::new(body),
@@ -689,7 +725,17 @@ impl Read for RangedStream {
                 Some(f) if self.pos < f => f.min(total),
                 _ => total,
             };
-            (self.body, self.end) = match self.ranges.get(self.pos, end) {
+            // The rest of the bundle may have been asked for already (prepare_rest).
+            let ready = {
+                let mut next = self.ranges.next.lock().expect("not poisoned");
+                let at = next.start;
+                next.reply.take().filter(|_| at == self.pos && end == total)
+            };
+            let reply = match ready {
+                Some(r) => Ok(r),
+                None => self.ranges.get(self.pos, end),
+            };
+            (self.body, self.end) = match reply {
                 Ok(RangeReply::Partial(b)) => (b, end),
                 // The server ignored Range this time: the rest comes from this whole bundle,
                 // past what was already read.
@@ -708,6 +754,7 @@ impl Read for RangedStream {
                 }
                 Err(e) => return Err(fetch_error(io::ErrorKind::Other, format!("{e:#}"))),
             };
+            self.ranges.next.lock().expect("not poisoned").start = self.end;
         }
         let want = buf.len().min((self.end - self.pos) as usize);
         let n = self.body.read(&mut buf[..want])?;
@@ -762,7 +809,15 @@ fn with_roots(_: ureq::AgentBuilder, _: &std::path::Path) -> Result<ureq::AgentB
 
 /// Without HTTP support there is no range client (never built).
 #[cfg(not(feature = "http"))]
+#[derive(Clone)]
 pub struct HttpRanges;
+
+#[cfg(not(feature = "http"))]
+impl HttpRanges {
+    pub fn prepare_rest(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
 
 #[cfg(not(feature = "http"))]
 fn open_url(url: &str, _: &Config, _: bool) -> Result<Stream> {

@@ -684,6 +684,40 @@ fn a_server_that_stops_answering_ranges_mid_apply_still_installs() {
     }
 }
 
+/// A full stream over HTTP (`--full`, a format 1 bundle) asks for the rest of the bundle after
+/// the front before anything is written: a server that answers that request badly (another
+/// range, an error status) is refused with 41 and the disk is byte-identical. Before, the
+/// request came once slot b had lost its entry.
+#[test]
+fn a_bad_reply_to_the_rest_of_a_full_stream_changes_nothing() {
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    let f2 = build(&env, "2026.12.12", true, abbundle::FORMAT_V1);
+    let disk = env.path("disk.img");
+    for (bundle, extra) in [(&v2, &["--full"][..]), (&f2, &[][..])] {
+        for fault in [Fault::WrongRange, Fault::OtherTotal] {
+            copy_image(&v1.image, &disk);
+            let before = sha256_file(&disk);
+            let body = std::fs::read(&bundle.bundle).unwrap();
+            let (url, served) = range_server(body, Serve::Fault { from: 2, fault });
+            let mut args = vec!["apply"];
+            args.extend_from_slice(extra);
+            args.push(&url);
+            let err = fails(&env.abupdate(&disk, &args), 41);
+            assert!(
+                err.contains("where") && err.ends_with("nothing was changed"),
+                "{fault:?} {extra:?}: {err}"
+            );
+            assert_eq!(served.lock().unwrap().range_requests, 2, "{fault:?}");
+            assert_eq!(
+                sha256_file(&disk),
+                before,
+                "{fault:?} {extra:?}: the disk changed"
+            );
+        }
+    }
+}
+
 /// `verify` reads a URL by ranges too: a 200 (or a redirect) after the first 206 is read on,
 /// for a front under and over 64 KiB and a format 1 bundle.
 #[test]
