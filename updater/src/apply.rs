@@ -218,8 +218,8 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         }
         return Ok(());
     }
-    // Over HTTP(S), the first planned range is asked for now, before anything is written: a
-    // server that ignores Range (or redirects) gets the full stream instead.
+    // Over HTTP(S), the first planned range is asked for now, before anything is written (a
+    // 200 there is read as the whole bundle).
     let file = match maps.as_ref().filter(|_| plan.mode == "delta" && local) {
         Some(_) => {
             Some(std::fs::File::open(r.source).with_context(|| format!("opening {}", r.source))?)
@@ -232,7 +232,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             name: r.source,
         })),
         (None, Some(maps)) if plan.mode == "delta" => {
-            let f = http_fetch(front_ranges, m, maps)?;
+            let f = http_fetch(front_ranges.clone(), m, maps)?;
             if f.is_none() {
                 info!("the server does not answer range requests: reading the whole bundle");
             }
@@ -241,6 +241,11 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         _ => None,
     };
     let maps = maps.filter(|_| fetch.is_some());
+    // The full stream over HTTP(S): the rest of the bundle is asked for now too, so that a
+    // server that answers it badly changes nothing.
+    if let Some(mut ranges) = front_ranges.filter(|_| fetch.is_none()) {
+        ranges.prepare_rest()?;
+    }
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {
@@ -502,8 +507,8 @@ fn write_slot(
 }
 
 /// The HTTP(S) range source for a delta apply, on the client that read the front: the plan's
-/// ranges, the first one already asked for. `None` when the server does not answer with
-/// ranges (the front came whole, or this range did; then the full stream).
+/// ranges, the first one already asked for. `None` when the front came whole (the server
+/// ignores Range; then the full stream).
 #[cfg(feature = "http")]
 fn http_fetch(
     ranges: Option<source::HttpRanges>,
@@ -519,11 +524,10 @@ fn http_fetch(
         .zip(maps)
         .flat_map(|(p, map)| delta::ranges(p, map))
         .collect();
+    // A 200 here (the server ignored this Range) is the whole bundle: the chunks are read
+    // from it, and no request is left to fail that way once the slot is written.
     let first = match plan.first() {
-        Some(r) => match ranges.get(r.start, r.end)? {
-            source::RangeReply::Partial(body) => Some(body),
-            source::RangeReply::Whole => return Ok(None),
-        },
+        Some(r) => Some(ranges.get(r.start, r.end)?),
         None => None,
     };
     Ok(Some(Box::new(delta_apply::HttpSource::new(

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
+use abbundle::index::Entry;
 use abbundle::{FormatError, Payload};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
@@ -82,15 +83,37 @@ pub struct HttpSource {
 
 #[cfg(feature = "http")]
 impl HttpSource {
-    /// `plan`: the ranges to fetch, in order; `first`: the first one's body if the caller
-    /// already asked for it (to see that the server honours Range before anything is written).
+    /// `plan`: the ranges to fetch, in order; `first`: the reply to the first one if the
+    /// caller already asked for it (before anything is written).
     pub fn new(
         ranges: crate::source::HttpRanges,
         plan: Vec<crate::delta::Range>,
-        first: Option<Box<dyn std::io::Read + Send>>,
+        first: Option<crate::source::RangeReply>,
     ) -> HttpSource {
-        let cur = first.map(|b| (b, plan[0].start, plan[0].end));
-        HttpSource { ranges, plan, cur }
+        let mut s = HttpSource {
+            ranges,
+            plan,
+            cur: None,
+        };
+        if let Some(reply) = first {
+            let (start, end) = (s.plan[0].start, s.plan[0].end);
+            s.take(reply, start, end);
+        }
+        s
+    }
+
+    /// Makes `reply` (to a request for `[start, end)`) the open range. A whole bundle (the
+    /// server ignored Range) serves every later chunk too: they are asked for in increasing
+    /// offset order, so the gaps are read and skipped.
+    fn take(&mut self, reply: crate::source::RangeReply, start: u64, end: u64) {
+        use crate::source::RangeReply;
+        self.cur = Some(match reply {
+            RangeReply::Partial(body) => (body, start, end),
+            RangeReply::Whole(body) => {
+                info!("the server sent the whole bundle for a range: reading the chunks from it");
+                (body, 0, self.ranges.total_len())
+            }
+        });
     }
 }
 
@@ -111,17 +134,8 @@ impl Fetch for HttpSource {
                 _ => (offset, end),
             };
             self.cur = None;
-            match self.ranges.get(s, e)? {
-                crate::source::RangeReply::Partial(body) => self.cur = Some((body, s, e)),
-                crate::source::RangeReply::Whole => {
-                    return Err(crate::codes::Refusal::new(
-                        codes::SOURCE_UNAVAILABLE,
-                        "the server stopped answering range requests (it sent the whole bundle)"
-                            .to_string(),
-                    )
-                    .into())
-                }
-            }
+            let reply = self.ranges.get(s, e)?;
+            self.take(reply, s, e);
         }
         let (body, pos, _) = self.cur.as_mut().expect("just set");
         let short = |e: std::io::Error| -> anyhow::Error {
@@ -257,7 +271,7 @@ pub fn write_root(
     flush(&mut batch, batch_start)?;
     disk.sync()?;
     progress.finish();
-    read_back(disk, part, p)?;
+    read_back(disk, part, p, map.entries())?;
     info!(
         "slot {target}: {} bytes written and read back ({} read from the bundle, {} copied from \
          the other slot, {} already in place)",
@@ -267,7 +281,10 @@ pub fn write_root(
 }
 
 /// Reads the slot back from the device and checks it against the signed fixed-size table.
-fn read_back(disk: &Disk, part: &Partition, p: &Payload) -> Result<()> {
+/// A chunk that does not match is blamed on the medium only if the slot also differs from the
+/// signed index (`entries`) it was written by there: where it reads back as the index says,
+/// the signed table disagrees with the signed index, and the bundle was built wrong.
+fn read_back(disk: &Disk, part: &Partition, p: &Payload, entries: &[Entry]) -> Result<()> {
     disk.drop_cache(part, p.size);
     let mut buf = vec![0u8; p.chunk_size as usize];
     for (i, want) in p.chunks.iter().enumerate() {
@@ -276,6 +293,15 @@ fn read_back(disk: &Disk, part: &Partition, p: &Payload) -> Result<()> {
         disk.read_at(part, at, &mut buf[..len])
             .with_context(|| format!("reading back {} at {at}", part.label))?;
         if Sha256::digest(&buf[..len])[..] != want.0 {
+            if holds_index(disk, part, entries, at, at + len as u64)? {
+                return Err(FormatError::BadManifest(format!(
+                    "chunk {i} of the {} payload in the signed table does not match the image, \
+                     although {} reads back as the signed chunk index says: the bundle was built \
+                     wrong",
+                    p.kind, part.label
+                ))
+                .into());
+            }
             refuse!(
                 codes::READBACK_MISMATCH,
                 "{} does not read back as written (chunk {i} at offset {at}): the medium may be failing",
@@ -284,6 +310,35 @@ fn read_back(disk: &Disk, part: &Partition, p: &Payload) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the bytes `[start, end)` of `part` read back as the index `entries` says (every
+/// index chunk that overlaps them, read whole).
+fn holds_index(
+    disk: &Disk,
+    part: &Partition,
+    entries: &[Entry],
+    start: u64,
+    end: u64,
+) -> Result<bool> {
+    let mut buf = vec![0u8; abbundle::index::MAX_CHUNK as usize];
+    let mut at = 0u64;
+    for e in entries {
+        let len = e.len as u64;
+        if at + len > start && at < end {
+            let b = &mut buf[..e.len as usize];
+            disk.read_at(part, at, b)
+                .with_context(|| format!("reading back {} at {at}", part.label))?;
+            if Sha256::digest(&*b)[..] != e.digest.0 {
+                return Ok(false);
+            }
+        }
+        at += len;
+        if at >= end {
+            break;
+        }
+    }
+    Ok(true)
 }
 
 /// The staying slot's boot file, kept open across chunks: the FAT driver walks the cluster
@@ -341,15 +396,26 @@ pub fn write_boot_file(
     let mut f = esp.create(path)?;
     let mut buf = vec![0u8; abbundle::index::MAX_CHUNK as usize];
     let mut at = 0u64;
+    let mut whole = Sha256::new();
     for (i, e) in map.entries().iter().enumerate() {
         let len = e.len as usize;
         chunk(p, map, i, at, &seeds, src, &mut buf[..len], &mut counts)?;
+        whole.update(&buf[..len]);
         f.write_all(&buf[..len])
             .with_context(|| format!("writing {path} on the ESP"))?;
         at += len as u64;
     }
     f.flush()
         .with_context(|| format!("flushing {path} on the ESP"))?;
+    // The chunks matched the signed index, so a different whole-file digest is the bundle's
+    // fault, not the medium's (checked here, so the caller's read-back only judges the medium).
+    if whole.finalize()[..] != p.sha256.0 {
+        return Err(FormatError::BadManifest(format!(
+            "payload {}'s sha256 does not match its chunks in the signed chunk index",
+            p.kind
+        ))
+        .into());
+    }
     Ok(counts)
 }
 

@@ -10,6 +10,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
+#[cfg(feature = "http")]
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 #[cfg(feature = "http")]
 use std::time::Instant;
@@ -328,28 +330,28 @@ fn open_url(source: &str, config: &Config, bundle: bool) -> Result<Stream> {
         if hop == MAX_REDIRECTS {
             return Err(fail(format!("more than {MAX_REDIRECTS} redirects")));
         }
-        let Some(location) = resp.header("location") else {
-            return Err(fail(format!("HTTP {} without a Location", resp.status())));
-        };
-        let next = url
-            .join(location)
-            .map_err(|e| fail(format!("redirect to '{location}': {e}")))?;
-        match (url.scheme(), next.scheme()) {
-            (_, "https") | ("http", "http") => {}
-            ("https", "http") => {
-                return Err(fail(format!(
-                    "refusing a redirect from https to http ({next})"
-                )))
-            }
-            (_, other) => {
-                return Err(fail(format!(
-                    "refusing a redirect to a {other}: URL ({next}): only http(s) is fetched"
-                )))
-            }
-        }
-        url = next;
+        url = redirect(&url, &resp).map_err(fail)?;
     }
     unreachable!("the loop returns")
+}
+
+/// Where the redirect `resp` (a 3xx to a GET of `url`) leads: http(s) only, never from https
+/// to http.
+#[cfg(feature = "http")]
+fn redirect(url: &url::Url, resp: &ureq::Response) -> std::result::Result<url::Url, String> {
+    let Some(location) = resp.header("location") else {
+        return Err(format!("HTTP {} without a Location", resp.status()));
+    };
+    let next = url
+        .join(location)
+        .map_err(|e| format!("redirect to '{location}': {e}"))?;
+    match (url.scheme(), next.scheme()) {
+        (_, "https") | ("http", "http") => Ok(next),
+        ("https", "http") => Err(format!("refusing a redirect from https to http ({next})")),
+        (_, other) => Err(format!(
+            "refusing a redirect to a {other}: URL ({next}): only http(s) is fetched"
+        )),
+    }
 }
 
 /// One GET, bounded by `deadline`: ureq's timeouts bound each read, not a server that sends
@@ -371,7 +373,10 @@ fn call(
         }
         let _ = tx.send(req.call());
     });
-    let wait = deadline.saturating_duration_since(Instant::now());
+    // The response head must come within one rate window after the connection, as any read
+    // must: ureq's read timeout bounds each read, not a head trickled a line at a time.
+    let left = deadline.saturating_duration_since(Instant::now());
+    let wait = left.min(limits.connect_timeout + limits.rate_window);
     match rx.recv_timeout(wait) {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
@@ -383,6 +388,7 @@ fn call(
             Err(format!("{e}{hint}"))
         }
         // The thread is left behind; the command is about to exit with this error.
+        Err(_) if wait < left => Err(head_too_slow(limits)),
         Err(_) => Err(format!(
             "no response within {} s (http-timeout)",
             limits.timeout.as_secs()
@@ -390,12 +396,22 @@ fn call(
     }
 }
 
+/// Why a request whose response head did not come within connect + one rate window failed.
+#[cfg(feature = "http")]
+fn head_too_slow(limits: &HttpLimits) -> String {
+    format!(
+        "no complete response head within {} s (http-connect-timeout + http-rate-window)",
+        (limits.connect_timeout + limits.rate_window).as_secs()
+    )
+}
+
 /// Range reads of a bundle over HTTP(S) for a delta apply: one GET with one `Range` per call
 /// (S3 and others serve one range per request), on the agent's kept-alive connections. Every
-/// reply must be 206 with exactly the range asked and the bundle's length, and the same ETag
-/// as the first (a bundle replaced mid-apply is refused, exit 41). A 200 means the server
-/// ignores Range: [`RangeReply::Whole`], so the caller falls back to the full stream.
-/// Redirects are not followed here (a redirecting server gets the full stream).
+/// 206 must carry exactly the range asked and the bundle's length, and the same ETag as the
+/// first (a bundle replaced mid-apply is refused, exit 41). Any server or cache may ignore
+/// Range on any request (RFC 9110): a 200 is the whole bundle ([`RangeReply::Whole`]), which
+/// the caller reads on from, skipping what it already has. Redirects are followed as for the
+/// first GET (the next range goes to the bundle's URL again).
 #[cfg(feature = "http")]
 #[derive(Clone)]
 pub struct HttpRanges {
@@ -408,6 +424,16 @@ pub struct HttpRanges {
     etag: Option<String>,
     /// Range requests made so far.
     pub requests: u64,
+    /// Shared by the clones: where the bundle's stream asks for its next range, and that
+    /// range's reply if [`HttpRanges::prepare_rest`] asked for it already.
+    next: Arc<Mutex<Next>>,
+}
+
+#[cfg(feature = "http")]
+#[derive(Default)]
+struct Next {
+    start: u64,
+    reply: Option<RangeReply>,
 }
 
 /// What a range request brought.
@@ -415,8 +441,8 @@ pub struct HttpRanges {
 pub enum RangeReply {
     /// The range's bytes (exactly its length; fewer is a fetch error).
     Partial(Box<dyn Read + Send>),
-    /// The server answered with something else than a range (200, a redirect).
-    Whole,
+    /// A 200: the whole bundle from its first byte (the server ignored Range).
+    Whole(Box<dyn Read + Send>),
 }
 
 #[cfg(feature = "http")]
@@ -440,10 +466,38 @@ impl HttpRanges {
             total_len,
             etag: None,
             requests: 0,
+            next: Default::default(),
         })
     }
 
-    /// GETs bytes `[start, end)` of the bundle.
+    /// Asks for the rest of the bundle after what its stream has read or was sent (the front),
+    /// for a caller about to read the payloads as a stream: the server's answer to it (a
+    /// range, the whole bundle, a redirect, an error) is known before anything is written, and
+    /// the stream reads on from it.
+    pub fn prepare_rest(&mut self) -> Result<()> {
+        let start = self.next.lock().expect("not poisoned").start;
+        if start == 0 || start >= self.total_len {
+            return Ok(());
+        }
+        let reply = self.get(start, self.total_len).map_err(|e| {
+            Refusal::new(
+                codes::SOURCE_UNAVAILABLE,
+                format!("{e:#}; nothing was changed"),
+            )
+        })?;
+        let mut next = self.next.lock().expect("not poisoned");
+        if next.start == start {
+            next.reply = Some(reply);
+        }
+        Ok(())
+    }
+
+    /// The bundle's length.
+    pub fn total_len(&self) -> u64 {
+        self.total_len
+    }
+
+    /// GETs bytes `[start, end)` of the bundle, following redirects.
     pub fn get(&mut self, start: u64, end: u64) -> Result<RangeReply> {
         let shown = self.shown.clone();
         let fail = |msg: String| -> anyhow::Error {
@@ -453,11 +507,87 @@ impl HttpRanges {
             )
             .into()
         };
+        let mut url = url::Url::parse(&self.url).map_err(|e| fail(e.to_string()))?;
+        let mut hops = 0;
+        let resp = loop {
+            let resp = self.send(&url, start, end).map_err(fail)?;
+            if !(300..400).contains(&resp.status()) {
+                break resp;
+            }
+            if hops == MAX_REDIRECTS {
+                return Err(fail(format!("more than {MAX_REDIRECTS} redirects")));
+            }
+            hops += 1;
+            url = redirect(&url, &resp).map_err(fail)?;
+        };
+        let etag = resp.header("etag").map(str::to_string);
+        match (&self.etag, &etag) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(fail(format!(
+                    "the bundle changed on the server during the apply (ETag {a}, now {b})"
+                )))
+            }
+            (None, Some(_)) => self.etag = etag,
+            _ => {}
+        }
+        let guarded = |resp: ureq::Response| Guarded {
+            inner: resp.into_reader(),
+            url: self.shown.clone(),
+            limits: self.limits,
+            deadline: self.deadline,
+            waited: Duration::ZERO,
+            bytes: 0,
+        };
+        match resp.status() {
+            206 => {}
+            200 => {
+                let len = resp
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if let Some(len) = len.filter(|&l| l != self.total_len) {
+                    return Err(fail(format!(
+                        "the server sent {len} bytes where the bundle has {} (asked for bytes \
+                         {start}-{})",
+                        self.total_len,
+                        end - 1
+                    )));
+                }
+                let body = guarded(resp).take(self.total_len);
+                return Ok(RangeReply::Whole(Box::new(BufReader::with_capacity(
+                    READ_BUFFER,
+                    body,
+                ))));
+            }
+            code => return Err(fail(format!("HTTP {code} for bytes {start}-{}", end - 1))),
+        }
+        let want = format!("bytes {start}-{}/{}", end - 1, self.total_len);
+        let got = resp
+            .header("content-range")
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if got != want {
+            return Err(fail(format!(
+                "the server sent the range '{got}' where '{want}' was asked"
+            )));
+        }
+        Ok(RangeReply::Partial(Box::new(
+            guarded(resp).take(end - start),
+        )))
+    }
+
+    /// One GET of bytes `[start, end)` from `url`: the response, whatever its status below 400.
+    fn send(
+        &mut self,
+        url: &url::Url,
+        start: u64,
+        end: u64,
+    ) -> std::result::Result<ureq::Response, String> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (agent, url) = (self.agent.clone(), self.url.clone());
+        let (agent, target) = (self.agent.clone(), url.to_string());
         let range = format!("bytes={start}-{}", end - 1);
         std::thread::spawn(move || {
-            let _ = tx.send(agent.get(&url).set("Range", &range).call());
+            let _ = tx.send(agent.get(&target).set("Range", &range).call());
         });
         self.requests += 1;
         // The response head must come within one rate window after the connection, as any
@@ -474,56 +604,19 @@ impl HttpRanges {
                 end - 1
             )
         };
-        let resp = match rx.recv_timeout(wait) {
-            Ok(Ok(r)) => r,
+        match rx.recv_timeout(wait) {
+            Ok(Ok(r)) => Ok(r),
             Ok(Err(ureq::Error::Status(code, _))) => {
-                return Err(fail(format!("HTTP {code} for bytes {start}-{}", end - 1)))
+                Err(format!("HTTP {code} for bytes {start}-{}", end - 1))
             }
-            Ok(Err(e)) if timed_out(&e) => return Err(fail(silent())),
-            Ok(Err(e)) => return Err(fail(e.to_string())),
-            Err(_) if wait < left => return Err(fail(silent())),
-            Err(_) => {
-                return Err(fail(format!(
-                    "no response within {} s (http-timeout)",
-                    self.limits.timeout.as_secs()
-                )))
-            }
-        };
-        if resp.status() != 206 {
-            return Ok(RangeReply::Whole);
+            Ok(Err(e)) if timed_out(&e) => Err(silent()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) if wait < left => Err(silent()),
+            Err(_) => Err(format!(
+                "no response within {} s (http-timeout)",
+                self.limits.timeout.as_secs()
+            )),
         }
-        let want = format!("bytes {start}-{}/{}", end - 1, self.total_len);
-        let got = resp
-            .header("content-range")
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        if got != want {
-            return Err(fail(format!(
-                "the server sent the range '{got}' where '{want}' was asked"
-            )));
-        }
-        let etag = resp.header("etag").map(str::to_string);
-        match (&self.etag, &etag) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(fail(format!(
-                    "the bundle changed on the server during the apply (ETag {a}, now {b})"
-                )))
-            }
-            (None, Some(_)) => self.etag = etag,
-            _ => {}
-        }
-        Ok(RangeReply::Partial(Box::new(
-            Guarded {
-                inner: resp.into_reader(),
-                url: self.shown.clone(),
-                limits: self.limits,
-                deadline: self.deadline,
-                waited: Duration::ZERO,
-                bytes: 0,
-            }
-            .take(end - start),
-        )))
     }
 }
 
@@ -604,6 +697,7 @@ impl RangedStream {
             bytes: 0,
         }
         .take(last + 1);
+        ranges.next.lock().expect("not poisoned").start = last + 1;
         let s = RangedStream {
             ranges,
             body: Box::new(body),
@@ -631,20 +725,36 @@ impl Read for RangedStream {
                 Some(f) if self.pos < f => f.min(total),
                 _ => total,
             };
-            self.body = match self.ranges.get(self.pos, end) {
-                Ok(RangeReply::Partial(b)) => b,
-                Ok(RangeReply::Whole) => {
-                    return Err(fetch_error(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "{}: the server stopped answering range requests",
-                            self.ranges.shown
-                        ),
-                    ))
+            // The rest of the bundle may have been asked for already (prepare_rest).
+            let ready = {
+                let mut next = self.ranges.next.lock().expect("not poisoned");
+                let at = next.start;
+                next.reply.take().filter(|_| at == self.pos && end == total)
+            };
+            let reply = match ready {
+                Some(r) => Ok(r),
+                None => self.ranges.get(self.pos, end),
+            };
+            (self.body, self.end) = match reply {
+                Ok(RangeReply::Partial(b)) => (b, end),
+                // The server ignored Range this time: the rest comes from this whole bundle,
+                // past what was already read.
+                Ok(RangeReply::Whole(mut b)) => {
+                    let skipped = io::copy(&mut b.by_ref().take(self.pos), &mut io::sink())?;
+                    if skipped < self.pos {
+                        return Err(fetch_error(
+                            io::ErrorKind::ConnectionAborted,
+                            format!(
+                                "{}: the server's whole bundle ended at byte {skipped} of {total}",
+                                self.ranges.shown
+                            ),
+                        ));
+                    }
+                    (b, total)
                 }
                 Err(e) => return Err(fetch_error(io::ErrorKind::Other, format!("{e:#}"))),
             };
-            self.end = end;
+            self.ranges.next.lock().expect("not poisoned").start = self.end;
         }
         let want = buf.len().min((self.end - self.pos) as usize);
         let n = self.body.read(&mut buf[..want])?;
@@ -699,7 +809,15 @@ fn with_roots(_: ureq::AgentBuilder, _: &std::path::Path) -> Result<ureq::AgentB
 
 /// Without HTTP support there is no range client (never built).
 #[cfg(not(feature = "http"))]
+#[derive(Clone)]
 pub struct HttpRanges;
+
+#[cfg(not(feature = "http"))]
+impl HttpRanges {
+    pub fn prepare_rest(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
 
 #[cfg(not(feature = "http"))]
 fn open_url(url: &str, _: &Config, _: bool) -> Result<Stream> {

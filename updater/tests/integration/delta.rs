@@ -590,10 +590,6 @@ fn a_bad_range_reply_mid_apply_is_refused_and_a_rerun_installs() {
     let (v1, v2) = two_change_pair(&env);
     let bundle = std::fs::read(&v2.bundle).unwrap();
     for (fault, says) in [
-        (
-            Fault::Whole,
-            "the server stopped answering range requests (it sent the whole bundle)",
-        ),
         (Fault::WrongRange, "where"),
         (Fault::OtherBytes, "where"),
         (Fault::OtherTotal, "where"),
@@ -618,6 +614,136 @@ fn a_bad_range_reply_mid_apply_is_refused_and_a_rerun_installs() {
         let o = env.abupdate(&disk, &["apply", &url]);
         assert!(o.status.success(), "{fault:?}: {}", all_output(&o));
         assert_installed(&disk, &v2);
+    }
+}
+
+/// v1 and a v2 (one package changed) with 4 KiB fixed chunks and a 3 MB file: the manifest's
+/// chunk table alone is larger than the first request's 64 KiB.
+fn big_front_pair(env: &Env) -> (Build, Build) {
+    // Slots of 8 MiB: the root is about 5 MiB.
+    let def = std::fs::read_to_string(env.path("image.toml")).unwrap();
+    let bigger = def
+        .replace(r#"slot-size = "4MiB""#, r#"slot-size = "8MiB""#)
+        .replace(r#"disk-size = "48MiB""#, r#"disk-size = "56MiB""#);
+    assert_ne!(def, bigger);
+    std::fs::write(env.path("image.toml"), bigger).unwrap();
+    let mut out = Vec::new();
+    for (version, changed) in [("2026.12.1", false), ("2026.12.2", true)] {
+        let mut f = files(changed);
+        f.push(("nix/store/dddd-big/lib/libbig.so", noise(3_000_000, 7)));
+        let refs: Vec<(&str, &[u8])> = f.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+        out.push(env.build_with(version, 1, 4096, &refs, abbundle::FORMAT_VERSION));
+    }
+    let v2 = out.pop().unwrap();
+    (out.pop().unwrap(), v2)
+}
+
+/// RFC 9110 lets any server or cache ignore Range on any request: a server that answers the
+/// front's range with 206 and a later request with 200 (the whole bundle), or redirects a later
+/// range, still gets the bundle installed, on every path: a delta (the 200 or redirect at the
+/// first planned range, before anything is written, or mid-apply), `--full`, a format 1
+/// bundle, a front over 64 KiB (the 200 at its second request). Before, each of these exited 41
+/// after slot b had lost its entry, and so did every retry.
+#[test]
+fn a_server_that_stops_answering_ranges_mid_apply_still_installs() {
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    let f1 = build(&env, "2026.12.11", false, abbundle::FORMAT_V1);
+    let f2 = build(&env, "2026.12.12", true, abbundle::FORMAT_V1);
+    let big = Env::new();
+    let (b1, b2) = big_front_pair(&big);
+    let disk = env.path("disk.img");
+    copy_image(&b1.image, &disk);
+    let p = plan(&big, &disk, &b2.bundle, &[]);
+    assert!(u(&p, "frontBytes") > 65536, "{p}");
+    assert_eq!(p["mode"], "delta", "{p}");
+    // (what, env, old, new, extra arguments, from which range request the server misbehaves)
+    type Case<'a> = (&'a str, &'a Env, &'a Build, &'a Build, &'a [&'a str], u64);
+    let cases: [Case; 5] = [
+        ("delta, first planned range", &env, &v1, &v2, &[], 2),
+        ("delta, mid-apply", &env, &v1, &v2, &[], 3),
+        ("--full", &env, &v1, &v2, &["--full"], 2),
+        ("format 1", &env, &f1, &f2, &[], 2),
+        ("front over 64 KiB", &big, &b1, &b2, &[], 2),
+    ];
+    for (what, env, old, new, extra, from) in cases {
+        for fault in [Fault::Whole, Fault::Redirect] {
+            copy_image(&old.image, &disk);
+            let bundle = std::fs::read(&new.bundle).unwrap();
+            let (url, served) = range_server(bundle, Serve::Fault { from, fault });
+            let mut args = vec!["apply"];
+            args.extend_from_slice(extra);
+            args.push(&url);
+            let o = env.abupdate(&disk, &args);
+            let out = all_output(&o);
+            assert!(o.status.success(), "{what}, {fault:?}: {out}");
+            assert_installed(&disk, new);
+            let s = served.lock().unwrap();
+            assert!(s.range_requests >= from, "{what}, {fault:?}: {s:?}");
+        }
+    }
+}
+
+/// A full stream over HTTP (`--full`, a format 1 bundle) asks for the rest of the bundle after
+/// the front before anything is written: a server that answers that request badly (another
+/// range, an error status) is refused with 41 and the disk is byte-identical. Before, the
+/// request came once slot b had lost its entry.
+#[test]
+fn a_bad_reply_to_the_rest_of_a_full_stream_changes_nothing() {
+    let env = Env::new();
+    let (v1, v2) = two_change_pair(&env);
+    let f2 = build(&env, "2026.12.12", true, abbundle::FORMAT_V1);
+    let disk = env.path("disk.img");
+    for (bundle, extra) in [(&v2, &["--full"][..]), (&f2, &[][..])] {
+        for fault in [Fault::WrongRange, Fault::OtherTotal] {
+            copy_image(&v1.image, &disk);
+            let before = sha256_file(&disk);
+            let body = std::fs::read(&bundle.bundle).unwrap();
+            let (url, served) = range_server(body, Serve::Fault { from: 2, fault });
+            let mut args = vec!["apply"];
+            args.extend_from_slice(extra);
+            args.push(&url);
+            let err = fails(&env.abupdate(&disk, &args), 41);
+            assert!(
+                err.contains("where") && err.ends_with("nothing was changed"),
+                "{fault:?} {extra:?}: {err}"
+            );
+            assert_eq!(served.lock().unwrap().range_requests, 2, "{fault:?}");
+            assert_eq!(
+                sha256_file(&disk),
+                before,
+                "{fault:?} {extra:?}: the disk changed"
+            );
+        }
+    }
+}
+
+/// `verify` reads a URL by ranges too: a 200 (or a redirect) after the first 206 is read on,
+/// for a front under and over 64 KiB and a format 1 bundle.
+#[test]
+fn verify_reads_on_when_the_server_stops_answering_ranges() {
+    let env = Env::new();
+    let small = RawBundle::default().bytes();
+    let big = RawBundle {
+        sizes: [4_000_000, 50_000, 30_000],
+        chunk_size: 4096,
+        ..Default::default()
+    }
+    .bytes();
+    let h = Header::decode(big[..HEADER_LEN].try_into().unwrap()).unwrap();
+    assert!(h.index_end() > 65536, "{h:?}");
+    let v1 = RawBundle {
+        format: abbundle::FORMAT_V1,
+        ..Default::default()
+    }
+    .bytes();
+    for bundle in [small, big, v1] {
+        for fault in [Fault::Whole, Fault::Redirect] {
+            let (url, served) = range_server(bundle.clone(), Serve::Fault { from: 2, fault });
+            let out = ok(&env.abupdate(&env.path("no-disk"), &["verify", &url]));
+            assert!(out.starts_with("OK: "), "{fault:?}: {out}");
+            assert!(served.lock().unwrap().range_requests >= 2, "{fault:?}");
+        }
     }
 }
 
@@ -974,4 +1100,160 @@ fn record_of(b: &Build) -> Vec<u8> {
     let bundle = std::fs::read(&b.bundle).unwrap();
     let entries = abbundle::index::cut(&bundle[r.offset as usize..r.end() as usize]).unwrap();
     abbundle::slot_index::encode(r.size, &r.sha256, &entries)
+}
+
+/// `b` with its signed manifest text edited by `edit` (same length, so every offset stays) and
+/// signed again with the test key: only what was edited is wrong.
+fn resigned(b: &[u8], edit: impl FnOnce(&str) -> String) -> Vec<u8> {
+    use abbundle::{SecretKey, Signer};
+    let h = Header::decode(b[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let m = HEADER_LEN..HEADER_LEN + h.manifest_len as usize;
+    let text = std::str::from_utf8(&b[m.clone()]).unwrap();
+    let new = edit(text);
+    assert_eq!(new.len(), text.len());
+    assert_ne!(new, text);
+    let mut out = b.to_vec();
+    out[m.clone()].copy_from_slice(new.as_bytes());
+    let key = SecretKey::from_seed(TEST_ONLY_SEED, "test-only");
+    out[m.end + 8..m.end + 72].copy_from_slice(&key.sign(new.as_bytes()));
+    out
+}
+
+/// `text` with its one occurrence of `old` replaced by another string of the same length.
+fn replace_once(text: &str, old: &str, new: &str) -> String {
+    assert_eq!(old.len(), new.len());
+    assert_eq!(text.matches(old).count(), 1, "{old} in {text}");
+    text.replace(old, new)
+}
+
+/// Another hex digest than `d`, of the same length.
+fn other_hex(d: &str) -> String {
+    d.chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect()
+}
+
+/// `b` (format 2) with index entry `k`'s digest changed, and the manifest's digest of the
+/// index (signed again) made to match: a validly signed index that disagrees with the payload.
+fn wrong_index_entry(b: &[u8], k: usize) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let h = Header::decode(b[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let index = h.signatures_end() as usize..h.index_end() as usize;
+    let old = hex::encode(Sha256::digest(&b[index.clone()]));
+    let mut out = b.to_vec();
+    out[index.start + k * abbundle::index::ENTRY_LEN + 4] ^= 0x01;
+    let new = hex::encode(Sha256::digest(&out[index]));
+    resigned(&out, |t| replace_once(t, &old, &new))
+}
+
+/// The signed CDC index is checked against the payloads by `verify` (exit 10, the bundle was
+/// built wrong), in the same read as the signed table and the whole-file sha256: a first and a
+/// last entry that disagree with their (correct) bytes. Before, such a bundle verified (rc 0),
+/// installed with --full, and failed a delta with 18 after the target lost its entry.
+#[test]
+fn verify_checks_the_chunk_index_against_the_payloads() {
+    let env = Env::new();
+    let good = RawBundle::default().bytes();
+    let path = env.path("b.abu");
+    std::fs::write(&path, &good).unwrap();
+    let out = ok(&env.abupdate(&env.path("no-disk"), &["verify", path.to_str().unwrap()]));
+    assert!(out.starts_with("OK: "), "{out}");
+    let h = Header::decode(good[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let last = h.index_len as usize / abbundle::index::ENTRY_LEN - 1;
+    for (k, kind) in [(0, "rootfs"), (last, "initrd")] {
+        std::fs::write(&path, wrong_index_entry(&good, k)).unwrap();
+        let err = fails(
+            &env.abupdate(&env.path("no-disk"), &["verify", path.to_str().unwrap()]),
+            10,
+        );
+        assert!(
+            err.contains(&format!("of the {kind} payload in the signed chunk index"))
+                && err.contains("the bundle was built wrong"),
+            "{k}: {err}"
+        );
+    }
+}
+
+/// In a delta, the chunks are checked against the signed index, and the slot and boot files
+/// after them against the signed table and whole-file sha256. Where the index is right and the
+/// table (a root chunk) or a sha256 (the kernel's) is wrong, the bundle is blamed (10), not
+/// the medium (37, as before). Slot a and its entry are untouched.
+#[test]
+fn a_wrong_table_or_sha256_with_a_right_index_is_blamed_on_the_bundle() {
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    assert_eq!(plan(&env, &disk, &v2.bundle, &[])["mode"], "delta");
+    let b = std::fs::read(&v2.bundle).unwrap();
+    let chunk = v2.manifest.payload(PayloadKind::Rootfs).chunks[0].to_string();
+    let kernel = payload_sha(&v2.manifest, PayloadKind::Kernel);
+    let field = |d: &str| format!("\"sha256\": \"{d}\"");
+    let table = resigned(&b, |t| {
+        replace_once(
+            t,
+            &format!("\"{chunk}\""),
+            &format!("\"{}\"", other_hex(&chunk)),
+        )
+    });
+    let sha = resigned(&b, |t| {
+        replace_once(t, &field(&kernel), &field(&other_hex(&kernel)))
+    });
+    // (what, bundle, apply's message, verify's exit code: the reader checks the bytes
+    // against the table first, 18)
+    for (what, bundle, says, verify) in [
+        (
+            "table",
+            &table,
+            "chunk 0 of the rootfs payload in the signed table does not match the image",
+            18,
+        ),
+        (
+            "sha256",
+            &sha,
+            "payload kernel's sha256 does not match its chunks in the signed chunk index",
+            10,
+        ),
+    ] {
+        copy_image(&v1.image, &disk);
+        let before = running(&disk);
+        let path = env.path("wrong.abu");
+        std::fs::write(&path, bundle).unwrap();
+        let err = fails(&env.abupdate(&disk, &["apply", path.to_str().unwrap()]), 10);
+        assert!(err.contains(says), "{what}: {err}");
+        assert_eq!(running(&disk).root_a, before.root_a, "{what}");
+        assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"], "{what}");
+        assert_eq!(
+            mtype(&disk, "loader/entries/slot-a.conf"),
+            before.entry_a,
+            "{what}"
+        );
+        // verify blames the same bundles.
+        fails(
+            &env.abupdate(&disk, &["verify", path.to_str().unwrap()]),
+            verify,
+        );
+    }
+}
+
+/// The other side of the test above: the right bundle in a delta, on a medium that flips a
+/// bit of the first slot write, is still the medium's fault (37).
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_lying_medium_under_a_delta_is_blamed_on_the_medium() {
+    let env = Env::new();
+    let v1 = build(&env, "2026.12.1", false, abbundle::FORMAT_VERSION);
+    let v2 = build(&env, "2026.12.2", true, abbundle::FORMAT_VERSION);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    assert_eq!(plan(&env, &disk, &v2.bundle, &[])["mode"], "delta");
+    let out = env
+        .cmd(&disk, None, &["apply", v2.bundle.to_str().unwrap()])
+        .env("ABUPDATE_FAULT_LYING_MEDIUM", "1")
+        .output()
+        .unwrap();
+    let err = fails(&out, 37);
+    assert!(err.contains("does not read back as written"), "{err}");
+    assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
 }

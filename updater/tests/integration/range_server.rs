@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 server with Range support on 127.0.0.1 for the delta tests: keep-alive,
 //! one thread per connection, and faults injected on purpose (wrong ranges, short ranges, a
-//! whole body where a range was asked, a new ETag, stalls, a connection cut), counting what it
-//! served.
+//! whole body where a range was asked, a redirect, a new ETag, stalls, a connection cut),
+//! counting what it served.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -44,6 +44,8 @@ pub enum Fault {
     StallBody,
     /// The request is read and never answered; the socket stays open.
     StallHead,
+    /// A 302 to `/moved.abu` on the same server, which serves the same bundle well.
+    Redirect,
 }
 
 #[derive(Default, Debug)]
@@ -91,7 +93,9 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
     let mut w = conn;
     let total = body.len() as u64;
     loop {
-        let Some(range) = request(&mut r) else { return };
+        let Some((path, range)) = request(&mut r) else {
+            return;
+        };
         let range = range.filter(|_| mode != Serve::NoRanges);
         let Some((a, b)) = range else {
             if send_whole(&mut w, body).is_err() {
@@ -107,7 +111,7 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
             (s.range_requests, s.sent_bytes)
         };
         let fault = match mode {
-            Serve::Fault { from, fault } if n >= from => Some(fault),
+            Serve::Fault { from, fault } if n >= from && path != "/moved.abu" => Some(fault),
             _ => None,
         };
         // What is sent: the head, then `data`, of which only `send` bytes; then `after`.
@@ -133,6 +137,14 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
             Some(Fault::StallHead) => {
                 hold(&w);
                 return;
+            }
+            Some(Fault::Redirect) => {
+                let head =
+                    "HTTP/1.1 302 Found\r\nLocation: /moved.abu\r\nContent-Length: 0\r\n\r\n";
+                if w.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
             }
         }
         if let Serve::CutAfter(limit) = mode {
@@ -175,13 +187,14 @@ enum After {
     Hold,
 }
 
-/// Reads one request head; returns its `Range: bytes=A-B` (inclusive), `None` at the end of
-/// the connection.
-fn request(r: &mut impl BufRead) -> Option<Option<(u64, u64)>> {
+/// Reads one request head; returns its path and `Range: bytes=A-B` (inclusive), `None` at the
+/// end of the connection.
+fn request(r: &mut impl BufRead) -> Option<(String, Option<(u64, u64)>)> {
     let mut line = String::new();
     if r.read_line(&mut line).unwrap_or(0) == 0 {
         return None;
     }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
     let mut range = None;
     loop {
         let mut h = String::new();
@@ -189,7 +202,7 @@ fn request(r: &mut impl BufRead) -> Option<Option<(u64, u64)>> {
             return None;
         }
         if h == "\r\n" {
-            return Some(range);
+            return Some((path, range));
         }
         if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
             let (a, b) = v.trim().split_once('-').unwrap();

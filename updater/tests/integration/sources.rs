@@ -168,6 +168,38 @@ fn trickling_server_fails_on_the_minimum_rate() {
     server.join().unwrap();
 }
 
+/// A server that trickles its response head (a header line every 2 s, each read well within
+/// the 3 s rate window) is cut once connect + one rate window passed without a whole head, on
+/// the first request of an apply, as docs/updater.md promises: before, that request waited for
+/// http-timeout (here 600 s), holding the lock. The disk is untouched.
+#[test]
+fn a_trickled_response_head_is_cut_after_one_rate_window() {
+    let env = Env::new();
+    set_http_limits(&env, 0, 3, 600);
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let before = sha256_file(&disk);
+    let (port, server) = serve_once(move |mut s| {
+        let start = Instant::now();
+        let _ = s.write_all(b"HTTP/1.1 206 Partial Content\r\n");
+        while start.elapsed() < Duration::from_secs(30) && s.write_all(b"X-Slow: 1\r\n").is_ok() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/v2.abu");
+    let (out, took) = run_bounded(&env, &disk, &["apply", &url]);
+    let err = fails(&out, SOURCE_UNAVAILABLE);
+    assert!(
+        err.contains("no complete response head within 5 s")
+            && err.contains("(http-connect-timeout + http-rate-window)"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(sha256_file(&disk), before, "the disk changed");
+    server.join().unwrap();
+}
+
 /// Fast enough per window, but the whole download is bounded by http-timeout.
 #[test]
 fn slow_download_fails_on_the_overall_deadline() {
