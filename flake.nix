@@ -26,6 +26,18 @@
         mkSystemWith = pkgs: (import ./nix { inherit pkgs; }).mkSystem;
       };
 
+      # `nix flake check`: builds the example system and its image (images/vps.toml) with the
+      # Nix-built abbuild and boots it in QEMU (TCG) to its ready line (docs/nix.md, "Verifying
+      # with real nixpkgs"). abupdateMock exists only in nix/tests/mock-nixpkgs: the adjustments
+      # its stand-ins need; with nixpkgs the example system boots as it is.
+      checks.${system}.vps-boot = import ./nix/tests/vps-boot-check.nix {
+        inherit pkgs;
+        inherit (ab) abbuild;
+        system = ab.mkSystem {
+          modules = [ ./nix/examples/vps.nix ] ++ (pkgs.abupdateMock.checkModules or [ ]);
+        };
+      };
+
       # The nixpkgs-free test fixture (nix/fixture) needs host files and impure evaluation:
       # build it with scripts/build-fixture.sh, not through the flake.
     };
