@@ -170,7 +170,14 @@ let
     linuxPackages = { inherit kernel; };
     busybox = busybox // { override = _: busybox; };
     inherit dropbear openssh;
-    e2fsprogs = stub "e2fsprogs-stub";
+    # Programs that only fail, so that an initrd with e2fsprogs builds (`nix build .#vps`).
+    e2fsprogs = drv "e2fsprogs-stub" ''
+      mkdir -p $out/bin
+      for p in mkfs.ext4 e2fsck resize2fs; do
+        printf '#!/bin/sh\necho "e2fsprogs stub: $0"\nexit 1\n' > $out/bin/$p
+        chmod +x $out/bin/$p
+      done
+    '' { };
     curl = stub "curl-stub";
     zstd = stub "zstd-stub";
     makeWrapper = stub "makeWrapper-stub";
