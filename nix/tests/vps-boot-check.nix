@@ -1,10 +1,12 @@
 # flake.nix's checks.x86_64-linux.vps-boot: the example system, its disk image made by the
 # Nix-built abbuild (images/vps.toml: GRUB; signed with a key made here and thrown away) and a
-# boot of that image in QEMU (TCG, no KVM; SeaBIOS, which nixpkgs' qemu carries) up to the
-# system's ready line, all in one derivation. Only nixpkgs attributes real nixpkgs has are used
-# (runCommand, closureInfo, qemu_test; see docs/nix.md, "Verifying with real nixpkgs"), so the
+# boot of that image in QEMU (TCG, no KVM; SeaBIOS, which nixpkgs' qemu carries, or OVMF) up
+# to the system's ready line, all in one derivation. Only nixpkgs attributes real nixpkgs has are used
+# (runCommand, closureInfo, qemu_test, OVMF.fd; see docs/nix.md, "Verifying with real nixpkgs"), so the
 # same check runs against nixpkgs and against nix/tests/mock-nixpkgs.
-{ pkgs, abbuild, system, image ? ../../images/vps.toml }:
+# firmware: null boots with QEMU's SeaBIOS (BIOS, GRUB's i386-pc core.img in the BIOS boot
+# partition); a file boots with it as -bios (OVMF.fd: UEFI, GRUB's x86_64-efi from the ESP).
+{ pkgs, abbuild, system, image ? ../../images/vps.toml, firmware ? null }:
 let
   toplevel = system.toplevel;
   # abbuild asks `nix-store -qR` for the closure of a store path; inside a build there is no
@@ -14,7 +16,7 @@ let
   name = system.config.system.name;
   version = system.config.system.version;
 in
-pkgs.runCommand "${name}-boot-check" { } ''
+pkgs.runCommand "${name}-boot-check${if firmware == null then "" else "-uefi"}" { } ''
   set -eu
   work=$PWD
   mkdir -p bin
@@ -36,6 +38,7 @@ pkgs.runCommand "${name}-boot-check" { } ''
 
   : > console.log
   ${qemu}/bin/qemu-system-x86_64 -accel tcg -m 512 -display none -monitor none -no-reboot \
+    ${if firmware == null then "" else "-bios ${firmware}"} \
     -serial file:console.log -drive "file=$disk,if=virtio,format=raw" \
     -nic user,model=virtio-net-pci &
   qemu_pid=$!

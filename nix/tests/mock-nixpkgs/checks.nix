@@ -1,6 +1,6 @@
 # What flake.nix's checks (nix/tests/vps-boot-check.nix) take from nixpkgs, made like the rest
 # of the mock from the build host's Debian packages (scripts/trixie-root.sh installs them):
-# qemu_test (qemu-system-x86, with its SeaBIOS) and closureInfo. The shapes are nixpkgs' (see
+# qemu_test (qemu-system-x86, with its SeaBIOS), OVMF.fd (ovmf) and closureInfo. The shapes are nixpkgs' (see
 # docs/nix.md, "Verifying with real nixpkgs"): bin/qemu-system-x86_64; closureInfo { rootPaths }
 # with store-paths, one path a line.
 #
@@ -46,6 +46,11 @@ let
 in
 {
   inherit closureInfo;
+  # nixpkgs' OVMF has an `fd` output with FV/OVMF.fd (code and variables in one file).
+  OVMF.fd = drv "ovmf-host" ''
+    mkdir -p $out/FV
+    cp /usr/share/ovmf/OVMF.fd $out/FV/OVMF.fd
+  '' { };
   qemu_test = qemu;
   abupdateMock.checkModules = [
     {

@@ -199,5 +199,5 @@ let
     '' { inherit paths; };
   };
 in
-# What flake.nix's checks need (qemu_test, closureInfo): ./checks.nix.
+# What flake.nix's checks need (qemu_test, OVMF, closureInfo): ./checks.nix.
 self // import ./checks.nix { inherit drv system hostPath busybox; }
