@@ -1,13 +1,14 @@
 # What flake.nix's checks (nix/tests/vps-boot-check.nix) take from nixpkgs, made like the rest
 # of the mock from the build host's Debian packages (scripts/trixie-root.sh installs them):
-# qemu_test (qemu-system-x86, with its SeaBIOS), OVMF.fd (ovmf) and closureInfo. The shapes are nixpkgs' (see
-# docs/nix.md, "Verifying with real nixpkgs"): bin/qemu-system-x86_64; closureInfo { rootPaths }
-# with store-paths, one path a line.
+# qemu_test (qemu-system-x86, with its SeaBIOS), OVMF.fd (ovmf) and closureInfo, in nixpkgs'
+# shapes (docs/nix.md, "Verifying with real nixpkgs"): bin/qemu-system-x86_64, FV/OVMF.fd, and
+# closureInfo { rootPaths } with store-paths, one path a line.
 #
 # abupdateMock.checkModules: what the check adds to the example system because the mock is not
 # nixpkgs (with nixpkgs the attribute is absent and the example boots as it is): no static
-# e2fsprogs on the host (the initrd formats /data with busybox mke2fs), and a dropbear stand-in that only listens on the ssh port, so that the
-# example's own health check (`netstat -ltn | grep -q ':22 '`) runs unchanged.
+# e2fsprogs on the host (the initrd formats /data with busybox mke2fs), and a dropbear stand-in
+# that only listens on the ssh port, so that the example's own health check
+# (`netstat -ltn | grep -q ':22 '`) runs unchanged.
 { drv, system, hostPath, busybox }:
 let
   qemu = drv "qemu-host" ''
