@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The flake, evaluated and built by Nix 2.26 (the Debian 13 root of scripts/trixie-root.sh)
 # against nix/tests/mock-nixpkgs: `nix flake check` (which builds the example image with the
-# Nix-built abbuild and boots it in QEMU: checks.x86_64-linux.vps-boot) and `nix build .#vps`.
+# Nix-built abbuild and boots it in QEMU under SeaBIOS and OVMF: checks.x86_64-linux.vps-boot
+# and vps-boot-uefi) and `nix build .#vps`.
 #
 #   bash scripts/flake-check.sh     # as root, from a git clone (Nix reads tracked files only)
 #
