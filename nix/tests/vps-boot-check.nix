@@ -1,9 +1,9 @@
-# flake.nix's checks.x86_64-linux.vps-boot: the example system, its disk image made by the
-# Nix-built abbuild (images/vps.toml: GRUB; signed with a key made here and thrown away) and a
-# boot of that image in QEMU (TCG, no KVM; SeaBIOS, which nixpkgs' qemu carries, or OVMF) up
-# to the system's ready line, all in one derivation. Only nixpkgs attributes real nixpkgs has are used
-# (runCommand, closureInfo, qemu_test, OVMF.fd; see docs/nix.md, "Verifying with real nixpkgs"), so the
-# same check runs against nixpkgs and against nix/tests/mock-nixpkgs.
+# flake.nix's checks.x86_64-linux.vps-boot and vps-boot-uefi: the example system, its disk
+# image made by the Nix-built abbuild (images/vps.toml: GRUB; signed with a key made here and
+# thrown away) and a boot of that image in QEMU (TCG, no KVM) up to the system's ready line, all
+# in one derivation. It uses only attributes real nixpkgs has (runCommand, closureInfo,
+# qemu_test, OVMF.fd; docs/nix.md, "Verifying with real nixpkgs"), so the same check runs
+# against nixpkgs and against nix/tests/mock-nixpkgs.
 # firmware: null boots with QEMU's SeaBIOS (BIOS, GRUB's i386-pc core.img in the BIOS boot
 # partition); a file boots with it as -bios (OVMF.fd: UEFI, GRUB's x86_64-efi from the ESP).
 { pkgs, abbuild, system, image ? ../../images/vps.toml, firmware ? null }:
