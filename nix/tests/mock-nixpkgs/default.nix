@@ -280,4 +280,5 @@ let
     '' { inherit paths; };
   };
 in
-self
+# What flake.nix's checks need (qemu_test, OVMF, closureInfo): ./checks.nix.
+self // import ./checks.nix { inherit drv system hostPath busybox; }
