@@ -125,22 +125,110 @@ let
         ip -4 addr flush dev "$interface"
         ip addr add "$ip/''${mask:-24}" dev "$interface"
         for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
-        # The configured nameservers first, then the lease's.
-        : > /run/resolv.conf.new
-        ${concatMapLines (n: "echo 'nameserver ${n}' >> /run/resolv.conf.new") cfg.networking.nameservers}
-        for d in $dns; do echo "nameserver $d" >> /run/resolv.conf.new; done
-        mv /run/resolv.conf.new /run/resolv.conf
+        # The configured nameservers first, then the leases' (this one's and DHCPv6's).
+        mkdir -p /run/dns
+        : > "/run/dns/v4-$interface"
+        for d in $dns; do echo "nameserver $d" >> "/run/dns/v4-$interface"; done
+        ${writeResolvConf}
         ;;
     esac
     exit 0
   '';
-  staticNet = concatLines (mapAttrsToList
-    (n: i: ''
+  staticNet = concatLines (mapAttrsToList interfaceNet cfg.networking.interfaces);
+
+  # --- static addresses (IPv4 and IPv6), gateways, SLAAC, DHCPv6 --------------------------------
+  interfaceKeys = [ "address" "gateway" "addresses" "gateways" "slaac" ];
+  # Written into shell commands: only what an address, a prefix length or a host name needs.
+  checkAddr = what: s:
+    if builtins.match "[0-9A-Fa-f.:]+(/[0-9]+)?" s != null then s
+    else throw "mkSystem: ${what} '${s}' is not an IPv4 or IPv6 address";
+  checkIf = s:
+    if builtins.match "[A-Za-z0-9._-]+" s != null && builtins.stringLength s <= 15 then s
+    else throw "mkSystem: '${s}' is not an interface name";
+  isV6 = s: builtins.match ".*:.*" s != null;
+  interfaceNet = name: i:
+    let
+      n = checkIf name;
+      unknown = builtins.filter (k: !(builtins.elem k interfaceKeys)) (builtins.attrNames i);
+      addresses = map (checkAddr "networking.interfaces.${n} address")
+        (optional ((i.address or null) != null) i.address ++ (i.addresses or [ ]));
+      gateways = map (checkAddr "networking.interfaces.${n} gateway")
+        (optional ((i.gateway or null) != null) i.gateway ++ (i.gateways or [ ]));
+    in
+    if unknown != [ ] then throw "mkSystem: unknown option networking.interfaces.${n}.${builtins.head unknown}"
+    else ''
+      ${if i.slaac or true then "" else ''
+        # slaac = false: no addresses or routes from router advertisements on ${n}.
+        echo 0 > /proc/sys/net/ipv6/conf/${n}/accept_ra
+        echo 0 > /proc/sys/net/ipv6/conf/${n}/autoconf
+      ''}
       ip link set '${n}' up
-      ip addr add '${i.address}' dev '${n}' || log "cannot set ${i.address} on ${n}"
-      ${if (i.gateway or null) != null then "ip route replace default via '${i.gateway}' dev '${n}' || log 'no route via ${i.gateway}'" else ""}
-    '')
-    cfg.networking.interfaces);
+      ${concatMapLines (a: "ip addr add '${a}' dev '${n}' || log 'cannot set ${a} on ${n}'") addresses}
+      ${concatMapLines (g:
+        # A link-local gateway (fe80::1) is only meaningful with its interface: dev says it.
+        "ip ${if isV6 g then "-6" else "-4"} route replace default via '${g}' dev '${n}' || log 'no route via ${g}'")
+        gateways}
+    '';
+
+  # /run/resolv.conf: the configured nameservers, then what the DHCP and DHCPv6 leases gave
+  # (/run/dns/<family>-<interface>, written by their scripts).
+  writeResolvConf = ''
+    {
+      ${concatMapLines (n: "echo 'nameserver ${checkAddr "networking.nameservers" n}'") cfg.networking.nameservers}
+      cat /run/dns/* 2>/dev/null
+    } > /run/resolv.conf.new
+    mv /run/resolv.conf.new /run/resolv.conf
+  '';
+
+  # busybox udhcpc6 hook (stateful DHCPv6): the leased address as a /128 (DHCPv6 gives no
+  # prefix and no route: the route comes from router advertisements or a gateway in
+  # networking.interfaces), and the lease's DNS servers.
+  udhcpc6Script = pkgs.writeScript "udhcpc6-script" ''
+    #!${sh}
+    PATH=${path}
+    case "$1" in
+      deconfig)
+        ip link set "$interface" up
+        ;;
+      bound|renew)
+        old=$(cat "/run/dhcp6-$interface" 2>/dev/null)
+        if [ -n "$ipv6" ] && [ "$old" != "$ipv6" ]; then
+          [ -z "$old" ] || ip -6 addr del "$old/128" dev "$interface"
+          ip -6 addr add "$ipv6/128" dev "$interface" && echo "$ipv6" > "/run/dhcp6-$interface"
+        fi
+        mkdir -p /run/dns
+        : > "/run/dns/v6-$interface"
+        for d in $dns; do echo "nameserver $d" >> "/run/dns/v6-$interface"; done
+        ${writeResolvConf}
+        ;;
+    esac
+    exit 0
+  '';
+
+  # --- time: busybox ntpd ----------------------------------------------------------------------
+  timeServers = map
+    (s: if builtins.match "[A-Za-z0-9.:_-]+" s != null then s
+        else throw "mkSystem: time.servers '${s}' is not a host name or address")
+    cfg.time.servers;
+  # ntpd's -S hook: /run/time-synced exists while ntpd has a synchronised clock (its first
+  # answer gives "step" or "stratum"; "unsync" when it loses its servers).
+  timeHook = pkgs.writeScript "ntpd-event" ''
+    #!${sh}
+    case "$1" in
+      step|stratum|periodic) : > /run/time-synced ;;
+      unsync) rm -f /run/time-synced ;;
+    esac
+  '';
+  timeWait = if timeServers == [ ] then "" else ''
+    # The first check waits for ntpd's first answer (at most ${toString cfg.time.waitSeconds} s): a
+    # wrong clock would refuse a good channel as expired, or take an expired one, and fail TLS.
+    waited=0
+    while [ ! -e /run/time-synced ] && [ "$waited" -lt ${toString cfg.time.waitSeconds} ]; do
+      sleep 2
+      waited=$((waited + 2))
+    done
+    [ -e /run/time-synced ] || logger -t abupdate-update "no time from ${builtins.concatStringsSep " " timeServers} after $waited s; checking anyway" 2>/dev/null
+  '';
 
   # --- services (busybox init respawns them) ---------------------------------------------------
   services =
@@ -150,6 +238,15 @@ let
         value.command = "${bb}/bin/udhcpc -f -S -i ${i} -s ${udhcpcScript}";
       })
       cfg.networking.dhcp)
+    // builtins.listToAttrs (map
+      (i: {
+        name = "udhcpc6-${checkIf i}";
+        value.command = "${bb}/bin/udhcpc6 -f -i ${i} -s ${udhcpc6Script}";
+      })
+      cfg.networking.dhcp6)
+    // (if timeServers == [ ] then { } else {
+      ntpd.command = "${bb}/bin/ntpd -n -S ${timeHook}${builtins.concatStringsSep "" (map (s: " -p ${s}") timeServers)}";
+    })
     // (if cfg.ssh.enable then {
       sshd.command = "${cfg.ssh.package}/bin/dropbear -F -E -s -p ${toString cfg.ssh.port} -r /var/lib/dropbear/dropbear_ed25519_host_key";
     } else { })
@@ -173,6 +270,7 @@ let
     #!${sh}
     PATH=${path}
     export PATH
+    ${timeWait}
     while :; do
       ${if medium == null then "" else ''
         mkdir -p '${mediumMountPoint}'

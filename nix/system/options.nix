@@ -56,9 +56,25 @@
     # Interfaces configured by DHCP (busybox udhcpc, supervised by init).
     dhcp = [ "eth0" ];
     # Static configuration: interfaces.<name> = { address = "192.0.2.10/24"; gateway = "192.0.2.1"; }
+    # or, dual stack: { addresses = [ "192.0.2.10/24" "2001:db8::10/64" ];
+    #   gateways = [ "192.0.2.1" "fe80::1" ]; slaac = false; } (a link-local gateway is reached
+    # through this interface; slaac = false ignores router advertisements there).
     interfaces = { };
     # Written to /run/resolv.conf (/etc/resolv.conf points there); DHCP replaces it.
     nameservers = [ ];
+    # Interfaces configured by DHCPv6 (busybox udhcpc6, supervised by init): for providers that
+    # hand out IPv6 addresses without router advertisements (SLAAC needs nothing here: the kernel
+    # takes addresses from router advertisements on every interface whose slaac is not false).
+    dhcp6 = [ ];
+  };
+
+  # The clock: busybox ntpd, supervised by init, steps the clock at its first answer and then
+  # keeps it disciplined. The update loop waits (at most waitSeconds) for that first answer
+  # before its first `abupdate update`, so that channel expiry and TLS certificates are judged
+  # by a set clock. Air-gapped sites name their own servers; [ ]: no time service.
+  time = {
+    servers = [ "0.pool.ntp.org" "1.pool.ntp.org" "2.pool.ntp.org" ];
+    waitSeconds = 120;
   };
 
   ssh = {

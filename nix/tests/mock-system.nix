@@ -46,6 +46,30 @@ in
       }
     ];
   };
+  # IPv6 as providers hand it out: static v4 and v6 addresses with a link-local v6 gateway on
+  # eth0 (no router advertisements taken there), DHCP and DHCPv6 on eth1, and a time server of
+  # the site's own before the periodic update.
+  dualStack = ab.mkSystem {
+    modules = [
+      ../examples/vps.nix
+      ./vps-test.nix
+      {
+        networking = {
+          dhcp = { __replace = [ "eth1" ]; };
+          dhcp6 = [ "eth1" ];
+          nameservers = [ "2001:db8::53" ];
+          interfaces.eth0 = {
+            address = "192.0.2.10/24";
+            addresses = [ "2001:db8:1:2::10/64" "2001:db8:1:2::11/64" ];
+            gateways = [ "192.0.2.1" "fe80::1" ];
+            slaac = false;
+          };
+        };
+        time.servers = { __replace = [ "ntp.example.internal" "2001:db8::123" ]; };
+        abupdate.channel = "https://updates.example.org/vps/stable.json";
+      }
+    ];
+  };
   # Air-gapped: the channel on a medium the update loop mounts for each check.
   updatingOffline = ab.mkSystem {
     modules = [

@@ -769,3 +769,125 @@ fn mock_nixpkgs_override_rejects_unknown_arguments() {
         );
     }
 }
+
+/// The respawned service `name` of the system whose etc is `etc`: the command its script execs.
+fn service_command(etc: &Path, name: &str) -> Option<String> {
+    let inittab = fs::read_to_string(etc.join("inittab")).unwrap();
+    let script = inittab.lines().find_map(|l| {
+        l.strip_prefix("::respawn:")
+            .filter(|s| s.ends_with(&format!("-service-{name}")))
+    })?;
+    let script = fs::read_to_string(script).unwrap();
+    Some(
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix("exec "))
+            .unwrap()
+            .to_string(),
+    )
+}
+
+/// mkSystem's IPv6 and time (nix/tests/mock-system.nix `dualStack`): several static addresses of
+/// both families on one interface (the old single `address` too), a link-local IPv6 gateway
+/// routed through its interface, router advertisements off where `slaac = false`, udhcpc6 on a
+/// DHCPv6 interface with the leases' DNS servers merged into resolv.conf, and busybox ntpd on the
+/// configured servers, whose first answer the update loop waits for before its first check.
+/// Before, `addresses`, `gateways`, `slaac`, `dhcp6` and `time` did not exist (unknown options or
+/// ignored) and a v6 gateway was routed without `-6`.
+#[test]
+fn mksystem_ipv6_and_time() {
+    if !have_nix_build() {
+        return;
+    }
+    let etc = mock_system("dualStack.etc");
+    let inittab = fs::read_to_string(etc.join("inittab")).unwrap();
+    let boot = inittab
+        .lines()
+        .find_map(|l| l.strip_prefix("::sysinit:"))
+        .unwrap();
+    let boot = fs::read_to_string(boot).unwrap();
+    let at = |s: &str| {
+        boot.find(s)
+            .unwrap_or_else(|| panic!("no {s:?} in the boot script:\n{boot}"))
+    };
+    let ra_off = at("echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra");
+    at("echo 0 > /proc/sys/net/ipv6/conf/eth0/autoconf");
+    let up = at("ip link set 'eth0' up");
+    let v4 = at("ip addr add '192.0.2.10/24' dev 'eth0'");
+    let v6a = at("ip addr add '2001:db8:1:2::10/64' dev 'eth0'");
+    let v6b = at("ip addr add '2001:db8:1:2::11/64' dev 'eth0'");
+    let gw4 = at("ip -4 route replace default via '192.0.2.1' dev 'eth0'");
+    let gw6 = at("ip -6 route replace default via 'fe80::1' dev 'eth0'");
+    assert!(ra_off < up && up < v4 && v4 < v6a && v6a < v6b && v6b < gw4.min(gw6));
+    at("echo 'nameserver 2001:db8::53' >> /run/resolv.conf");
+
+    let dhcp6 = service_command(&etc, "udhcpc6-eth1").expect("a udhcpc6 service for eth1");
+    assert!(dhcp6.contains("/bin/udhcpc6 -f -i eth1 -s "), "{dhcp6}");
+    let hook = fs::read_to_string(dhcp6.split_whitespace().last().unwrap()).unwrap();
+    for s in [
+        "ip -6 addr add \"$ipv6/128\" dev \"$interface\"",
+        "> \"/run/dns/v6-$interface\"",
+        "echo 'nameserver 2001:db8::53'",
+        "cat /run/dns/*",
+        "mv /run/resolv.conf.new /run/resolv.conf",
+    ] {
+        assert!(hook.contains(s), "no {s:?} in the udhcpc6 script:\n{hook}");
+    }
+    // The DHCP (v4) lease's DNS servers go through the same merge, so neither drops the other's.
+    let dhcp4 = service_command(&etc, "udhcpc-eth1").expect("a udhcpc service for eth1");
+    let hook4 = fs::read_to_string(dhcp4.split_whitespace().last().unwrap()).unwrap();
+    assert!(hook4.contains("/run/dns/v4-$interface") && hook4.contains("cat /run/dns/*"));
+    assert!(service_command(&etc, "udhcpc-eth0").is_none(), "{inittab}");
+
+    let ntpd = service_command(&etc, "ntpd").expect("an ntpd service");
+    assert!(
+        ntpd.contains("/bin/ntpd -n -S ")
+            && ntpd.ends_with(" -p ntp.example.internal -p 2001:db8::123"),
+        "{ntpd}"
+    );
+    let event = fs::read_to_string(ntpd.split_whitespace().nth(3).unwrap()).unwrap();
+    assert!(
+        event.contains("step|stratum|periodic) : > /run/time-synced")
+            && event.contains("unsync) rm -f /run/time-synced"),
+        "{event}"
+    );
+    let looped = service_command(&etc, "abupdate-update").unwrap();
+    let looped = fs::read_to_string(looped).unwrap();
+    let wait = looped
+        .find("while [ ! -e /run/time-synced ] && [ \"$waited\" -lt 120 ]")
+        .unwrap_or_else(|| panic!("no wait for the clock in\n{looped}"));
+    assert!(wait < looped.find("abupdate update").unwrap(), "{looped}");
+
+    // time.servers = [ ]: no ntpd, and the loop does not wait.
+    let plain = mock_system("updating.etc");
+    assert!(service_command(&plain, "ntpd").is_none());
+    let plain_loop =
+        fs::read_to_string(service_command(&plain, "abupdate-update").unwrap()).unwrap();
+    assert!(!plain_loop.contains("time-synced"), "{plain_loop}");
+
+    // Misspelt interface options and addresses that are not addresses fail the build.
+    for (module, message) in [
+        (
+            "{ networking.interfaces.eth0 = { address = \"192.0.2.10/24\"; gateway6 = \"fe80::1\"; }; }",
+            "unknown option networking.interfaces.eth0.gateway6",
+        ),
+        (
+            "{ networking.interfaces.eth0.addresses = [ \"2001:db8::1/64; reboot\" ]; }",
+            "'2001:db8::1/64; reboot' is not an IPv4 or IPv6 address",
+        ),
+        (
+            "{ time.servers = [ \"pool.ntp.org -d\" ]; }",
+            "time.servers 'pool.ntp.org -d'",
+        ),
+    ] {
+        let expr = format!(
+            "let ab = import {} {{ pkgs = import {} {{ }}; }}; in (ab.mkSystem {{ modules = [ {} {} {module} ]; }}).etc.drvPath",
+            repo_file("nix/default.nix").display(),
+            repo_file("nix/tests/mock-nixpkgs").display(),
+            repo_file("nix/examples/vps.nix").display(),
+            repo_file("nix/tests/vps-test.nix").display(),
+        );
+        let err = fails(Command::new("nix-instantiate").args(["--eval", "-E", &expr]));
+        assert!(err.contains(message), "{err}");
+    }
+}
