@@ -86,14 +86,15 @@ class Machine:
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
-    def start(self, media=(), firmware=None, memory=None, rtc=None, http=None):
+    def start(self, media=(), firmware=None, memory=None, rtc=None, http=None, ipv6=None):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
         on a USB stick or an extra disk: the offline update case). `firmware` and `memory`,
         if given, replace the machine's from this power-on on (the same disk under another
         firmware). `rtc`: the guest clock's time at power-on (QEMU -rtc base=, e.g.
         "2026-11-28T12:00:00"), default the host's. `http`: an `httpd.Server` the guest
         reaches as http://10.0.2.100/ (its only network: `network_up` configures it);
-        without it the machine has no NIC."""
+        without it the machine has no NIC. `ipv6`: instead, a dual-stack user network (below)
+        whose router advertises the /64 `ipv6` (e.g. "2001:db8:ab::"), for SLAAC."""
         self.media = media
         if firmware is not None:
             self.firmware = firmware
@@ -104,7 +105,14 @@ class Machine:
             "-machine", self.machine_type, "-nographic", "-no-user-config", "-nodefaults",
             "-serial", "stdio", "-monitor", "none",
         ]
-        if http is None:
+        if ipv6 is not None:
+            # Without restrict=on, so that the guest's packets to the host pass: 10.0.2.2 and
+            # every address of the prefix but ::3 (QEMU's DNS) are the host's loopback (127.0.0.1,
+            # ::1). A scenario gives the guest no other address to talk to and queries no DNS,
+            # so nothing leaves the host.
+            netdev = f"user,id=n0,ipv4=on,ipv6=on,ipv6-prefix={ipv6},ipv6-prefixlen=64"
+            cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
+        elif http is None:
             cmd += ["-nic", "none"]
         else:
             # User networking with restrict=on: the guest reaches nothing but the guestfwd

@@ -29,8 +29,10 @@ GUEST_ADDR = "10.0.2.100"
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
-    def __init__(self, root):
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, root, host="127.0.0.1"):
+        if ":" in host:  # "::1": the IPv6 loopback
+            self.address_family = socket.AF_INET6
+        super().__init__((host, 0), Handler)
         self.root = root
         self.port = self.server_address[1]
         self.lock = threading.Lock()
