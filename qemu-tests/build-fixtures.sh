@@ -5,6 +5,8 @@
 #   qemu-test-{1,2,3}.img/.abu   systems v1..v3 (the .img of v1 is what the scenarios boot)
 #   qemu-test-grub-1.img         v1's system on the GRUB disk (images/qemu-test-grub.toml: the
 #                                same compatible, so the bundles above install on it too)
+#   qemu-test-grub-1-grub212.img the same disk made with GRUB 2.12 (grub-mkimage and modules from
+#                                scripts/trixie-root.sh's Debian 13 root), for 15_grub212
 #   broken.abu                   v4 whose system init fails at once
 #   corrupt.abu                  v2 with one byte flipped in a rootfs chunk v1 does not have
 #   wrong-key.abu                v2 signed by a key the devices do not trust
@@ -52,6 +54,25 @@ mkdir -p "$out/grub"
 "$abbuild" -q build --image images/qemu-test-grub.toml --system "$(readlink -f "$out/system-1")" \
   --version 1 --key "$out/keys/test.key" --out-dir "$out/grub"
 mv "$out/grub/qemu-test-grub-1.img" "$out/qemu-test-grub-1.img"
+
+# The same disk with GRUB 2.12 (nixpkgs' GRUB is 2.12 or later; Debian 12's is 2.06): trixie's
+# grub-mkimage, run on this host through the trixie root's own dynamic loader (it needs
+# trixie's glibc), with trixie's modules and boot.img (abbuild's ABBUILD_GRUB_MKIMAGE and
+# ABBUILD_GRUB_LIB, docs/images.md).
+trixie=$(bash scripts/trixie-root.sh)
+lib=$trixie/usr/lib/x86_64-linux-gnu
+printf '#!/bin/sh\nexec "%s" --library-path "%s" "%s" "$@"\n' \
+  "$lib/ld-linux-x86-64.so.2" "$lib" "$trixie/usr/bin/grub-mkimage" >"$out/grub/grub-mkimage"
+chmod +x "$out/grub/grub-mkimage"
+case $("$out/grub/grub-mkimage" --version) in
+  *" 2.12"*) ;;
+  *) echo "trixie's grub-mkimage is not GRUB 2.12" >&2; exit 1 ;;
+esac
+ABBUILD_GRUB_MKIMAGE="$out/grub/grub-mkimage" ABBUILD_GRUB_LIB="$trixie/usr/lib/grub" \
+  "$abbuild" -q build --image images/qemu-test-grub.toml \
+  --system "$(readlink -f "$out/system-1")" --version 1 --key "$out/keys/test.key" \
+  --out-dir "$out/grub"
+mv "$out/grub/qemu-test-grub-1.img" "$out/qemu-test-grub-1-grub212.img"
 rm -rf "$out/grub"
 rm -f "$out/qemu-test-4.img"
 

@@ -20,6 +20,19 @@ packages=(nix-bin grub-common grub-pc-bin grub-efi-amd64-bin qemu-system-x86 ovm
   # reads the checkout as a git flake.
   git linux-image-amd64 busybox-static systemd-boot-efi squashfs-tools qemu-utils dosfstools)
 
+# Installs the package list into root $1 (apt-get is idempotent: an older root only gets
+# what is new on the list).
+install_packages() {
+  unshare --mount --propagation private bash -c '
+    set -e
+    mount -t proc proc "$0/proc"
+    mount --rbind /dev "$0/dev"
+    chroot "$0" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    chroot "$0" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  ' "$1" "${packages[@]}"
+}
+
 make_root() {
   command -v debootstrap >/dev/null || {
     export DEBIAN_FRONTEND=noninteractive
@@ -32,21 +45,13 @@ make_root() {
   local tmp="$root.partial"
   rm -rf "$tmp"
   mkdir -p "$(dirname "$root")"
-  echo "trixie-root: debootstrap trixie from $mirror (about a minute)" >&2
+  echo "trixie-root: debootstrap trixie from $mirror (a few minutes)" >&2
   # minbase: --include=nix-bin fails in debootstrap (a virtual perl package is not resolved),
   # so the packages come with apt inside the root.
   debootstrap --variant=minbase trixie "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
     { tail -n 30 "$tmp.log" >&2; exit 1; }
   cp /etc/resolv.conf "$tmp/etc/resolv.conf"
-  unshare --mount --propagation private bash -c '
-    set -e
-    mount -t proc proc "$1/proc"
-    mount --rbind /dev "$1/dev"
-    shift
-    chroot "$0" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    chroot "$0" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-  ' "$tmp" "$tmp" "${packages[@]}"
+  install_packages "$tmp"
   mkdir -p "$tmp/etc/nix" "$tmp/src"
   # As root without build users or a sandbox (no user namespaces needed), flakes on.
   cat >"$tmp/etc/nix/nix.conf" <<'EOF'
@@ -58,10 +63,18 @@ EOF
   rm -rf "$root"
   mv "$tmp" "$root"
   rm -f "$tmp.log"
-  touch "$stamp"
+  touch "$root/.abupdate-root" "$stamp"
 }
 
-[ -e "$stamp" ] || make_root
+if [ ! -e "$root/.abupdate-root" ] && [ ! -e "$root/.abupdate-root-v1" ]; then
+  make_root
+elif [ ! -e "$stamp" ]; then
+  # A root made from an older list: add what is new, keep its Nix store.
+  echo "trixie-root: installing the packages new on the list" >&2
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  install_packages "$root"
+  touch "$root/.abupdate-root" "$stamp"
+fi
 
 if [ "${1:-}" = run ]; then
   shift

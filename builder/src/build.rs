@@ -256,6 +256,12 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
         )
     })?;
     grub::check_kernel_params(&def, &kernel_params)?;
+    layout::check_kernel_cmdline_len(&kernel_params).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (the system's kernel-params and kernel-params in image {})",
+            def.name
+        )
+    })?;
     let build_id = match (&o.build_id, &sys.kind) {
         (Some(id), _) => id.clone(),
         (None, system::SystemKind::StorePath { .. }) => sys.path.to_string_lossy().into_owned(),

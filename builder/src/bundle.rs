@@ -33,6 +33,8 @@ pub struct BundleRequest<'a> {
 
 pub fn run(a: &BundleArgs) -> Result<()> {
     let version: Version = a.version.parse().map_err(anyhow::Error::msg)?;
+    abbundle::layout::check_kernel_cmdline_len(&a.kernel_params)
+        .map_err(|e| anyhow::anyhow!("--kernel-params: {e}"))?;
     let m = make(&BundleRequest {
         rootfs: &a.rootfs,
         kernel: &a.kernel,

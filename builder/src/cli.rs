@@ -45,8 +45,7 @@ pub enum Command {
     Rootfs(RootfsArgs),
     /// Show a bundle's manifest and the key ids of its signatures (not verified)
     Inspect(InspectArgs),
-    /// Put a bundle on a channel: copy it into a static tree, write the signed
-    /// channel file
+    /// Publish a bundle: copy it into a static tree, write the signed channel file
     ///
     /// Writes OUT_DIR/IMAGE/BUNDLE.abu and OUT_DIR/IMAGE/CHANNEL.json, with a
     /// sequence number one above the previous file's (docs/channels.md). Example:

@@ -244,13 +244,40 @@ impl Platform {
     }
 }
 
-/// Runs `grub-mkimage` for `platform` with [`MODULES`] (plus `biosdisk` for BIOS) and the
-/// prefix [`prefix`], writing `out`. Its output depends on its inputs only.
+/// The `grub-mkimage` to run: `$ABBUILD_GRUB_MKIMAGE` (a path, or a name looked up in `PATH`),
+/// else `grub-mkimage` from `PATH`. It must come from the same GRUB release as [`grub_lib`]'s
+/// modules (it links their `kernel.img` into the image), so another GRUB (nixpkgs', a newer
+/// Debian's) is chosen by setting both variables.
+pub fn grub_mkimage() -> Result<PathBuf> {
+    match std::env::var_os(GRUB_MKIMAGE_ENV) {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            if p.components().count() > 1 {
+                if !p.is_file() {
+                    bail!(
+                        "{GRUB_MKIMAGE_ENV}={} is not a file (it names the grub-mkimage to run)",
+                        p.display()
+                    );
+                }
+                return Ok(p);
+            }
+            let name = p.to_string_lossy();
+            cmd::require_program(&name, &format!("named by {GRUB_MKIMAGE_ENV}"))
+        }
+        _ => cmd::require_program(
+            "grub-mkimage",
+            &format!("install grub-common (Debian), set {GRUB_MKIMAGE_ENV}, or use boot-backend = \"systemd-boot\""),
+        ),
+    }
+}
+
+/// Environment variable naming the `grub-mkimage` to run (with [`GRUB_LIB_ENV`]: another GRUB).
+pub const GRUB_MKIMAGE_ENV: &str = "ABBUILD_GRUB_MKIMAGE";
+
+/// Runs `grub-mkimage` ([`grub_mkimage`]) for `platform` with [`MODULES`] (plus `biosdisk` for
+/// BIOS) and the prefix [`prefix`], writing `out`. Its output depends on its inputs only.
 pub fn mkimage(platform: Platform, out: &Path) -> Result<()> {
-    cmd::require_program(
-        "grub-mkimage",
-        "install grub-common (Debian), or use boot-backend = \"systemd-boot\"",
-    )?;
+    let program = grub_mkimage()?;
     let dir = grub_lib().join(platform.name());
     if !dir.join("moddep.lst").is_file() {
         bail!(
@@ -259,7 +286,7 @@ pub fn mkimage(platform: Platform, out: &Path) -> Result<()> {
             dir.display()
         );
     }
-    let mut c = Command::new("grub-mkimage");
+    let mut c = Command::new(program);
     c.arg("-O")
         .arg(platform.name())
         .arg("-d")

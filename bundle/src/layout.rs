@@ -213,6 +213,61 @@ pub fn check_kernel_params(params: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest kernel command line the x86 kernel keeps: `COMMAND_LINE_SIZE` is 2048 bytes
+/// with the terminating NUL. The kernel cuts a longer one off silently, and what goes is the
+/// tail: the bundle's own parameters (`panic=`, `console=`).
+pub const MAX_KERNEL_CMDLINE: usize = 2047;
+
+/// The kernel command line a slot boots with, for `kernel_params`, as long as either loader
+/// makes it (a bundle installs onto either kind of disk): GRUB's `linux` command puts
+/// `BOOT_IMAGE=/X/vmlinuz ` first; systemd-boot may put `initrd=\X\initrd ` first for the
+/// entry's `initrd` line (shorter; counted all the same); both then pass
+/// `ab.slot=X root=PARTLABEL=root-X` and the parameters.
+pub fn longest_kernel_cmdline(kernel_params: &str) -> usize {
+    let params = kernel_params
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Slot::ALL
+        .iter()
+        .map(|s| {
+            let f = s.files();
+            let grub = format!("BOOT_IMAGE=/{} ", f.kernel).len();
+            let sd = format!("initrd=\\{} ", f.initrd.replace('/', "\\")).len();
+            let own = format!("ab.slot={s} root=PARTLABEL={}", s.partition_label()).len();
+            grub.max(sd)
+                + own
+                + if params.is_empty() {
+                    0
+                } else {
+                    1 + params.len()
+                }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Checks that `kernel_params` leave the kernel's command line whole
+/// ([`longest_kernel_cmdline`] at most [`MAX_KERNEL_CMDLINE`]).
+pub fn check_kernel_cmdline_len(kernel_params: &str) -> Result<(), String> {
+    let len = longest_kernel_cmdline(kernel_params);
+    if len > MAX_KERNEL_CMDLINE {
+        return Err(format!(
+            "the kernel command line would be {len} bytes ({} of kernel parameters, the rest \
+             added by abupdate and the boot loader), and the kernel keeps only \
+             {MAX_KERNEL_CMDLINE}: the parameters at its end would be lost; shorten the kernel \
+             parameters by {} bytes",
+            kernel_params
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .len(),
+            len - MAX_KERNEL_CMDLINE
+        ));
+    }
+    Ok(())
+}
+
 /// Characters refused in kernel parameters on a GRUB disk: there they become GRUB script, a
 /// double-quoted word in `X/cmdline.cfg` (`abbundle::grubenv::cmdline_file`), and each of these
 /// could end the quoting or expand a variable.
@@ -258,6 +313,18 @@ pub fn boot_entry(slot: Slot, version: &str, kernel_params: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_cmdline_length() {
+        // GRUB's `BOOT_IMAGE=/a/vmlinuz ` (22) is longer than systemd-boot's `initrd=\a\initrd `
+        // (17); then `ab.slot=a root=PARTLABEL=root-a` (31) and a space.
+        assert_eq!(longest_kernel_cmdline(""), 53);
+        assert_eq!(longest_kernel_cmdline("  quiet   panic=5 "), 54 + 13);
+        let room = MAX_KERNEL_CMDLINE - 54;
+        assert!(check_kernel_cmdline_len(&"x".repeat(room)).is_ok());
+        let e = check_kernel_cmdline_len(&"x".repeat(room + 1)).unwrap_err();
+        assert!(e.contains("2048 bytes") && e.contains("by 1 bytes"), "{e}");
+    }
 
     #[test]
     fn entry_text() {

@@ -57,6 +57,8 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let (disk, running) = slots::open(ctx.disk.as_deref(), false)?;
     let mut esp = Esp::open(&disk)?;
     let loader = boot::detect(&esp);
+    // A loader state it cannot read or change is the disk's fault (36), not a missing slot.
+    loader.check_state(&esp)?;
     let view = loader.view(&esp)?;
     // Not booted from this disk: the slot that would boot next stands in for the running one.
     let active = running.or(view.next_slot());
@@ -145,7 +147,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let initrd = m.payload(PayloadKind::Initrd).clone();
     let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
-    loader.check_install(&esp, &kernel_params)?;
+    loader.check_install(&esp, target, version.as_str(), &kernel_params)?;
     // Compared with the slot that stays: the newer version boots, so an older bundle would not
     // boot next without demoting that slot (what --allow-downgrade does).
     if let Some(installed) = kv.version.as_deref() {

@@ -38,7 +38,7 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Install a bundle into the inactive slot and make it boot next
     ///
-    /// SOURCE is a bundle file, a block device holding one, or an http:// URL
+    /// SOURCE is a bundle file, a block device holding one, or an http(s):// URL
     /// (streamed, no temporary file). Everything is checked before anything is
     /// written; the new slot gets a boot entry with a few tries, and falls back
     /// to the current one if it does not get marked good. A format 2 bundle from
@@ -49,12 +49,18 @@ pub enum Command {
     /// Example: abupdate apply /media/usb/update.abu
     Apply(ApplyArgs),
     /// Show both slots, what runs and what boots next
+    ///
+    /// The disk's boot loader; each slot's state (good, trying with N tries
+    /// left, bad, empty), version and build id; the running slot, the slot that
+    /// boots next, and whether the last boot was a fallback.
     Status(StatusArgs),
     /// Mark the running slot good: keep booting it (run after a health check)
     MarkGood,
     /// Mark a slot bad (default: the running one) so the other slot boots
     ///
-    /// Refused if the other slot cannot boot.
+    /// Refused (exit 35) if the other slot cannot boot, and if the slot is the
+    /// only good one while the other is only being tried: mark that one good
+    /// first, once it is up.
     MarkBad(MarkBadArgs),
     /// Make the other slot boot next, if it is good
     ///
@@ -62,6 +68,10 @@ pub enum Command {
     /// not good: the machine is never left without a good entry.
     Rollback,
     /// Record what booted and whether it was a fallback (run early at boot)
+    ///
+    /// Writes the state file (which slot booted, and whether that was a
+    /// fallback), and grows the data partition to fill a disk larger than the
+    /// image (config grow-data).
     BootCheck,
     /// Check the channel and install its version if it is newer (unattended)
     ///
@@ -95,7 +105,7 @@ pub struct UpdateArgs {
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// Bundle file, block device or http:// URL
+    /// Bundle file, block device or http(s):// URL
     pub source: String,
     /// Install even if the bundle is not newer than the installed version
     #[arg(long)]

@@ -39,6 +39,9 @@ pub const ESP_FULL: i32 = 43;
 /// The bundle's kernel parameters cannot be passed on by this disk's boot loader: on a GRUB
 /// disk they become GRUB script, so `"`, `$`, `\`, `;`, newlines and control characters.
 pub const UNSAFE_KERNEL_PARAMS: i32 = 44;
+/// A boot entry that is no slot's (not named `slot-a`/`slot-b`) would boot before the new
+/// slot: abupdate does not demote entries it does not own.
+pub const FOREIGN_ENTRY: i32 = 45;
 
 // `abupdate update` (docs/channels.md). Codes 50 to 53 are outcomes, not errors: nothing is
 // printed on stderr, and `--json` says the same. 0 means up to date.

@@ -299,8 +299,13 @@ impl<'d> Esp<'d> {
             .iter()
             .filter_map(|e| e.ok())
             .find(|e| e.is_file() && e.file_name().eq_ignore_ascii_case(name))
-            .map(|e| e.short_file_name())
-            .with_context(|| format!("no file {path} on the ESP"))?;
+            .map(|e| e.short_file_name());
+        let Some(short) = short else {
+            refuse!(
+                codes::BAD_DISK,
+                "{path} is missing on the ESP: it cannot be rewritten in place"
+            );
+        };
         let mut w = self.flusher.clone();
         let ext = crate::fat_dir::file_extent(&mut w, &parent, &short)
             .with_context(|| format!("locating {path} on the ESP"))?;
@@ -311,6 +316,19 @@ impl<'d> Esp<'d> {
                  be rewritten in place",
                 ext.len,
                 ext.clusters
+            );
+        }
+        // Its cluster must be its own: a cross-linked FAT would have the write land in another
+        // file (a kernel, grub.cfg) or in the other env copy.
+        let others = crate::fat_dir::sharers(&mut w, &ext)
+            .with_context(|| format!("checking the cluster of {path} on the ESP"))?;
+        if !others.is_empty() {
+            refuse!(
+                codes::BAD_DISK,
+                "{path} on the ESP is cross-linked: its cluster {} is not its own ({}); writing it \
+                 in place would overwrite another file, so it cannot be rewritten in place",
+                ext.first,
+                others.join(", ")
             );
         }
         Ok(InPlace {

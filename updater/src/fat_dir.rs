@@ -166,6 +166,12 @@ pub struct Extent {
     /// How many clusters its chain has.
     pub clusters: usize,
     pub cluster_bytes: u64,
+    /// Its first cluster (0 for an empty file).
+    pub first: u32,
+    /// The first cluster of its directory, and its short name there (to tell its own entry
+    /// from others).
+    dir: u32,
+    name: [u8; 11],
 }
 
 /// The extent of the file whose 8.3 short name is `short` (as fatfs shows it: `ENV1`,
@@ -195,7 +201,89 @@ pub fn file_extent(w: &mut Window, parent: &[&str], short: &str) -> io::Result<E
         len,
         clusters,
         cluster_bytes: g.0.cluster_bytes,
+        first,
+        dir,
+        name,
     })
+}
+
+/// Largest FAT read into memory for [`sharers`] (a 2 GiB ESP with 4 KiB clusters has 2 MiB).
+const MAX_FAT_BYTES: u64 = 16 << 20;
+
+/// Everything on the ESP that reaches the cluster of `ext` (a file of one cluster, from
+/// [`file_extent`]) besides that file's own directory entry: other directory entries that start
+/// there (`GRUB/GRUB.CFG`), and clusters whose FAT entry links to it (another file's chain runs
+/// through it). A damaged or hand-made FAT can cross-link files; a sector written in place there
+/// would overwrite the other file. Reads only: the FAT and every directory from the root.
+pub fn sharers(w: &mut Window, ext: &Extent) -> io::Result<Vec<String>> {
+    let g = Geometry::read(w)?;
+    let target = ext.first;
+    let max = g.0.clusters + 1;
+    let fat_len = (max + 1) * 4;
+    if fat_len > g.0.fat_bytes || fat_len > MAX_FAT_BYTES {
+        return Err(bad(
+            "the ESP's FAT is larger than abupdate reads, or does not cover it",
+        ));
+    }
+    let mut bytes = vec![0u8; fat_len as usize];
+    read_at(w, g.0.fat_start, &mut bytes)?;
+    let fat: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) & MASK)
+        .collect();
+    let mut out: Vec<String> = (2..=max as u32)
+        .filter(|&c| fat[c as usize] == target)
+        .map(|c| format!("cluster {c} of another chain links to it"))
+        .collect();
+    // Every directory, each cluster once (a looping or cross-linked directory is read once).
+    let mut seen = vec![false; fat.len()];
+    let mut dirs = vec![(g.0.root_cluster, String::new())];
+    let mut buf = vec![0u8; g.0.cluster_bytes as usize];
+    while let Some((first, path)) = dirs.pop() {
+        let mut c = first;
+        'chain: while g.0.valid(c) && !seen[c as usize] {
+            seen[c as usize] = true;
+            read_at(w, g.offset(c), &mut buf)?;
+            for e in buf.chunks_exact(ENTRY) {
+                if e[0] == 0 {
+                    break 'chain;
+                }
+                let attr = e[11];
+                if e[0] == DELETED || attr == ATTR_LFN || attr & ATTR_VOLUME != 0 {
+                    continue;
+                }
+                if e[..11] == DOT || e[..11] == DOTDOT {
+                    continue;
+                }
+                let start = cluster_of(e);
+                let name = display_name(&e[..11]);
+                let full = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}/{name}")
+                };
+                if start == target && !(first == ext.dir && e[..11] == ext.name) {
+                    out.push(format!("{full} starts there"));
+                }
+                if attr & ATTR_DIR != 0 && start != 0 {
+                    dirs.push((start, full));
+                }
+            }
+            c = fat[c as usize];
+        }
+    }
+    Ok(out)
+}
+
+/// A short name as `NAME.EXT`.
+fn display_name(n: &[u8]) -> String {
+    let base = String::from_utf8_lossy(&n[..8]).trim_end().to_string();
+    let ext = String::from_utf8_lossy(&n[8..11]).trim_end().to_string();
+    if ext.is_empty() {
+        base
+    } else {
+        format!("{base}.{ext}")
+    }
 }
 
 /// Whether directory `name` can be created in `parent` and then put right: a FAT32 ESP, a

@@ -22,6 +22,7 @@ pub fn mark_good(ctx: &Ctx) -> Result<()> {
     };
     let esp = Esp::open(&disk)?;
     let loader = boot::detect(&esp);
+    loader.check_state(&esp)?;
     let view = loader.view(&esp)?;
     let sv = view.slot(slot);
     if sv.state == SlotState::Empty {
@@ -55,16 +56,32 @@ pub fn mark_bad(ctx: &Ctx, slot: Option<boot::Slot>) -> Result<()> {
     };
     let esp = Esp::open(&disk)?;
     let loader = boot::detect(&esp);
+    loader.check_state(&esp)?;
     let view = loader.view(&esp)?;
     if view.slot(slot).state == SlotState::Empty {
         refuse!(codes::NO_ENTRY, "slot {slot} has no boot entry to mark bad");
     }
+    let other = view.slot(slot.other()).state;
     if !loader.bootable(&esp, slot.other())? {
         refuse!(
             codes::NO_FALLBACK,
             "refusing to mark slot {slot} bad: slot {} is {} and cannot take over, so no bootable entry would be left",
             slot.other(),
-            view.slot(slot.other()).state.name()
+            other.name()
+        );
+    }
+    // As apply refuses: a slot only on trial is no fallback. Should it fail its tries, both
+    // slots would be out and the loader would boot the broken one anyway (systemd-boot the
+    // newer entry, GRUB its default slot).
+    if view.slot(slot).state == SlotState::Good && other != SlotState::Good {
+        refuse!(
+            codes::NO_FALLBACK,
+            "refusing to mark slot {slot} bad: it is the only good slot and slot {} is only {}, \
+             so nothing good would be left to fall back to; once slot {} is up, run \
+             'abupdate mark-good' there first; nothing was changed",
+            slot.other(),
+            other.name(),
+            slot.other()
         );
     }
     loader.mark_bad(&esp, slot)?;
@@ -80,6 +97,7 @@ pub fn rollback(ctx: &Ctx) -> Result<()> {
     let (disk, running) = slots::open(ctx.disk.as_deref(), false)?;
     let esp = Esp::open(&disk)?;
     let loader = boot::detect(&esp);
+    loader.check_state(&esp)?;
     let view = loader.view(&esp)?;
     let Some(current) = view.next_slot().or(running) else {
         refuse!(

@@ -242,3 +242,60 @@ fn kernel_params_that_set_the_slot_or_root() {
         assert_no_outputs(&out);
     }
 }
+
+/// The x86 kernel keeps 2047 bytes of command line and drops the rest (the tail: `panic=5`
+/// here); counting what abupdate and the boot loader put in front (54 bytes on GRUB), kernel
+/// parameters of more than 1993 bytes are refused, by `build` and by `bundle`. 1993 build.
+#[test]
+fn kernel_params_longer_than_the_kernel_command_line() {
+    // qemu-test.toml adds " console=ttyS0 panic=5" (22 bytes) to the system's parameters.
+    let fits = 1993 - 22;
+    for (len, builds) in [(fits + 1, false), (fits, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = fake_system(dir.path());
+        let params = format!("x={}", "y".repeat(len - 2));
+        fs::write(sys.join("kernel-params"), &params).unwrap();
+        let out = dir.path().join("out");
+        let mut c = build_cmd(
+            &repo_file("images/qemu-test.toml"),
+            &sys,
+            &test_key(dir.path()),
+            &out,
+        );
+        if builds {
+            ok(&mut c);
+            let m = inspect(&out.join("qemu-test-2026.11.22.1.abu"));
+            let kp = m["kernel_params"].as_str().unwrap().to_string();
+            assert_eq!(kp.len(), 1993, "{kp}");
+            continue;
+        }
+        let err = fails(&mut c);
+        assert!(
+            err.contains("2048 bytes") && err.contains("2047") && err.contains("kernel-params"),
+            "{err}"
+        );
+        assert_no_outputs(&out);
+        // `abbuild bundle` with the same parameters.
+        let key = test_key(dir.path());
+        let err = fails(
+            std::process::Command::new(env!("CARGO_BIN_EXE_abbuild"))
+                .arg("bundle")
+                .args(["--rootfs", sys.join("kernel").to_str().unwrap()])
+                .args(["--kernel", sys.join("kernel").to_str().unwrap()])
+                .args(["--initrd", sys.join("initrd").to_str().unwrap()])
+                .args([
+                    "--kernel-params",
+                    &format!("{params} console=ttyS0 panic=5"),
+                ])
+                .args(["--compatible", "x", "--version", "1", "--key"])
+                .arg(&key)
+                .arg("--out")
+                .arg(dir.path().join("b.abu")),
+        );
+        assert!(
+            err.contains("--kernel-params") && err.contains("2047"),
+            "{err}"
+        );
+        assert!(!dir.path().join("b.abu").exists());
+    }
+}

@@ -209,3 +209,54 @@ fn grub_image_refuses_script_in_kernel_params() {
     fs::write(&image, plain).unwrap();
     ok(&mut build_cmd(&image, &sys, &key, &dir.path().join("out2")));
 }
+
+/// `ABBUILD_GRUB_MKIMAGE` names the grub-mkimage to run (another GRUB, with `ABBUILD_GRUB_LIB`):
+/// a wrapper named there makes both images, and a missing one is refused before anything is
+/// written, with the variable in the message.
+#[test]
+fn grub_mkimage_named_by_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = fake_system(dir.path());
+    let key = test_key(dir.path());
+    let real = which("grub-mkimage");
+    let log = dir.path().join("mkimage.log");
+    let wrapper = dir.path().join("my-grub-mkimage");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$2\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let image = repo_file("images/qemu-test-grub.toml");
+    let out = dir.path().join("out");
+    ok(build_cmd(&image, &sys, &key, &out).env("ABBUILD_GRUB_MKIMAGE", &wrapper));
+    // Both platforms went through the wrapper (its second argument is -O's value).
+    assert_eq!(fs::read_to_string(&log).unwrap(), "x86_64-efi\ni386-pc\n");
+    assert!(out.join(IMAGE).is_file());
+
+    let missing = dir.path().join("no-such-grub-mkimage");
+    let out2 = dir.path().join("out2");
+    let res = build_cmd(&image, &sys, &key, &out2)
+        .env("ABBUILD_GRUB_MKIMAGE", &missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ABBUILD_GRUB_MKIMAGE=") && err.contains("no-such-grub-mkimage"),
+        "{err}"
+    );
+    assert!(fs::read_dir(&out2).map_or(true, |mut d| d.next().is_none()));
+}
+
+fn which(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} not in PATH (scripts/setup.sh installs it)"))
+}

@@ -370,7 +370,8 @@ fn nix_built_abbuild_carries_grub() {
         c.args(args.get_args())
             .env("SOURCE_DATE_EPOCH", EPOCH)
             .env("PATH", path)
-            .env_remove("ABBUILD_GRUB_LIB");
+            .env_remove("ABBUILD_GRUB_LIB")
+            .env_remove("ABBUILD_GRUB_MKIMAGE");
         c
     };
     let bin_path = bin.to_str().unwrap().to_string();

@@ -26,9 +26,11 @@ use crate::refuse;
 pub struct Grub;
 
 impl Grub {
-    /// Whether `esp` holds abupdate's GRUB state: its first env copy.
+    /// Whether `esp` is a GRUB disk: either env copy, or grub.cfg. Any one of them is enough,
+    /// so a disk that lost one copy is still taken for GRUB (and refused for its missing copy)
+    /// rather than for systemd-boot.
     pub fn present(esp: &Esp) -> bool {
-        esp.exists(ENV_FILES[0])
+        ENV_FILES.iter().chain([&GRUB_CFG]).any(|f| esp.exists(f))
     }
 }
 
@@ -203,20 +205,31 @@ impl BootLoader for Grub {
         Ok(Box::new(Model::read(esp)?))
     }
 
-    /// The kernel parameters must be safe inside GRUB script, a copy of the env must hold a
-    /// state, and both copies must be rewritable in place.
-    fn check_install(&self, esp: &Esp, kernel_params: &str) -> Result<()> {
-        if let Err(e) = abbundle::layout::check_grub_kernel_params(kernel_params) {
-            refuse!(
-                codes::UNSAFE_KERNEL_PARAMS,
-                "the bundle's kernel parameters cannot be used on a GRUB disk: {e}; nothing was changed"
-            );
-        }
+    /// A copy of the env must hold a state, and both copies must be there and rewritable in
+    /// place (one sector in a cluster of their own).
+    fn check_state(&self, esp: &Esp) -> Result<()> {
         current_or_refuse(esp)?;
         for f in ENV_FILES {
             if let Err(e) = esp.in_place(f, ENV_SIZE) {
                 refuse!(codes::BAD_DISK, "{e:#}; nothing was changed");
             }
+        }
+        Ok(())
+    }
+
+    /// The kernel parameters must be safe inside GRUB script.
+    fn check_install(
+        &self,
+        _esp: &Esp,
+        _slot: Slot,
+        _version: &str,
+        kernel_params: &str,
+    ) -> Result<()> {
+        if let Err(e) = abbundle::layout::check_grub_kernel_params(kernel_params) {
+            refuse!(
+                codes::UNSAFE_KERNEL_PARAMS,
+                "the bundle's kernel parameters cannot be used on a GRUB disk: {e}; nothing was changed"
+            );
         }
         Ok(())
     }

@@ -165,9 +165,22 @@ pub trait BootLoader {
     /// A snapshot of the loader's state on `esp` as a pure model.
     fn model(&self, esp: &Esp) -> Result<Box<dyn BootModel>>;
 
-    /// Refuses (before anything is written) an install this loader could not finish: kernel
-    /// parameters it cannot pass on, or its own state in a form it cannot change.
-    fn check_install(&self, _esp: &Esp, _kernel_params: &str) -> Result<()> {
+    /// Refuses (before anything is written, and before a command judges the slots by
+    /// [`view`](Self::view)) the loader's own state in a form it cannot read or change.
+    fn check_state(&self, _esp: &Esp) -> Result<()> {
+        Ok(())
+    }
+
+    /// Refuses (before anything is written) an install of `version` into `slot` this loader
+    /// could not finish: kernel parameters it cannot pass on, or a record that is no slot's
+    /// and would still boot before the new slot.
+    fn check_install(
+        &self,
+        _esp: &Esp,
+        _slot: Slot,
+        _version: &str,
+        _kernel_params: &str,
+    ) -> Result<()> {
         Ok(())
     }
 
@@ -222,7 +235,8 @@ pub fn fallback_by_order(view: &View, booted: Slot) -> Option<Slot> {
 }
 
 /// The boot loader of the disk whose ESP is `esp`, from what is on it: GRUB if the ESP has
-/// its env block (`grub/env1`), else systemd-boot. An ESP with no loader recognised is treated
+/// either copy of its env block (`grub/env1`, `grub/env2`) or `grub/grub.cfg`, else
+/// systemd-boot. An ESP with no loader recognised is treated
 /// as systemd-boot's (so a bare ESP behaves as it always has).
 pub fn detect(esp: &Esp) -> Box<dyn BootLoader> {
     if grub::Grub::present(esp) {

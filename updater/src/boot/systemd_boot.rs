@@ -73,10 +73,17 @@ pub fn read_entries(esp: &Esp) -> Result<Vec<BootEntry>> {
     Ok(out)
 }
 
-/// The entries of `slot` among `all`.
+/// Whether `e` is a slot's own entry: named `slot-X[+LEFT[-DONE]].conf`.
+fn slot_of_name(e: &BootEntry) -> Option<Slot> {
+    EntryName::parse(&e.file).map(|n| n.slot)
+}
+
+/// The entries of `slot` among `all`: by name only. An entry of another name that boots the
+/// slot (a copy of `slot-a.conf` for a rescue system, with `ab.slot=a`) is not the slot's: no
+/// command rewrites, demotes or removes it.
 fn of_slot(all: &[BootEntry], slot: Slot) -> Vec<BootEntry> {
     all.iter()
-        .filter(|e| e.slot() == Some(slot))
+        .filter(|e| slot_of_name(e) == Some(slot))
         .cloned()
         .collect()
 }
@@ -251,6 +258,40 @@ impl BootLoader for SystemdBoot {
 
     fn model(&self, esp: &Esp) -> Result<Box<dyn BootModel>> {
         Ok(Box::new(Model::read(esp)?))
+    }
+
+    /// Only a slot can demote a slot: an entry that is no slot's (see [`of_slot`]) and would
+    /// still boot before the new entry of `slot` is refused here, before anything is written,
+    /// since apply would otherwise take the new slot for a downgrade and demote the good slot.
+    fn check_install(
+        &self,
+        esp: &Esp,
+        slot: Slot,
+        version: &str,
+        kernel_params: &str,
+    ) -> Result<()> {
+        let new = BootEntry::new(
+            &EntryName::trying(slot, 1).file_name(),
+            &abbundle::layout::boot_entry(slot, version, kernel_params),
+        );
+        let mut after: Vec<BootEntry> = read_entries(esp)?
+            .into_iter()
+            .filter(|e| slot_of_name(e).is_none())
+            .collect();
+        after.push(new.clone());
+        let exists = |p: &str| Some(p) == new.contents.linux.as_deref() || esp.exists(p);
+        if let Some(e) = bls::select(&after, &exists).filter(|e| e.file != new.file) {
+            refuse!(
+                codes::FOREIGN_ENTRY,
+                "boot entry {} is not a slot's entry (slot-a/slot-b), but systemd-boot would boot \
+                 it before slot {slot}'s new entry (sort-key {}, version {}); abupdate changes only \
+                 its own entries: remove that entry or give it another sort-key; nothing was changed",
+                entry_path(&e.file),
+                e.contents.sort_key.as_deref().unwrap_or("none"),
+                e.contents.version.as_deref().unwrap_or("none")
+            );
+        }
+        Ok(())
     }
 
     fn bootable(&self, esp: &Esp, slot: Slot) -> Result<bool> {

@@ -232,9 +232,18 @@ fn rollback_mark_bad_and_downgrade() {
     let s = status(&env, &disk, Some("b"));
     assert_eq!(s["nextBootSlot"], "a");
     assert_eq!(s["slots"][0]["version"], "2026.11.1");
-    // mark-bad of the running b while a is on trial: a still has tries, b goes.
-    ok(&env.abupdate_booted(&disk, Some("b"), &["mark-bad"]));
-    assert_env(&disk, st(Slot::A, S::Tries(3), S::UsedUp));
+    // mark-bad of the running b, the only good slot, while a is only on trial: refused, as
+    // apply refuses (should a then fail its tries, nothing good would be left).
+    let before = sha256_file(&disk);
+    let msg = fails(
+        &env.abupdate_booted(&disk, Some("b"), &["mark-bad"]),
+        codes::NO_FALLBACK,
+    );
+    assert!(msg.contains("only good slot"), "{msg}");
+    assert_eq!(sha256_file(&disk), before);
+    // The downgrade on trial can be taken back: a goes, b (good) is first again.
+    ok(&env.abupdate_booted(&disk, Some("b"), &["mark-bad", "a"]));
+    assert_env(&disk, st(Slot::B, S::UsedUp, S::Good));
     fsck_esp(&disk).unwrap();
 }
 
@@ -309,4 +318,220 @@ fn damaged_copy_1_and_an_env_file_of_the_wrong_size() {
         "{msg}"
     );
     assert_eq!(sha256_file(&disk), before);
+}
+
+/// The ESP of a disk image read and patched raw, below any FAT driver: for damage no FAT
+/// driver would make (cross-linked files).
+struct RawEsp {
+    img: std::path::PathBuf,
+    /// The ESP's byte offset in the image.
+    at: u64,
+    g: abbundle::fat32::Geometry,
+}
+
+impl RawEsp {
+    fn open(img: &Path) -> RawEsp {
+        use std::os::unix::fs::FileExt;
+        let at = partition(img, "esp").0;
+        let mut bs = [0u8; 512];
+        std::fs::File::open(img)
+            .unwrap()
+            .read_exact_at(&mut bs, at)
+            .unwrap();
+        RawEsp {
+            img: img.to_path_buf(),
+            at,
+            g: abbundle::fat32::Geometry::parse(&bs).unwrap(),
+        }
+    }
+
+    fn read(&self, at: u64, len: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; len];
+        std::fs::File::open(&self.img)
+            .unwrap()
+            .read_exact_at(&mut b, self.at + at)
+            .unwrap();
+        b
+    }
+
+    fn write(&self, at: u64, data: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.img)
+            .unwrap()
+            .write_all_at(data, self.at + at)
+            .unwrap();
+    }
+
+    /// The clusters of the chain starting at `first` (first FAT).
+    fn chain(&self, first: u32) -> Vec<u32> {
+        let mut out = vec![first];
+        loop {
+            let e = self.read(self.g.fat_start + *out.last().unwrap() as u64 * 4, 4);
+            let next = u32::from_le_bytes(e.try_into().unwrap()) & 0x0fff_ffff;
+            if next >= 0x0fff_fff8 {
+                return out;
+            }
+            assert!(out.len() < 1 << 20, "a chain loops");
+            out.push(next);
+        }
+    }
+
+    /// The short directory entry of `path` (`GRUB/ENV1`, `A/VMLINUZ`): where it is and the
+    /// first cluster it names.
+    fn entry(&self, path: &str) -> (u64, u32) {
+        let mut dir = self.g.root_cluster;
+        let mut found = None;
+        for part in path.split('/') {
+            let (base, ext) = part.split_once('.').unwrap_or((part, ""));
+            let mut name = [b' '; 11];
+            name[..base.len()].copy_from_slice(base.as_bytes());
+            name[8..8 + ext.len()].copy_from_slice(ext.as_bytes());
+            found = self.chain(dir).into_iter().find_map(|c| {
+                let off = self.g.cluster_offset(c);
+                let data = self.read(off, self.g.cluster_bytes as usize);
+                data.chunks_exact(32).enumerate().find_map(|(i, e)| {
+                    (e[..11] == name && e[11] != 0x0f && e[0] != 0xe5)
+                        .then(|| (off + i as u64 * 32, abbundle::fat32::first_cluster(e)))
+                })
+            });
+            dir = found.unwrap_or_else(|| panic!("no {part} in {path}")).1;
+        }
+        found.unwrap()
+    }
+
+    /// Points the directory entry at `entry_at` to cluster `c`.
+    fn set_first_cluster(&self, entry_at: u64, c: u32) {
+        let mut e = self.read(entry_at, 32);
+        abbundle::fat32::set_first_cluster(&mut e, c);
+        self.write(entry_at, &e);
+    }
+}
+
+/// An env file cross-linked with another file (a damaged or hand-made FAT) is never written
+/// in place: env1 on the last cluster of the staying slot's kernel, env2 on grub.cfg's
+/// cluster, both copies on one cluster. Each is refused with 36 before anything is written
+/// (the old code wrote through: the kernel's tail or grub.cfg overwritten, or the torn-write
+/// protection of two copies silently gone, and apply reported success).
+#[test]
+fn env_files_cross_linked_with_other_files_are_refused() {
+    let env = Env::new_grub();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    // (env file, what it is cross-linked onto, the cluster that is).
+    type Case = (&'static str, &'static str, fn(&RawEsp) -> u32);
+    let cases: [Case; 3] = [
+        ("GRUB/ENV1", "the kernel's last cluster", |esp| {
+            let kernel = esp.chain(esp.entry("A/VMLINUZ").1);
+            assert!(kernel.len() > 1, "{kernel:?}");
+            *kernel.last().unwrap()
+        }),
+        ("GRUB/ENV2", "grub.cfg's cluster", |esp| {
+            *esp.chain(esp.entry("GRUB/GRUB.CFG").1).last().unwrap()
+        }),
+        ("GRUB/ENV2", "env1's cluster", |esp| {
+            esp.entry("GRUB/ENV1").1
+        }),
+    ];
+    for (file, onto, target) in cases {
+        copy_image(&v1.image, &disk);
+        let esp = RawEsp::open(&disk);
+        let (at, _) = esp.entry(file);
+        esp.set_first_cluster(at, target(&esp));
+        let before = sha256_file(&disk);
+        let msg = fails(
+            &env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]),
+            codes::BAD_DISK,
+        );
+        assert!(
+            msg.contains("cross-linked") && msg.contains("nothing was changed"),
+            "{file} onto {onto}: {msg}"
+        );
+        assert_eq!(sha256_file(&disk), before, "{file} onto {onto}");
+        // mark-good goes through the same check.
+        fails(
+            &env.abupdate_booted(&disk, Some("a"), &["mark-good"]),
+            codes::BAD_DISK,
+        );
+        assert_eq!(sha256_file(&disk), before, "{file} onto {onto}");
+    }
+}
+
+/// Both env copies invalid is a damaged GRUB disk (36, as documented), not a disk without a
+/// fallback (35) or without entries (39): the loader's state is checked before the slots
+/// are judged by it.
+#[test]
+fn both_env_copies_invalid_is_a_bad_disk() {
+    let env = Env::new_grub();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    for f in ENV_FILES {
+        mput(&disk, f, Some(&[b'#'; 512]));
+    }
+    assert_eq!(grub_env(&disk), [None, None]);
+    let before = sha256_file(&disk);
+    let msg = fails(
+        &env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]),
+        codes::BAD_DISK,
+    );
+    assert!(
+        msg.contains("grub/env1") && msg.contains("grub/env2") && msg.contains("valid"),
+        "{msg}"
+    );
+    for (booted, args) in [
+        (Some("a"), &["mark-good"][..]),
+        (None, &["mark-bad", "b"][..]),
+        (None, &["rollback"][..]),
+    ] {
+        let msg = fails(&env.abupdate_booted(&disk, booted, args), codes::BAD_DISK);
+        assert!(msg.contains("valid GRUB state"), "{args:?}: {msg}");
+    }
+    assert_eq!(sha256_file(&disk), before);
+}
+
+/// A GRUB disk that lost one env copy, or both (GRUB then boots from the other copy, or its
+/// default slot): still a GRUB disk (`status` says so), and every command that writes the env
+/// is refused with 36, naming the missing copy. The old code took a disk without `grub/env1`
+/// for a systemd-boot disk.
+#[test]
+fn a_missing_env_copy_is_still_a_grub_disk_and_refused() {
+    let env = Env::new_grub();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    for missing in [&ENV_FILES[..1], &ENV_FILES[1..], &ENV_FILES[..]] {
+        copy_image(&v1.image, &disk);
+        for f in missing {
+            mput(&disk, f, None);
+        }
+        assert_eq!(
+            status(&env, &disk, None)["bootLoader"],
+            "grub",
+            "{missing:?}"
+        );
+        let before = sha256_file(&disk);
+        let msg = fails(
+            &env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]),
+            codes::BAD_DISK,
+        );
+        let named = if missing.len() == 2 {
+            msg.contains("valid GRUB state")
+        } else {
+            msg.contains(&format!("{} is missing", missing[0]))
+        };
+        assert!(
+            named && msg.contains("nothing was changed"),
+            "{missing:?}: {msg}"
+        );
+        fails(
+            &env.abupdate_booted(&disk, Some("a"), &["mark-good"]),
+            codes::BAD_DISK,
+        );
+        assert_eq!(sha256_file(&disk), before, "{missing:?}");
+    }
 }

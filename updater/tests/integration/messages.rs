@@ -92,3 +92,32 @@ fn wrong_payload_sha256_in_a_signed_manifest_is_blamed_on_the_bundle() {
     assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
     fsck_esp(&disk).unwrap();
 }
+
+/// `--help` says what docs/updater.md says: SOURCE may be an https:// URL (as the README
+/// shows), and mark-bad names both of its refusals.
+#[test]
+fn help_texts_match_the_docs() {
+    let help = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_abupdate"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        // Words as clap wraps them, joined again.
+        let text = String::from_utf8(o.stdout).unwrap();
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    for cmd in ["apply", "verify"] {
+        let h = help(&[cmd]);
+        assert!(h.contains("http(s)://"), "{cmd}: {h}");
+        assert!(!h.contains("http:// URL"), "{cmd}: {h}");
+    }
+    let h = help(&["mark-bad"]);
+    assert!(
+        h.contains("cannot boot") && h.contains("only good one"),
+        "{h}"
+    );
+    let h = help(&["boot-check"]);
+    assert!(h.contains("grows the data partition"), "{h}");
+}

@@ -223,3 +223,98 @@ fn corrupt_payload_mid_stream_keeps_the_running_slot() {
         ["slot-a.conf", "slot-b+3.conf"]
     );
 }
+
+/// After an apply (a good, b on trial), marking a bad is refused on both loaders, named or as
+/// the running slot, and nothing on the disk changes: should b then fail its tries, nothing
+/// good would be left (systemd-boot would boot the newer, broken b for ever; GRUB its default
+/// slot). Once b is marked good, a can go.
+#[test]
+fn mark_bad_of_the_only_good_slot_while_the_other_is_trying() {
+    for env in [Env::new(), Env::new_grub()] {
+        let v1 = env.build("2026.11.1", 1, 64 * 1024);
+        let v2 = env.build("2026.11.2", 2, 64 * 1024);
+        let disk = env.path("disk.img");
+        copy_image(&v1.image, &disk);
+        ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
+        let before = sha256_file(&disk);
+        for (booted, args) in [
+            (None, &["mark-bad", "a"][..]),
+            (Some("a"), &["mark-bad"][..]),
+            (Some("b"), &["mark-bad", "a"][..]),
+        ] {
+            let msg = fails(
+                &env.abupdate_booted(&disk, booted, args),
+                codes::NO_FALLBACK,
+            );
+            assert!(
+                msg.contains("only good slot")
+                    && msg.contains("slot b is only trying")
+                    && msg.contains("nothing was changed"),
+                "{booted:?} {args:?}: {msg}"
+            );
+            assert_eq!(sha256_file(&disk), before, "{booted:?} {args:?}");
+        }
+        ok(&env.abupdate_booted(&disk, Some("b"), &["mark-good"]));
+        ok(&env.abupdate_booted(&disk, Some("b"), &["mark-bad", "a"]));
+        let s: serde_json::Value =
+            serde_json::from_str(&ok(&env.abupdate(&disk, &["status", "--json"]))).unwrap();
+        assert_eq!(s["nextBootSlot"], "b");
+        assert_eq!(s["slots"][0]["state"], "bad");
+    }
+}
+
+/// A boot entry that is no slot's but carries `sort-key abupdate` and a version above every
+/// update (a copy of `slot-a.conf` for a rescue system) would boot before any new slot. apply
+/// used to take the new slot for a downgrade, demote the good slot a and exit 1 "(bug)"; now
+/// it refuses (45) before anything is written, whether the copy boots its own kernel or
+/// still says `ab.slot=a`. Only a slot can demote a slot.
+#[test]
+fn a_foreign_entry_that_outranks_the_new_slot_is_refused() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    let slot_a = {
+        copy_image(&v1.image, &disk);
+        String::from_utf8(mtype(&disk, "loader/entries/slot-a.conf")).unwrap()
+    };
+    let rescue_own_kernel = slot_a
+        .replace("title abupdate slot a", "title rescue")
+        .replace("version 2026.11.1", "version 9999")
+        .replace("/a/vmlinuz", "/rescue-vmlinuz")
+        .replace("/a/initrd", "/rescue-initrd")
+        .replace("ab.slot=a root=PARTLABEL=root-a", "rescue");
+    let copy_of_a = slot_a
+        .replace("title abupdate slot a", "title rescue")
+        .replace("version 2026.11.1", "version 9999");
+    assert_ne!(rescue_own_kernel, slot_a);
+    assert!(copy_of_a.contains("ab.slot=a"), "{copy_of_a}");
+    for rescue in [&rescue_own_kernel, &copy_of_a] {
+        copy_image(&v1.image, &disk);
+        mput(&disk, "rescue-vmlinuz", Some(b"a rescue kernel"));
+        mput(&disk, "loader/entries/rescue.conf", Some(rescue.as_bytes()));
+        let before = sha256_file(&disk);
+        let msg = fails(
+            &env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]),
+            codes::FOREIGN_ENTRY,
+        );
+        assert!(
+            msg.contains("loader/entries/rescue.conf")
+                && msg.contains("not a slot's entry")
+                && msg.contains("nothing was changed"),
+            "{msg}"
+        );
+        assert_eq!(sha256_file(&disk), before, "{rescue}");
+    }
+    // The same copy ranked below the new slot (its version kept) is left alone: the update
+    // installs and boots next, and the rescue entry stays as it was.
+    copy_image(&v1.image, &disk);
+    let low = slot_a.replace("title abupdate slot a", "title rescue");
+    mput(&disk, "loader/entries/rescue.conf", Some(low.as_bytes()));
+    ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
+    assert_eq!(
+        mdir(&disk, "loader/entries"),
+        ["rescue.conf", "slot-a.conf", "slot-b+3.conf"]
+    );
+    assert_eq!(mtype(&disk, "loader/entries/rescue.conf"), low.as_bytes());
+}
