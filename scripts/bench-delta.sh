@@ -4,8 +4,10 @@
 #
 # Systems: ~50 real Debian packages installed on this machine, laid out as Nix store paths
 # with real references between them (scripts/bench-delta/store.py: patchelf RUNPATH and
-# interpreter, #! lines, symlinks). Version 1 and three updates, each built with `abbuild
-# build` (its defaults: zstd, 128 KiB blocks, -no-fragments, format 2):
+# interpreter, #! lines, symlinks). A changed package's store path gets its new version in its
+# name as well as a new hash, and every reference names that new path, as Nix writes it
+# (store.py check verifies it). Version 1 and three updates, each built with `abbuild build`
+# (its defaults: zstd, 128 KiB blocks, -no-fragments, format 2):
 #   leaf: xz-utils changes (another Debian build of it: new bytes, new store path);
 #   lib:  libssl3 + openssl change, and every package above them gets a new store path with
 #         its references rewritten (the Nix rename fan-out);
@@ -25,12 +27,19 @@
 # (new-image 4 KiB blocks whose SHA-256 is not among the old image's, plus its 32-byte-per-block
 # hash index).
 #
+# BENCH_LINK=1 also applies every pair through a slow link (scripts/bench-delta/link.py, a relay
+# on 127.0.0.1 in front of nginx: BENCH_LINK_RTT_MS round-trip time, default 50, and
+# BENCH_LINK_MBIT bandwidth, default 100, each way; a new connection costs one round trip more)
+# and prints a second table: delta and full apply times on the link beside the loopback ones,
+# requests, connections and bytes on the wire, and for the libc pair the goal of issue 21:
+# (its bytes on the wire at the link's rate + the full apply's time on loopback) x 1.2.
 # BENCH_RATE=12500k serves at that rate (nginx limit_rate: 100 Mbit/s) for the time columns.
 # nginx applies it per request after the first second's worth, so it slows the full stream but
-# not a delta's small ranges: read the delta column as a lower bound then.
+# not a delta's small ranges: BENCH_LINK is the faithful link.
 # BENCH_1G=1 adds a ~1 GiB root: the same packages plus large real directories of this machine
 # (BENCH_1G_DIRS) as store paths without references, and the leaf change. Slow (~10 min).
-# Usage: bash scripts/bench-delta.sh   (BENCH_DIR: work directory parent, default /var/tmp)
+# Usage: bash scripts/bench-delta.sh   (BENCH_DIR: work directory parent, default /var/tmp;
+#        BENCH_LINK=1 bash scripts/bench-delta.sh: with the 50 ms / 100 Mbit/s link)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -54,6 +63,7 @@ abupdate=$CARGO_TARGET_DIR/release/abupdate
 work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 cleanup() {
   [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null
+  [ -n "${link_pid:-}" ] && kill "$link_pid" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -90,6 +100,8 @@ for v in leaf lib libc; do
   python3 "$store" "$v" "$work/debs" "$work/sys-$v" "$work/sys-v1" >/dev/null
   finish_sys "$work/sys-$v"
 done
+# No reference may name a path that is not there (a replaced package's old name or version).
+python3 "$store" check "$work"/sys-{v1,leaf,lib,libc}
 
 "$abbuild" -q keygen --out-dir "$work/keys" --name bench >/dev/null
 mkdir -p "$work/trusted" && cp "$work/keys/bench.pub" "$work/trusted/"
@@ -168,20 +180,33 @@ nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
 url=http://127.0.0.1:$port
 curl -sf -r 0-0 -o /dev/null "$url/v1.abu" || { log "nginx does not answer"; exit 1; }
 log "nginx on $url"
+link=${BENCH_LINK:-0} rtt_ms=${BENCH_LINK_RTT_MS:-50} mbit=${BENCH_LINK_MBIT:-100}
+: >"$work/conn.log"
+if [ "$link" = 1 ]; then
+  python3 "$root/scripts/bench-delta/link.py" "$port" "$rtt_ms" "$mbit" "$work/conn.log" >"$work/link.port" &
+  link_pid=$!
+  for _ in $(seq 50); do [ -s "$work/link.port" ] && break; sleep 0.1; done
+  link_url=http://127.0.0.1:$(head -n1 "$work/link.port")
+  curl -sf -r 0-0 -o /dev/null "$link_url/v1.abu" || { log "the link does not answer"; exit 1; }
+  log "link ($rtt_ms ms, $mbit Mbit/s) on $link_url"
+fi
 
-# applied NAME BASE [--full]: one apply from nginx onto a fresh copy of BASE's disk; prints
-# "seconds peak_rss_kib bytes_sent requests".
+# applied URL NAME BASE [--full]: one apply from URL (nginx, or the link in front of it) onto a
+# fresh copy of BASE's disk; prints "seconds peak_rss_kib bytes_sent requests connections"
+# (connections: through the link only).
 applied() {
-  cp --sparse=always "$work/disk-$2.img" "$work/d.img"
+  cp --sparse=always "$work/disk-$3.img" "$work/d.img"
   sync
   echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-  local before
+  local before conns
   before=$(wc -l <"$work/nginx/access.log")
+  conns=$(wc -l <"$work/conn.log")
   /usr/bin/time -o "$work/time" -f "%e %M" "$abupdate" -q --config "$work/abupdate.toml" --disk "$work/d.img" \
-    apply --allow-downgrade "${@:3}" "$url/$1.abu" >"$work/out" 2>&1 || { cat "$work/out" >&2; return 1; }
+    apply --allow-downgrade "${@:4}" "$1/$2.abu" >"$work/out" 2>&1 || { cat "$work/out" >&2; return 1; }
   read -r s m <"$work/time"
-  tail -n +$((before + 1)) "$work/nginx/access.log" | awk -v s="$s" -v m="$m" \
-    '{ b += $2; n++ } END { print s, m, b, n }'
+  conns=$(($(wc -l <"$work/conn.log") - conns))
+  tail -n +$((before + 1)) "$work/nginx/access.log" | awk -v s="$s" -v m="$m" -v c="$conns" \
+    '{ b += $2; n++ } END { print s, m, b, n, c }'
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -225,6 +250,8 @@ verdict() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? "met" : "missed" }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f%%", 100 * a / b }'; }
 rows=()
 goals=()
+lrows=()
+lgoals=()
 declare -A goal=([noop]=0.5 [leaf]=2.5 [lib]=15 [libc]=35 [1g-leaf]=2.5)
 declare -A label=([noop]="no-op (v1 again)" [leaf]="1. leaf package (xz-utils)" [lib]="2. libssl3 + openssl, dependents renamed"
   [libc]="3. libc6, every store path renamed" [1g-leaf]="1 GiB root, leaf package (xz-utils)")
@@ -232,16 +259,24 @@ for p in "${pairs[@]}"; do
   n=${new[$p]} b=${base[$p]}
   log "pair $p: applies"
   bundle=$(stat -c %s "$www/$n.abu")
-  ts=() fs=() rss=0 frss=0
+  ts=() fs=() lts=() lfs=() rss=0 frss=0
   for r in $(seq "$rounds"); do
-    out=$(applied "$n" "$b")
-    read -r s m bytes reqs <<<"$out"
+    out=$(applied "$url" "$n" "$b")
+    read -r s m bytes reqs _ <<<"$out"
     ts+=("$s")
     ((m > rss)) && rss=$m
-    out=$(applied "$n" "$b" --full)
-    read -r s m fbytes freqs <<<"$out"
+    out=$(applied "$url" "$n" "$b" --full)
+    read -r s m fbytes freqs _ <<<"$out"
     fs+=("$s")
     ((m > frss)) && frss=$m
+    if [ "$link" = 1 ]; then
+      out=$(applied "$link_url" "$n" "$b")
+      read -r s _ lbytes lreqs lconns <<<"$out"
+      lts+=("$s")
+      out=$(applied "$link_url" "$n" "$b" --full)
+      read -r s _ lfbytes lfreqs lfconns <<<"$out"
+      lfs+=("$s")
+    fi
   done
   # What the plan reads (front, then exact ranges): the bytes a file source gives.
   cp --sparse=always "$work/disk-$b.img" "$work/d.img"
@@ -262,6 +297,20 @@ for p in "${pairs[@]}"; do
 $(awk -v a="$bytes" -v c="$cb" 'BEGIN { printf "%.2fx casync'"'"'s bytes", a / c }') ($(verdict "$bytes" "$cb")); \
 delta ${dt} s vs full ${ft} s ($(verdict "$dt" "$ft")); peak RSS $(echo "scale=1; $rss / 1024" | bc) MiB ($(verdict "$rss" 16384)); \
 full download ${fbytes} bytes in ${freqs} requests")
+  if [ "$link" = 1 ]; then
+    ldt=$(printf '%s\n' "${lts[@]}" | median) lft=$(printf '%s\n' "${lfs[@]}" | median)
+    lrows+=("$(printf '| %s | %d | %d | %d | %.2f | %.2f | %d | %d | %d | %.2f | %.2f |' \
+      "${label[$p]}" "$lbytes" "$lreqs" "$lconns" "$dt" "$ldt" "$lfbytes" "$lfreqs" "$lfconns" "$ft" "$lft")")
+    log "${lrows[-1]}"
+    lgoals+=("- ${label[$p]}: on the link delta ${ldt} s vs full ${lft} s ($(verdict "$ldt" "$lft"))")
+    if [ "$p" = libc ]; then
+      # Issue 21's goal: the delta's bytes at the link's rate plus the disk's share (the full
+      # apply on loopback), with 20% to spare.
+      lim=$(awk -v b="$lbytes" -v r="$mbit" -v f="$ft" 'BEGIN { printf "%.2f", (b * 8 / (r * 1e6) + f) * 1.2 }')
+      lgoals+=("- ${label[$p]}: goal (${lbytes} bytes / ${mbit} Mbit/s + full apply on loopback ${ft} s) x 1.2 = ${lim} s; \
+measured delta on the link ${ldt} s ($(verdict "$ldt" "$lim"))")
+    fi
+  fi
 done
 
 echo "| pair | bundle (bytes) | abupdate delta: bytes on the wire | requests | planned reads (--dry-run) | casync | xdelta3 | RAUC adaptive (estimate) | delta apply (s) | full apply (s) | peak RSS delta / full (MiB) |"
@@ -270,6 +319,16 @@ printf '%s\n' "${rows[@]}"
 echo
 printf '%s\n' "${goals[@]}"
 echo
+if [ "$link" = 1 ]; then
+  echo "Through the link: ${rtt_ms} ms round trip, ${mbit} Mbit/s each way (scripts/bench-delta/link.py, on 127.0.0.1)."
+  echo
+  echo "| pair | delta: bytes on the wire | requests | connections | delta apply, loopback (s) | delta apply, link (s) | full: bytes on the wire | requests | connections | full apply, loopback (s) | full apply, link (s) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${lrows[@]}"
+  echo
+  printf '%s\n' "${lgoals[@]}"
+  echo
+fi
 for v in v1 leaf lib libc; do
   echo "- $v: $(ls "$work/sys-$v/nix/store" | wc -l) store paths, $(du -sb "$work/sys-$v/nix" | cut -f1) bytes of files, root image $(stat -c %s "$work/rootfs-$v") bytes"
 done

@@ -11,11 +11,18 @@ dependencies' `lib/x86_64-linux-gnu` store directories and, if it has one, an in
 the libc store path; a script's `#!` line names the store path of the package that ships its
 interpreter; an absolute symlink into another package points into that package's store path.
 
+A changed package gets a new store path name (its new version) as well as a new hash, and every
+reference to it names that new path; a renamed package's files that hold references are written
+again with the new paths (ELF files patched again, so a RUNPATH may change length), as a Nix
+rebuild writes them.
+
 Usage: store.py VARIANT DEBDIR OUT_SYS [BASE_SYS]
+       store.py check SYS...   (every store path named in SYS's files exists in SYS)
   VARIANT: v1, leaf, lib or libc; DEBDIR holds the other Debian version's .deb of the
   changed packages (none: their ELF files are changed in place as a stand-in, said on stderr).
-  With BASE_SYS (the v1 system), the tree is hard-linked from it and only renamed or changed
-  packages are written (as new files, never in place): what a Nix rebuild does to the store.
+  With BASE_SYS (the v1 system), the tree is hard-linked from it and only the changed
+  packages' files and the renamed packages' files that hold references are written (as new
+  files, never in place): what a Nix rebuild does to the store.
 """
 import base64, glob, hashlib, os, re, shutil, stat, struct, subprocess, sys
 
@@ -154,86 +161,107 @@ def main():
     def spath(p):
         return "/nix/store/" + name[p]
 
+    def install(p, f, top):
+        """One file of package p into its store path `top`, with its references."""
+        root = src[p][0]
+        sp = os.path.join(root, f.lstrip("/"))
+        dp = os.path.join(top, store_rel(f))
+        if os.path.lexists(dp):
+            return
+        os.makedirs(os.path.dirname(dp), exist_ok=True)
+        if os.path.islink(sp):
+            t = os.readlink(sp)
+            o = owner.get(store_rel(t)) if t.startswith("/") else None
+            os.symlink(spath(o) + "/" + store_rel(t) if o else t, dp)
+            return
+        shutil.copy2(sp, dp)
+        os.chmod(dp, os.stat(dp).st_mode | stat.S_IWUSR)
+        if (p, f) in shebang:
+            with open(dp, "rb") as fh:
+                line, rest = fh.readline(), fh.read()
+            interp = re.match(rb"#! ?(/\S+)", line).group(1)
+            new = (spath(shebang[(p, f)]) + "/" + store_rel(interp.decode())).encode()
+            with open(dp, "wb") as fh:
+                fh.write(line.replace(interp, new, 1) + rest)
+        elif is_elf(dp):
+            if p in changed and root == "/":
+                b = bytearray(open(dp, "rb").read())
+                for o in range(4096, len(b), 65536):
+                    b[o] ^= 0x55
+                open(dp, "wb").write(b)
+            args = []
+            rpath = ":".join(f"{spath(d)}/{ARCH_LIB}" for d in deps[p])
+            if rpath:
+                args += ["--set-rpath", rpath]
+            if p != "libc6" and "libc6" in name and has_interp(dp):
+                args += ["--set-interpreter", f"{spath('libc6')}/{ARCH_LIB}/ld-linux-x86-64.so.2"]
+            if args:
+                subprocess.run(["patchelf"] + args + [dp], capture_output=True)
+
     if base:
-        rewrite = {}
-        oldname = {p: olds_name(base, p, pkgs) for p in pkgs}
+        # A renamed package is rebuilt as Nix would: its files that hold a reference are written
+        # again from the package with the new store paths (name and version, so a reference to
+        # a changed package carries its new version and may change length: ELF files get
+        # patchelf again, not a byte substitution); its other files are hard links to v1's.
         for p in pkgs:
-            if not oldname[p]:
+            old = olds_name(base, p, pkgs)
+            if not old:
                 sys.exit(f"store.py: {p}: no store path in {base}")
-            if oldname[p] != name[p]:
-                rewrite[oldname[p][:32].encode()] = h[p].encode()
             if p in changed:
                 continue
-            srcd, dstd = os.path.join(base, "nix/store", oldname[p]), os.path.join(store, name[p])
+            srcd, dstd = os.path.join(base, "nix/store", old), os.path.join(store, name[p])
             subprocess.run(["cp", "-al", srcd, dstd], check=True)
-        pat = re.compile(rb"/nix/store/([0-9a-z]{32})")
-
-        def sub(b):
-            return pat.sub(lambda m: b"/nix/store/" + rewrite.get(m.group(1), m.group(1)), b)
-
-        for p in pkgs:
-            if p in changed or oldname[p] == name[p]:
+            if old == name[p]:
                 continue
-            for d, dirs, files in os.walk(os.path.join(store, name[p])):
-                for f in files:
-                    fp = os.path.join(d, f)
-                    if os.path.islink(fp):
-                        t = os.readlink(fp)
-                        nt = sub(t.encode()).decode()
-                        if nt != t:
-                            os.unlink(fp)
-                            os.symlink(nt, fp)
-                        continue
-                    with open(fp, "rb") as fh:
-                        b = fh.read()
-                    nb = sub(b)
-                    if nb != b:
-                        mode = os.stat(fp).st_mode
-                        os.unlink(fp)  # a new file: the hard-linked v1 copy stays as it was
-                        with open(fp, "wb") as fh:
-                            fh.write(nb)
-                        os.chmod(fp, stat.S_IMODE(mode))
+            for f in src[p][1]:
+                dp = os.path.join(dstd, store_rel(f))
+                if os.path.islink(dp) and os.readlink(dp).startswith("/nix/store/") or has_ref(dp):
+                    os.unlink(dp)  # a new file: the hard-linked v1 copy stays as it was
+                    install(p, f, dstd)
         todo = changed
     else:
         todo = pkgs
     for p in todo:
-        root, files, _ = src[p]
         top = os.path.join(store, name[p])
-        for f in files:
-            sp = os.path.join(root, f.lstrip("/"))
-            dp = os.path.join(top, store_rel(f))
-            if os.path.lexists(dp):
-                continue
-            os.makedirs(os.path.dirname(dp), exist_ok=True)
-            if os.path.islink(sp):
-                t = os.readlink(sp)
-                o = owner.get(store_rel(t)) if t.startswith("/") else None
-                os.symlink(spath(o) + "/" + store_rel(t) if o else t, dp)
-                continue
-            shutil.copy2(sp, dp)
-            os.chmod(dp, os.stat(dp).st_mode | stat.S_IWUSR)
-            if (p, f) in shebang:
-                with open(dp, "rb") as fh:
-                    line, rest = fh.readline(), fh.read()
-                interp = re.match(rb"#! ?(/\S+)", line).group(1)
-                new = (spath(shebang[(p, f)]) + "/" + store_rel(interp.decode())).encode()
-                with open(dp, "wb") as fh:
-                    fh.write(line.replace(interp, new, 1) + rest)
-            elif is_elf(dp):
-                if p in changed and root == "/":
-                    b = bytearray(open(dp, "rb").read())
-                    for o in range(4096, len(b), 65536):
-                        b[o] ^= 0x55
-                    open(dp, "wb").write(b)
-                args = []
-                rpath = ":".join(f"{spath(d)}/{ARCH_LIB}" for d in deps[p])
-                if rpath:
-                    args += ["--set-rpath", rpath]
-                if p != "libc6" and "libc6" in name and has_interp(dp):
-                    args += ["--set-interpreter", f"{spath('libc6')}/{ARCH_LIB}/ld-linux-x86-64.so.2"]
-                if args:
-                    subprocess.run(["patchelf"] + args + [dp], capture_output=True)
+        for f in src[p][1]:
+            install(p, f, top)
     print(" ".join(name[p] for p in order))
+
+
+def has_ref(path):
+    """A regular file that names a store path."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return b"/nix/store/" in f.read()
+
+
+REF = re.compile(rb"/nix/store/([0-9a-z]{32}-[A-Za-z0-9.+_-]+)")
+
+
+def check(sys_dir):
+    """Every store path a file or symlink of SYS_DIR names is one of its store paths: a reference
+    that kept a replaced package's old name or version would point at nothing."""
+    store = os.path.join(sys_dir, "nix/store")
+    have = set(os.listdir(store))
+    bad = {}
+    for d, dirs, files in os.walk(store):
+        for f in files + [x for x in dirs if os.path.islink(os.path.join(d, x))]:
+            fp = os.path.join(d, f)
+            if os.path.islink(fp):
+                refs = REF.findall(os.readlink(fp).encode())
+            elif has_ref(fp):
+                with open(fp, "rb") as fh:
+                    refs = REF.findall(fh.read())
+            else:
+                continue
+            for r in refs:
+                if r.decode() not in have:
+                    bad.setdefault(r.decode(), []).append(os.path.relpath(fp, store))
+    for r, where in sorted(bad.items()):
+        print(f"store.py: {len(where)} files name /nix/store/{r}, which is not in {sys_dir} "
+              f"(first: {where[0]})", file=sys.stderr)
+    return not bad
 
 
 def olds_name(base, p, pkgs):
@@ -244,4 +272,6 @@ def olds_name(base, p, pkgs):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["check"]:
+        sys.exit(0 if all(check(d) for d in sys.argv[2:]) else 1)
     main()
