@@ -23,14 +23,18 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::boot::slots;
 use crate::boot::{self, BootLoader, Slot, SlotInfo, SlotState};
 use crate::codes;
-use crate::direct::AlignedBuf;
+use crate::disk::direct::AlignedBuf;
+use crate::disk::esp::{Esp, EspFile};
+use crate::disk::fatsweep;
 use crate::disk::{Disk, Partition};
-use crate::esp::{Esp, EspFile};
+use crate::install::{delta, delta_apply};
 use crate::progress::Progress;
-use crate::slots;
-use crate::{delta, delta_apply, fatsweep, fault, lock, refuse, source, Context as Ctx};
+use crate::state::lock;
+use crate::state::Context as Ctx;
+use crate::{fault, fetch, refuse};
 
 /// What `apply` was asked to do.
 pub struct Request<'a> {
@@ -116,7 +120,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let keys = TrustedKeys::load_dir(&ctx.keys)
         .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
 
-    let (stream, front_ranges) = source::open_source(r.source, &ctx.config)?;
+    let (stream, front_ranges) = fetch::open_source(r.source, &ctx.config)?;
     let reader =
         BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
     if let Some(want) = r.expect_manifest_sha256 {
@@ -125,7 +129,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
                 codes::CHANNEL_DIGEST_MISMATCH,
                 "{}: the bundle's manifest digest is {}, the channel file names {want}: not the \
                  bundle that was published; nothing was changed",
-                source::redact(r.source),
+                fetch::redact(r.source),
                 reader.manifest_sha256()
             );
         }
@@ -137,7 +141,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             codes::CHANNEL_VERSION_MISMATCH,
             "{}: the bundle's version is {}, the channel file says {want}: a broken publication; \
              nothing was changed",
-            source::redact(r.source),
+            fetch::redact(r.source),
             m.version
         );
     }
@@ -513,7 +517,7 @@ fn write_slot(
 /// ignores Range; then the full stream).
 #[cfg(feature = "http")]
 fn http_fetch(
-    ranges: Option<source::HttpRanges>,
+    ranges: Option<fetch::HttpRanges>,
     m: &abbundle::Manifest,
     maps: &[delta::SeedMap],
 ) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
@@ -539,7 +543,7 @@ fn http_fetch(
 
 #[cfg(not(feature = "http"))]
 fn http_fetch(
-    _: Option<source::HttpRanges>,
+    _: Option<fetch::HttpRanges>,
     _: &abbundle::Manifest,
     _: &[delta::SeedMap],
 ) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
