@@ -133,7 +133,7 @@ impl System {
         // The whole file, as abupdate reads it: an unknown key, a bad value or an update
         // setting abupdate would refuse (update-reboot, update-jitter) fails the build, not
         // the device.
-        let c = abupdate::config::Config::parse(&text, &path)?;
+        let c = abupdate::state::config::Config::parse(&text, &path)?;
         c.update_settings()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let t: toml::Table =

@@ -16,7 +16,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub disk: Option<PathBuf>,
     /// Configuration file
-    #[arg(long, global = true, default_value = crate::config::DEFAULT_PATH)]
+    #[arg(long, global = true, default_value = crate::state::config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// Directory of trusted public keys (*.pub); default from the config
     #[arg(long, global = true)]

@@ -11,7 +11,7 @@ fn one_line(message: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    abupdate::source::redact(&flat.join(" "))
+    abupdate::fetch::redact(&flat.join(" "))
 }
 
 fn main() {

@@ -19,7 +19,7 @@ use abbundle::grubenv::{
 
 use super::{BootLoader, BootModel, Booted, RecordSpace, Slot, SlotRecords, SlotState, View};
 use crate::codes;
-use crate::esp::Esp;
+use crate::disk::esp::Esp;
 use crate::refuse;
 
 /// The GRUB backend (stateless: everything is read from the ESP each time).

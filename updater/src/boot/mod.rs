@@ -9,12 +9,13 @@
 
 pub mod entries;
 pub mod grub;
+pub mod slots;
 pub mod systemd_boot;
 
 use anyhow::Result;
 use tracing::debug;
 
-use crate::esp::Esp;
+use crate::disk::esp::Esp;
 
 pub use abbundle::layout::{Slot, SlotInfo};
 

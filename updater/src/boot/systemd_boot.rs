@@ -19,7 +19,7 @@ use tracing::info;
 use super::entries::{self as bls, BootEntry, Counter, EntryName, EntryState, Slot, SORT_KEY};
 use super::{BootLoader, BootModel, Booted, RecordSpace, SlotRecords, SlotState, View};
 use crate::codes;
-use crate::esp::{entry_path, Esp};
+use crate::disk::esp::{entry_path, Esp};
 use crate::refuse;
 
 /// The comment line (systemd-boot skips `#` lines) of a good slot's entry that a downgrade

@@ -19,8 +19,8 @@ use std::path::Path;
 use abbundle::{grubenv, Manifest, PayloadKind};
 use abupdate::boot::entries::{self as bootentries, Slot};
 use abupdate::codes;
+use abupdate::disk::esp::Esp;
 use abupdate::disk::Disk;
-use abupdate::esp::Esp;
 use sha2::{Digest, Sha256};
 
 use crate::util::*;

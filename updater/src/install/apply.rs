@@ -14,23 +14,32 @@
 //!
 //! The boot loader is reached only through `boot::BootLoader`; this file names none.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::mpsc;
 
-use abbundle::{BundleReader, ChunkInfo, Payload, PayloadKind, TrustedKeys, Version};
+use abbundle::{BundleReader, ChunkInfo, Manifest, Payload, PayloadKind, TrustedKeys, Version};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::boot::{self, BootLoader, Slot, SlotInfo, SlotState};
+use crate::boot::slots;
+use crate::boot::{self, BootLoader, Slot, SlotInfo, SlotState, SlotView, View};
 use crate::codes;
-use crate::direct::AlignedBuf;
+use crate::disk::direct::AlignedBuf;
+use crate::disk::esp::{Esp, EspFile};
+use crate::disk::fatsweep;
 use crate::disk::{Disk, Partition};
-use crate::esp::{Esp, EspFile};
+use crate::install::{delta, delta_apply};
 use crate::progress::Progress;
-use crate::slots;
-use crate::{delta, delta_apply, fatsweep, fault, lock, refuse, source, Context as Ctx};
+use crate::state::lock;
+use crate::state::Context as Ctx;
+use crate::{fault, fetch, refuse};
+
+/// A bundle being read from its source.
+type Bundle = BundleReader<Box<dyn Read + Send>>;
 
 /// What `apply` was asked to do.
 pub struct Request<'a> {
@@ -60,87 +69,11 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     // A loader state it cannot read or change is the disk's fault (36), not a missing slot.
     loader.check_state(&esp)?;
     let view = loader.view(&esp)?;
-    // Not booted from this disk: the slot that would boot next stands in for the running one.
-    let active = running.or(view.next_slot());
-    let target = r
-        .slot
-        .unwrap_or_else(|| active.map(Slot::other).unwrap_or(Slot::B));
-    if Some(target) == running {
-        refuse!(
-            codes::TARGET_RUNNING,
-            "slot {target} is the running slot; an update goes into the other one; nothing was changed"
-        );
-    }
-    let part = disk.partition(target.partition_label())?.clone();
-    if disk.is_block_device {
-        if let Some(user) = slots::partition_in_use(&disk.path, part.number) {
-            refuse!(
-                codes::TARGET_RUNNING,
-                "slot {target}'s partition is in use: {user}; nothing was changed"
-            );
-        }
-    }
-    // The slot that stays as the fallback while the new one is tried. Whichever slot is
-    // replaced, and whether or not this disk is the booted one, the disk must keep a slot that
-    // boots, and a good one if it has one now (the target loses its entry at step 1).
+    let (target, part) = choose_target(r, &disk, &esp, &*loader, &view, running)?;
     let keep = target.other();
-    let (kv, tv) = (view.slot(keep), view.slot(target));
-    if tv.state == SlotState::Good && kv.state != SlotState::Good {
-        refuse!(
-            codes::NO_FALLBACK,
-            "slot {target} is the only good slot and slot {keep} is {}; {}; nothing was changed",
-            kv.state.name(),
-            if running == Some(keep) {
-                "run 'abupdate mark-good' first"
-            } else {
-                "an install there would leave no good slot to fall back to"
-            }
-        );
-    }
-    if !loader.bootable(&esp, keep)? {
-        refuse!(
-            codes::NO_FALLBACK,
-            "slot {keep}{} has no boot entry that can boot ({}), so slot {target} would have nothing to fall back to; \
-             nothing was changed",
-            if running == Some(keep) { ", the running slot," } else { "" },
-            kv.state.name()
-        );
-    }
-    let Some(compatible) = ctx.config.compatible.as_deref() else {
-        refuse!(
-            codes::NOT_CONFIGURED,
-            "no compatible string configured (set compatible in {}); nothing was changed",
-            ctx.config_path.display()
-        );
-    };
-    let keys = TrustedKeys::load_dir(&ctx.keys)
-        .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
-
-    let (stream, front_ranges) = source::open_source(r.source, &ctx.config)?;
-    let reader =
-        BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
-    if let Some(want) = r.expect_manifest_sha256 {
-        if reader.manifest_sha256() != want {
-            refuse!(
-                codes::CHANNEL_DIGEST_MISMATCH,
-                "{}: the bundle's manifest digest is {}, the channel file names {want}: not the \
-                 bundle that was published; nothing was changed",
-                source::redact(r.source),
-                reader.manifest_sha256()
-            );
-        }
-    }
-    reader.check_compatible(compatible)?;
+    let kv = view.slot(keep);
+    let (reader, front_ranges) = open_bundle(ctx, r)?;
     let m = reader.manifest();
-    if let Some(want) = r.expect_version.filter(|&w| *w != m.version) {
-        refuse!(
-            codes::CHANNEL_VERSION_MISMATCH,
-            "{}: the bundle's version is {}, the channel file says {want}: a broken publication; \
-             nothing was changed",
-            source::redact(r.source),
-            m.version
-        );
-    }
     let version = m.version.clone();
     let rootfs = m.payload(PayloadKind::Rootfs).clone();
     let kernel = m.payload(PayloadKind::Kernel).clone();
@@ -148,34 +81,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
     loader.check_install(&esp, target, version.as_str(), &kernel_params)?;
-    // Compared with the slot that stays: the newer version boots, so an older bundle would not
-    // boot next without demoting that slot (what --allow-downgrade does).
-    if let Some(installed) = kv.version.as_deref() {
-        if !r.allow_downgrade {
-            match installed.parse::<Version>() {
-                Ok(installed) if version <= installed => refuse!(
-                    codes::DOWNGRADE_REFUSED,
-                    "bundle version {version} is not newer than {installed} in slot {keep}; \
-                     use --allow-downgrade to install it anyway; nothing was changed"
-                ),
-                Ok(_) => {}
-                Err(_) => refuse!(
-                    codes::DOWNGRADE_REFUSED,
-                    "slot {keep} holds version '{installed}', which cannot be compared with {version}; \
-                     use --allow-downgrade to install it anyway; nothing was changed"
-                ),
-            }
-        }
-    }
-    if rootfs.size > part.len {
-        refuse!(
-            codes::PAYLOAD_TOO_LARGE,
-            "the root image ({} bytes) does not fit slot {target} (partition {}, {} bytes); nothing was changed",
-            rootfs.size,
-            part.label,
-            part.len
-        );
-    }
+    check_fits(r, &version, kv, &rootfs, target, &part)?;
     let info_json = serde_json::to_vec_pretty(&info)?;
     let lost = fatsweep::find(&disk)?;
     check_esp_space(
@@ -185,33 +91,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         [kernel.size, initrd.size, info_json.len() as u64],
         &lost,
     )?;
-    // Format 2: find which chunks the device already holds. Reads the seeds, writes nothing.
-    let local = !(r.source.starts_with("http://") || r.source.starts_with("https://"));
-    let seeded = match reader.index() {
-        Some(index) if !r.full => Some(delta::find_seeds(
-            &disk,
-            &esp,
-            target,
-            kv.info.as_ref(),
-            m,
-            index,
-        )?),
-        _ => None,
-    };
-    let (maps, seeds) = seeded.unzip();
-    let h = reader.header();
-    let mut plan = delta::Plan::new(
-        m,
-        reader.index().filter(|_| !r.full),
-        maps.as_deref().unwrap_or(&[]),
-        h.index_end(),
-        h.total_len,
-        target.name(),
-        seeds.unwrap_or_default(),
-    );
-    if r.full {
-        plan.reason = "asked for with --full";
-    }
+    let (maps, plan) = plan(r, &disk, &esp, target, kv, &reader)?;
     if r.dry_run {
         if r.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -220,34 +100,15 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         }
         return Ok(());
     }
-    // Over HTTP(S), the first planned range is asked for now, before anything is written (a
-    // 200 there is read as the whole bundle).
+    let local = !(r.source.starts_with("http://") || r.source.starts_with("https://"));
     let file = match maps.as_ref().filter(|_| plan.mode == "delta" && local) {
         Some(_) => {
             Some(std::fs::File::open(r.source).with_context(|| format!("opening {}", r.source))?)
         }
         None => None,
     };
-    let mut fetch: Option<Box<dyn delta_apply::Fetch + '_>> = match (&file, &maps) {
-        (Some(f), _) => Some(Box::new(delta_apply::FileSource {
-            file: f,
-            name: r.source,
-        })),
-        (None, Some(maps)) if plan.mode == "delta" => {
-            let f = http_fetch(front_ranges.clone(), m, maps)?;
-            if f.is_none() {
-                info!("the server does not answer range requests: reading the whole bundle");
-            }
-            f
-        }
-        _ => None,
-    };
+    let mut fetch = open_fetch(r, m, maps.as_deref(), &plan, file.as_ref(), front_ranges)?;
     let maps = maps.filter(|_| fetch.is_some());
-    // The full stream over HTTP(S): the rest of the bundle is asked for now too, so that a
-    // server that answers it badly changes nothing.
-    if let Some(mut ranges) = front_ranges.filter(|_| fetch.is_none()) {
-        ranges.prepare_rest()?;
-    }
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
         if info.build_id.is_empty() {
@@ -303,48 +164,17 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         )
     });
     if let Err(e) = written {
-        // The target's boot files go, so a failed write (say, a full ESP) keeps no clusters,
-        // and the file system is closed cleanly (FSInfo, no dirty flag). An ESP that holds
-        // none of them is left as it is, byte for byte.
-        let files = target.files();
-        let removed = if files.all().iter().any(|p| esp.exists(p)) {
-            files
-                .all()
-                .iter()
-                .try_for_each(|p| esp.remove(p))
-                .and_then(|()| esp.close())
-        } else {
-            Ok(())
-        };
-        if let Err(re) = removed {
-            warn!("could not remove slot {target}'s boot files after the failure: {re:#}");
-        }
+        remove_boot_files(esp, target);
         return Err(e.context(format!(
             "installing into slot {target} failed: slot {target} has no boot entry and will not boot; \
              the running system and its boot entry are untouched"
         )));
     }
 
-    // A downgrade (or reinstall) has a version no newer than the other slot's, so the loader
-    // may keep booting the other slot: list that one after the target, as the fallback (a good
-    // slot stays good; it boots if the new one fails).
-    let after = loader.view(&esp)?;
-    if after.next_slot() != Some(target) {
-        let other = target.other();
-        warn!("slot {target} has an older or equal version than slot {other}: slot {other} boots only if slot {target} does not come up");
-        loader.keep_as_fallback(&esp, other)?;
-    }
+    keep_fallback_after_downgrade(&*loader, &esp, target)?;
     esp.close()?;
 
-    let disk = Disk::open(&disk.path, true)?;
-    let esp = Esp::open(&disk)?;
-    let after = loader.view(&esp)?;
-    if after.next_slot() != Some(target) {
-        anyhow::bail!(
-            "slot {target} was installed but {} would not boot it next (bug)",
-            loader.name()
-        );
-    }
+    check_boots_next(&*loader, &disk.path, target)?;
     fault::report();
     println!(
         "installed version {version} into slot {target}; it boots next with {} tries; \
@@ -352,13 +182,279 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         ctx.config.boot_tries
     );
     if r.reboot {
-        info!("rebooting");
-        let status = std::process::Command::new("reboot")
-            .status()
-            .context("running reboot")?;
-        if !status.success() {
-            anyhow::bail!("reboot failed: {status}");
+        reboot()?;
+    }
+    Ok(())
+}
+
+/// Format 2: which chunks the device already holds (reads the seeds, writes nothing), and the
+/// plan that follows: per payload, what is in place, copied from a seed or read from the bundle.
+fn plan<'b>(
+    r: &Request,
+    disk: &Disk,
+    esp: &Esp,
+    target: Slot,
+    kv: &SlotView,
+    reader: &'b Bundle,
+) -> Result<(Option<Vec<delta::SeedMap<'b>>>, delta::Plan)> {
+    let m = reader.manifest();
+    let seeded = match reader.index() {
+        Some(index) if !r.full => Some(delta::find_seeds(
+            disk,
+            esp,
+            target,
+            kv.info.as_ref(),
+            m,
+            index,
+        )?),
+        _ => None,
+    };
+    let (maps, seeds) = seeded.unzip();
+    let h = reader.header();
+    let mut plan = delta::Plan::new(
+        m,
+        reader.index().filter(|_| !r.full),
+        maps.as_deref().unwrap_or(&[]),
+        h.index_end(),
+        h.total_len,
+        target.name(),
+        seeds.unwrap_or_default(),
+    );
+    if r.full {
+        plan.reason = "asked for with --full";
+    }
+    Ok((maps, plan))
+}
+
+/// Where a delta apply reads the bundle's chunks: the file, or the HTTP(S) ranges (the first
+/// planned range is asked for now, before anything is written: a 200 there is read as the whole
+/// bundle). `None`: the full stream.
+fn open_fetch<'f>(
+    r: &Request<'f>,
+    m: &Manifest,
+    maps: Option<&[delta::SeedMap]>,
+    plan: &delta::Plan,
+    file: Option<&'f File>,
+    front_ranges: Option<fetch::HttpRanges>,
+) -> Result<Option<Box<dyn delta_apply::Fetch + 'f>>> {
+    let fetch: Option<Box<dyn delta_apply::Fetch + 'f>> = match (file, maps) {
+        (Some(f), _) => Some(Box::new(delta_apply::FileSource {
+            file: f,
+            name: r.source,
+        })),
+        (None, Some(maps)) if plan.mode == "delta" => {
+            let f = http_fetch(front_ranges.clone(), m, maps)?;
+            if f.is_none() {
+                info!("the server does not answer range requests: reading the whole bundle");
+            }
+            f
         }
+        _ => None,
+    };
+    // The full stream over HTTP(S): the rest of the bundle is asked for now too, so that a
+    // server that answers it badly changes nothing.
+    if let Some(mut ranges) = front_ranges.filter(|_| fetch.is_none()) {
+        ranges.prepare_rest()?;
+    }
+    Ok(fetch)
+}
+
+/// A downgrade (or reinstall) has a version no newer than the other slot's, so the loader
+/// may keep booting the other slot: list that one after the target, as the fallback (a good
+/// slot stays good; it boots if the new one fails).
+fn keep_fallback_after_downgrade(loader: &dyn BootLoader, esp: &Esp, target: Slot) -> Result<()> {
+    let after = loader.view(esp)?;
+    if after.next_slot() != Some(target) {
+        let other = target.other();
+        warn!("slot {target} has an older or equal version than slot {other}: slot {other} boots only if slot {target} does not come up");
+        loader.keep_as_fallback(esp, other)?;
+    }
+    Ok(())
+}
+
+/// `--reboot`: into the new slot, once it is installed.
+fn reboot() -> Result<()> {
+    info!("rebooting");
+    let status = std::process::Command::new("reboot")
+        .status()
+        .context("running reboot")?;
+    if !status.success() {
+        anyhow::bail!("reboot failed: {status}");
+    }
+    Ok(())
+}
+
+/// Step 0, the disk: the slot to write (`--slot`, else the one not running or not booting
+/// next), refused if it runs or is in use, or if the disk would keep no slot to fall back to.
+fn choose_target(
+    r: &Request,
+    disk: &Disk,
+    esp: &Esp,
+    loader: &dyn BootLoader,
+    view: &View,
+    running: Option<Slot>,
+) -> Result<(Slot, Partition)> {
+    // Not booted from this disk: the slot that would boot next stands in for the running one.
+    let active = running.or(view.next_slot());
+    let target = r
+        .slot
+        .unwrap_or_else(|| active.map(Slot::other).unwrap_or(Slot::B));
+    if Some(target) == running {
+        refuse!(
+            codes::TARGET_RUNNING,
+            "slot {target} is the running slot; an update goes into the other one; nothing was changed"
+        );
+    }
+    let part = disk.partition(target.partition_label())?.clone();
+    if disk.is_block_device {
+        if let Some(user) = slots::partition_in_use(&disk.path, part.number) {
+            refuse!(
+                codes::TARGET_RUNNING,
+                "slot {target}'s partition is in use: {user}; nothing was changed"
+            );
+        }
+    }
+    // The slot that stays as the fallback while the new one is tried. Whichever slot is
+    // replaced, and whether or not this disk is the booted one, the disk must keep a slot that
+    // boots, and a good one if it has one now (the target loses its entry at step 1).
+    let keep = target.other();
+    let (kv, tv) = (view.slot(keep), view.slot(target));
+    if tv.state == SlotState::Good && kv.state != SlotState::Good {
+        refuse!(
+            codes::NO_FALLBACK,
+            "slot {target} is the only good slot and slot {keep} is {}; {}; nothing was changed",
+            kv.state.name(),
+            if running == Some(keep) {
+                "run 'abupdate mark-good' first"
+            } else {
+                "an install there would leave no good slot to fall back to"
+            }
+        );
+    }
+    if !loader.bootable(esp, keep)? {
+        refuse!(
+            codes::NO_FALLBACK,
+            "slot {keep}{} has no boot entry that can boot ({}), so slot {target} would have nothing to fall back to; \
+             nothing was changed",
+            if running == Some(keep) { ", the running slot," } else { "" },
+            kv.state.name()
+        );
+    }
+    Ok((target, part))
+}
+
+/// Step 0, the bundle: opened from its source and checked before anything is written: its
+/// signature by a trusted key, the channel's pins (`update`), the compatible string.
+fn open_bundle(ctx: &Ctx, r: &Request) -> Result<(Bundle, Option<fetch::HttpRanges>)> {
+    let Some(compatible) = ctx.config.compatible.as_deref() else {
+        refuse!(
+            codes::NOT_CONFIGURED,
+            "no compatible string configured (set compatible in {}); nothing was changed",
+            ctx.config_path.display()
+        );
+    };
+    let keys = TrustedKeys::load_dir(&ctx.keys)
+        .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
+
+    let (stream, front_ranges) = fetch::open_source(r.source, &ctx.config)?;
+    let reader =
+        BundleReader::open(stream, &keys).with_context(|| format!("verifying {}", r.source))?;
+    if let Some(want) = r.expect_manifest_sha256 {
+        if reader.manifest_sha256() != want {
+            refuse!(
+                codes::CHANNEL_DIGEST_MISMATCH,
+                "{}: the bundle's manifest digest is {}, the channel file names {want}: not the \
+                 bundle that was published; nothing was changed",
+                fetch::redact(r.source),
+                reader.manifest_sha256()
+            );
+        }
+    }
+    reader.check_compatible(compatible)?;
+    let m = reader.manifest();
+    if let Some(want) = r.expect_version.filter(|&w| *w != m.version) {
+        refuse!(
+            codes::CHANNEL_VERSION_MISMATCH,
+            "{}: the bundle's version is {}, the channel file says {want}: a broken publication; \
+             nothing was changed",
+            fetch::redact(r.source),
+            m.version
+        );
+    }
+    Ok((reader, front_ranges))
+}
+
+/// Step 0, bundle against disk: not older than the slot that stays (unless
+/// `--allow-downgrade`), and the root image fits the target partition.
+fn check_fits(
+    r: &Request,
+    version: &Version,
+    kv: &SlotView,
+    rootfs: &Payload,
+    target: Slot,
+    part: &Partition,
+) -> Result<()> {
+    let keep = target.other();
+    // Compared with the slot that stays: the newer version boots, so an older bundle would not
+    // boot next without demoting that slot (what --allow-downgrade does).
+    if let Some(installed) = kv.version.as_deref() {
+        if !r.allow_downgrade {
+            match installed.parse::<Version>() {
+                Ok(installed) if *version <= installed => refuse!(
+                    codes::DOWNGRADE_REFUSED,
+                    "bundle version {version} is not newer than {installed} in slot {keep}; \
+                     use --allow-downgrade to install it anyway; nothing was changed"
+                ),
+                Ok(_) => {}
+                Err(_) => refuse!(
+                    codes::DOWNGRADE_REFUSED,
+                    "slot {keep} holds version '{installed}', which cannot be compared with {version}; \
+                     use --allow-downgrade to install it anyway; nothing was changed"
+                ),
+            }
+        }
+    }
+    if rootfs.size > part.len {
+        refuse!(
+            codes::PAYLOAD_TOO_LARGE,
+            "the root image ({} bytes) does not fit slot {target} (partition {}, {} bytes); nothing was changed",
+            rootfs.size,
+            part.label,
+            part.len
+        );
+    }
+    Ok(())
+}
+
+/// After a failed install: the target's boot files go, so a failed write (say, a full ESP)
+/// keeps no clusters, and the file system is closed cleanly (FSInfo, no dirty flag). An ESP
+/// that holds none of them is left as it is, byte for byte.
+fn remove_boot_files(esp: Esp, target: Slot) {
+    let files = target.files();
+    let removed = if files.all().iter().any(|p| esp.exists(p)) {
+        files
+            .all()
+            .iter()
+            .try_for_each(|p| esp.remove(p))
+            .and_then(|()| esp.close())
+    } else {
+        Ok(())
+    };
+    if let Err(re) = removed {
+        warn!("could not remove slot {target}'s boot files after the failure: {re:#}");
+    }
+}
+
+/// Step 4's proof: the disk opened afresh, the loader boots the target next.
+fn check_boots_next(loader: &dyn BootLoader, path: &Path, target: Slot) -> Result<()> {
+    let disk = Disk::open(path, true)?;
+    let esp = Esp::open(&disk)?;
+    let after = loader.view(&esp)?;
+    if after.next_slot() != Some(target) {
+        anyhow::bail!(
+            "slot {target} was installed but {} would not boot it next (bug)",
+            loader.name()
+        );
     }
     Ok(())
 }
@@ -382,8 +478,7 @@ fn write_slot(
     }
 
     let files = target.files();
-    let (kernel_path, initrd_path) = (&files.kernel, &files.initrd);
-    let mut progress = Progress::new(&format!("slot {target}"), rootfs.size, ctx.quiet);
+    let progress = Progress::new(&format!("slot {target}"), rootfs.size, ctx.quiet);
     // Three threads, so reading + verifying the bundle, writing the slot and reading it back
     // overlap (each hashes or waits on I/O): the reader sends verified chunks in buffers from a
     // small pool; this thread writes them, syncs every segment and hands the segment to the
@@ -405,10 +500,24 @@ fn write_slot(
         scope.spawn(move || read_chunks(reader, chunk_tx, pool_rx, buf_len));
         let (seg_tx, seg_rx) = mpsc::channel::<Segment>();
         let readback = scope.spawn(move || verify_segments(disk, part, rootfs, seg_rx));
-        let mut seg_tx = Some(seg_tx);
-        let mut seg_start = 0u64;
-        let mut seg_sums = Vec::new();
-        let mut file: Option<(EspFile, Sha256)> = None;
+        let mut root = RootWriter {
+            disk,
+            part,
+            rootfs,
+            segment,
+            progress,
+            seg_tx: Some(seg_tx),
+            seg_start: 0,
+            seg_sums: Vec::new(),
+        };
+        let mut boot_files = BootFileWriter {
+            esp,
+            kernel_path: &files.kernel,
+            initrd_path: &files.initrd,
+            kernel,
+            initrd,
+            file: None,
+        };
         loop {
             let (kind, index, offset, last, mut data, len) = match chunk_rx.recv() {
                 Ok(Msg::Chunk {
@@ -425,80 +534,15 @@ fn write_slot(
                 }
             };
             match kind {
-                PayloadKind::Rootfs => {
-                    seg_sums.extend(
-                        data.as_slice()[..len]
-                            .chunks(rootfs.chunk_size as usize)
-                            .map(xxh3_128),
-                    );
-                    fault::lying_medium(&mut data.as_mut_slice()[..len]);
-                    disk.write_to_device(part, offset, &mut data, len)
-                        .with_context(|| format!("writing chunk {index} to {}", part.label))?;
-                    fault::point("slot write");
-                    let end = offset + len as u64;
-                    progress.update(end);
-                    if last || end - seg_start >= segment {
-                        // Start writing the segment out; the read-back thread waits for it.
-                        disk.start_writeback(part, seg_start, end - seg_start);
-                        if last {
-                            disk.sync()?;
-                        }
-                        if let Some(tx) = &seg_tx {
-                            // A closed channel means the read-back failed; its error is
-                            // collected below.
-                            let _ = tx.send(Segment {
-                                start: seg_start,
-                                end,
-                                sums: std::mem::take(&mut seg_sums),
-                            });
-                        }
-                        seg_start = end;
-                    }
-                    if last {
-                        progress.finish();
-                        // The read-back finishes while the boot files are written.
-                        seg_tx = None;
-                    }
-                }
+                PayloadKind::Rootfs => root.write(index, offset, last, &mut data, len)?,
                 kind @ (PayloadKind::Kernel | PayloadKind::Initrd) => {
-                    let path = if kind == PayloadKind::Kernel {
-                        kernel_path
-                    } else {
-                        initrd_path
-                    };
-                    if index == 0 {
-                        file = Some((esp.create(path)?, Sha256::new()));
-                    }
-                    let (f, hash) = file.as_mut().context("payload chunks out of order")?;
-                    let bytes = &data.as_slice()[..len];
-                    hash.update(bytes);
-                    f.write_all(bytes)
-                        .with_context(|| format!("writing {path} on the ESP"))?;
-                    if last {
-                        f.flush()
-                            .with_context(|| format!("flushing {path} on the ESP"))?;
-                        // The chunks matched the signed table, so a different whole-file
-                        // digest is the manifest's fault, not the medium's (checked here so
-                        // the read-back below only has to judge the medium).
-                        let p = if kind == PayloadKind::Kernel {
-                            kernel
-                        } else {
-                            initrd
-                        };
-                        let (_, hash) = file.take().expect("just used");
-                        if hash.finalize()[..] != p.sha256.0 {
-                            return Err(abbundle::FormatError::BadManifest(format!(
-                                "payload {kind}'s sha256 does not match its verified chunks"
-                            ))
-                            .into());
-                        }
-                    }
+                    boot_files.write(kind, index, last, &data.as_slice()[..len])?
                 }
             }
             // Give the buffer back; a closed pool means the reader is done.
             let _ = pool_tx.send(data);
         }
-        drop(seg_tx);
+        drop(root.seg_tx.take());
         readback
             .join()
             .map_err(|_| anyhow::anyhow!("read-back thread panicked"))??;
@@ -508,12 +552,127 @@ fn write_slot(
     check_boot_files(esp, target, kernel, initrd, info_json)
 }
 
+/// The full stream's slot writes: verified runs of root-image chunks onto the partition, synced
+/// by segments that go to the read-back thread.
+struct RootWriter<'a> {
+    disk: &'a Disk,
+    part: &'a Partition,
+    rootfs: &'a Payload,
+    /// Bytes per segment (`segment_len`).
+    segment: u64,
+    progress: Progress,
+    /// To the read-back thread; `None` once the last segment went.
+    seg_tx: Option<mpsc::Sender<Segment>>,
+    seg_start: u64,
+    /// The chunks' xxh3 sums of the segment being written.
+    seg_sums: Vec<u128>,
+}
+
+impl RootWriter<'_> {
+    /// Writes one run of chunks at `offset`; hands a full (or the last) segment on.
+    fn write(
+        &mut self,
+        index: u64,
+        offset: u64,
+        last: bool,
+        data: &mut AlignedBuf,
+        len: usize,
+    ) -> Result<()> {
+        let (disk, part) = (self.disk, self.part);
+        self.seg_sums.extend(
+            data.as_slice()[..len]
+                .chunks(self.rootfs.chunk_size as usize)
+                .map(xxh3_128),
+        );
+        fault::lying_medium(&mut data.as_mut_slice()[..len]);
+        disk.write_to_device(part, offset, data, len)
+            .with_context(|| format!("writing chunk {index} to {}", part.label))?;
+        fault::point("slot write");
+        let end = offset + len as u64;
+        self.progress.update(end);
+        if last || end - self.seg_start >= self.segment {
+            // Start writing the segment out; the read-back thread waits for it.
+            disk.start_writeback(part, self.seg_start, end - self.seg_start);
+            if last {
+                disk.sync()?;
+            }
+            if let Some(tx) = &self.seg_tx {
+                // A closed channel means the read-back failed; its error is
+                // collected below.
+                let _ = tx.send(Segment {
+                    start: self.seg_start,
+                    end,
+                    sums: std::mem::take(&mut self.seg_sums),
+                });
+            }
+            self.seg_start = end;
+        }
+        if last {
+            self.progress.finish();
+            // The read-back finishes while the boot files are written.
+            self.seg_tx = None;
+        }
+        Ok(())
+    }
+}
+
+/// The full stream's kernel and initrd: written to the slot's files on the ESP as their
+/// verified chunks come, each whole file checked against its signed digest.
+struct BootFileWriter<'a, 'd> {
+    esp: &'a Esp<'d>,
+    kernel_path: &'a str,
+    initrd_path: &'a str,
+    kernel: &'a Payload,
+    initrd: &'a Payload,
+    /// The file being written and its running sha256.
+    file: Option<(EspFile<'a, 'd>, Sha256)>,
+}
+
+impl BootFileWriter<'_, '_> {
+    /// Writes chunk `index` of payload `kind`: chunk 0 creates the file, the last one flushes
+    /// it and checks the whole file's digest.
+    fn write(&mut self, kind: PayloadKind, index: u64, last: bool, bytes: &[u8]) -> Result<()> {
+        let path = if kind == PayloadKind::Kernel {
+            self.kernel_path
+        } else {
+            self.initrd_path
+        };
+        if index == 0 {
+            self.file = Some((self.esp.create(path)?, Sha256::new()));
+        }
+        let (f, hash) = self.file.as_mut().context("payload chunks out of order")?;
+        hash.update(bytes);
+        f.write_all(bytes)
+            .with_context(|| format!("writing {path} on the ESP"))?;
+        if last {
+            f.flush()
+                .with_context(|| format!("flushing {path} on the ESP"))?;
+            // The chunks matched the signed table, so a different whole-file
+            // digest is the manifest's fault, not the medium's (checked here so
+            // the read-back below only has to judge the medium).
+            let p = if kind == PayloadKind::Kernel {
+                self.kernel
+            } else {
+                self.initrd
+            };
+            let (_, hash) = self.file.take().expect("just used");
+            if hash.finalize()[..] != p.sha256.0 {
+                return Err(abbundle::FormatError::BadManifest(format!(
+                    "payload {kind}'s sha256 does not match its verified chunks"
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The HTTP(S) range source for a delta apply, on the client that read the front: the plan's
 /// ranges, the first one already asked for. `None` when the front came whole (the server
 /// ignores Range; then the full stream).
 #[cfg(feature = "http")]
 fn http_fetch(
-    ranges: Option<source::HttpRanges>,
+    ranges: Option<fetch::HttpRanges>,
     m: &abbundle::Manifest,
     maps: &[delta::SeedMap],
 ) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
@@ -539,7 +698,7 @@ fn http_fetch(
 
 #[cfg(not(feature = "http"))]
 fn http_fetch(
-    _: Option<source::HttpRanges>,
+    _: Option<fetch::HttpRanges>,
     _: &abbundle::Manifest,
     _: &[delta::SeedMap],
 ) -> Result<Option<Box<dyn delta_apply::Fetch>>> {

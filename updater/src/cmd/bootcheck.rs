@@ -2,20 +2,19 @@
 //! which slot booted and whether that was a fallback (the boot loader tells: with systemd-boot,
 //! an entry of the other slot newer than the one that booted has run out of tries).
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::boot::slots;
 use crate::boot::{self, BootLoader, Slot, View};
 use crate::codes;
-use crate::esp::Esp;
-use crate::slots;
-use crate::{refuse, Context as Ctx};
+use crate::disk::esp::Esp;
+use crate::refuse;
+use crate::state::write_atomic;
+use crate::state::Context as Ctx;
 
 /// What `boot-check` recorded about the last boot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,7 +36,7 @@ pub struct BootRecord {
 /// Reads the state file; `None` if missing or unreadable (a symlink, a FIFO, a directory:
 /// read like every state file, without following or waiting).
 pub fn read(path: &Path) -> Option<BootRecord> {
-    let bytes = crate::channel_state::read_bounded(path).ok()?;
+    let bytes = crate::state::channel_state::read_bounded(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -68,7 +67,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     write_atomic(&ctx.config.state_file, &serde_json::to_vec_pretty(&record)?)?;
     if ctx.config.grow_data {
         // Not a reason to fail the boot: the machine runs, with the old size.
-        match crate::grow::data_partition(&disk.path) {
+        match crate::disk::grow::data_partition(&disk.path) {
             Ok(Some(g)) if g.new_len > g.old_len => info!(
                 "grew the data partition from {} to {} MiB to fill the disk; its file system grows at the next boot",
                 g.old_len >> 20,
@@ -87,7 +86,7 @@ pub fn judge(loader: &dyn BootLoader, view: &View, slot: Slot) -> BootRecord {
     let sv = view.slot(slot);
     let failed = loader.fallback_from(view, slot);
     BootRecord {
-        api_version: crate::status::API_VERSION.into(),
+        api_version: crate::state::API_VERSION.into(),
         kind: "BootRecord".into(),
         booted_slot: slot.to_string(),
         booted_version: sv.version.clone(),
@@ -100,38 +99,4 @@ pub fn judge(loader: &dyn BootLoader, view: &View, slot: Slot) -> BootRecord {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     }
-}
-
-/// Writes `path` so that a power cut leaves the old or the new file, never a torn one (the
-/// boot-check record here, the update state in `channel_state`).
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    // Never write through whatever is at the temporary name (a symlink planted there would
-    // redirect the write): remove it, then create the file exclusively, not following links.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing a stale {}", tmp.display())),
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
 }

@@ -1,5 +1,17 @@
 //! The disk: an image file or a block device, its partitions (from the GPT, `gpt.rs`; an update
 //! never changes the table, only `grow.rs` does), and bounded windows onto its partitions.
+//!
+//! This folder holds everything that touches the disk's bytes: the GPT (`gpt`), the FAT ESP
+//! (`esp`, `fat_dir`, `fatsweep`), partition windows (`window`), O_DIRECT I/O (`direct`),
+//! first-boot growth (`grow`). It uses only the crate root's `codes` and `fault`.
+
+pub mod direct;
+pub mod esp;
+pub mod fat_dir;
+pub mod fatsweep;
+pub mod gpt;
+pub mod grow;
+pub mod window;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -9,9 +21,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::codes::{self, Refusal};
+use crate::disk::gpt::ReadError;
+use crate::disk::window::{BlockCache, Window};
 use crate::fault;
-use crate::gpt::ReadError;
-use crate::window::{BlockCache, Window};
 
 /// The partition labels abupdate looks up (docs/layout.md); each may appear at most once
 /// ([`Disk::open`] refuses a disk where one appears twice).
@@ -65,10 +77,11 @@ impl Disk {
             .seek(SeekFrom::End(0))
             .with_context(|| format!("sizing {}", path.display()))?;
         let bad = |m: String| Refusal::new(codes::BAD_DISK, format!("{}: {m}", path.display()));
-        let (sector_size, partitions) = crate::gpt::read(&file, size).map_err(|e| match e {
-            ReadError::Damaged(e) => bad(format!("no valid GPT: {e}")),
-            ReadError::Inconsistent(e) => bad(format!("bad partition table: {e}")),
-        })?;
+        let (sector_size, partitions) =
+            crate::disk::gpt::read(&file, size).map_err(|e| match e {
+                ReadError::Damaged(e) => bad(format!("no valid GPT: {e}")),
+                ReadError::Inconsistent(e) => bad(format!("bad partition table: {e}")),
+            })?;
         // A label we look up twice would make "the" partition ambiguous.
         for label in USED_LABELS {
             if partitions.iter().filter(|p| p.label == label).count() > 1 {
@@ -77,7 +90,7 @@ impl Disk {
         }
         Ok(Disk {
             path: path.to_path_buf(),
-            direct: crate::direct::open_rw(path, !read_only),
+            direct: crate::disk::direct::open_rw(path, !read_only),
             file,
             size,
             sector_size,
@@ -146,7 +159,7 @@ impl Disk {
         &self,
         p: &Partition,
         offset: u64,
-        buf: &mut crate::direct::AlignedBuf,
+        buf: &mut crate::disk::direct::AlignedBuf,
         len: usize,
     ) -> io::Result<()> {
         match self.direct_span(p, offset, len) {
@@ -163,7 +176,7 @@ impl Disk {
     /// bytes at `offset` inside `p` can bypass the page cache: supported, aligned on the disk,
     /// and inside the partition once rounded.
     fn direct_span(&self, p: &Partition, offset: u64, len: usize) -> Option<(&File, usize)> {
-        let align = crate::direct::ALIGN as u64;
+        let align = crate::disk::direct::ALIGN as u64;
         let rounded = (len as u64).div_ceil(align) * align;
         let d = self.direct.as_ref()?;
         let inside = offset.checked_add(rounded).is_some_and(|end| end <= p.len);
@@ -210,7 +223,7 @@ impl Disk {
         &self,
         p: &Partition,
         offset: u64,
-        buf: &mut crate::direct::AlignedBuf,
+        buf: &mut crate::disk::direct::AlignedBuf,
         len: usize,
     ) -> io::Result<()> {
         match self.direct_span(p, offset, len) {

@@ -15,77 +15,19 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
-use crate::channel_state::{self, Check, UpdateState};
 use crate::cli::UpdateArgs;
+use crate::cmd::{bootcheck, status};
 use crate::codes::{self, Refusal};
-use crate::{apply, bootcheck, refuse, source, status, Context as Ctx};
+use crate::install::apply;
+use crate::state;
+use crate::state::channel_state::{self, Check, UpdateState};
+use crate::state::Context as Ctx;
+use crate::{fetch, refuse};
 
 /// How far in the future a channel file's `issued` may be: clocks of a device and of the
 /// machine that published differ by seconds to minutes (NTP not synced yet); a file from
 /// further ahead is refused (65), as a clock that far off makes the expiry meaningless too.
 pub const MAX_CLOCK_SKEW: u64 = 300;
-
-/// When `update` reboots into what it installed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RebootPolicy {
-    /// Never: someone (or something) else reboots.
-    Never,
-    /// Right after an install.
-    Immediately,
-    /// When a check finds an installed update waiting and the time of day (UTC) is inside
-    /// `[start, end)`, in minutes since midnight; a window may wrap past midnight.
-    Window { start: u32, end: u32 },
-}
-
-impl RebootPolicy {
-    /// `never`, `immediately` or `HH:MM-HH:MM`.
-    pub fn parse(s: &str) -> Result<RebootPolicy, String> {
-        let bad = || {
-            format!(
-                "update-reboot '{s}': use never, immediately or a daily window such as 03:00-05:00 (UTC)"
-            )
-        };
-        match s {
-            "never" => return Ok(RebootPolicy::Never),
-            "immediately" => return Ok(RebootPolicy::Immediately),
-            _ => {}
-        }
-        // Exactly two digits, ':', two digits: u32's parser also takes "+3", which once
-        // read "+3:00-05:00" as 03:00-05:00.
-        let hm = |t: &str| -> Option<u32> {
-            let b = t.as_bytes();
-            let digits = |i: usize| b[i].is_ascii_digit() && b[i + 1].is_ascii_digit();
-            if b.len() != 5 || b[2] != b':' || !digits(0) || !digits(3) {
-                return None;
-            }
-            let (h, m): (u32, u32) = (t[..2].parse().ok()?, t[3..].parse().ok()?);
-            (h < 24 && m < 60).then_some(h * 60 + m)
-        };
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let (start, end) = (hm(a).ok_or_else(bad)?, hm(b).ok_or_else(bad)?);
-        if start == end {
-            return Err(bad());
-        }
-        Ok(RebootPolicy::Window { start, end })
-    }
-
-    /// Whether to reboot now: `installed_now` (this check installed it) or an earlier install
-    /// waits, at `now` seconds since the epoch.
-    pub fn reboot_now(&self, installed_now: bool, now: u64) -> bool {
-        match *self {
-            RebootPolicy::Never => false,
-            RebootPolicy::Immediately => installed_now,
-            RebootPolicy::Window { start, end } => {
-                let minute = ((now % 86400) / 60) as u32;
-                if start < end {
-                    (start..end).contains(&minute)
-                } else {
-                    minute >= start || minute < end
-                }
-            }
-        }
-    }
-}
 
 /// What a check found, short of a refusal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +94,7 @@ pub fn run(ctx: &Ctx, a: &UpdateArgs) -> Result<()> {
             ctx.config_path.display()
         );
     };
-    let shown = source::redact(&channel);
+    let shown = fetch::redact(&channel);
     let settings = ctx.config.update_settings().map_err(|e| {
         Refusal::new(
             codes::UPDATE_SETTINGS_INVALID,
@@ -174,7 +116,7 @@ pub fn run(ctx: &Ctx, a: &UpdateArgs) -> Result<()> {
     let (outcome, code, message) = match &result {
         Ok(o) => (o.name().to_string(), o.code(), describe(o, &seen, &shown)),
         Err(e) => {
-            let code = crate::exit_code(e);
+            let code = super::exit_code(e);
             let kind = if e.chain().any(|c| c.is::<Refusal>()) {
                 "refused"
             } else {
@@ -204,7 +146,7 @@ pub fn run(ctx: &Ctx, a: &UpdateArgs) -> Result<()> {
         && policy.reboot_now(result.as_ref().ok() == Some(&Outcome::Installed), now);
     if a.json {
         let report = Report {
-            api_version: status::API_VERSION,
+            api_version: state::API_VERSION,
             kind: "UpdateResult",
             outcome,
             code,
@@ -248,7 +190,7 @@ fn check(
     state: &mut UpdateState,
     seen: &mut Seen,
 ) -> Result<Outcome> {
-    let shown = source::redact(channel);
+    let shown = fetch::redact(channel);
     let Some(compatible) = ctx.config.compatible.as_deref() else {
         refuse!(
             codes::NOT_CONFIGURED,
@@ -268,7 +210,7 @@ fn check(
             }
         }
     }
-    let bytes = source::fetch_document(channel, &ctx.config, MAX_CHANNEL_LEN)?;
+    let bytes = fetch::fetch_document(channel, &ctx.config, MAX_CHANNEL_LEN)?;
     let (doc, signed_by) = channel::open(&bytes, &keys).map_err(|e| {
         let code = match e {
             ChannelError::TooLarge { .. } => codes::CHANNEL_TOO_LARGE,
@@ -355,7 +297,7 @@ fn check(
     info!(
         "installing version {} from {}",
         doc.version,
-        source::redact(&bundle)
+        fetch::redact(&bundle)
     );
     with_stdout_on_stderr(a.json, || {
         apply::run(
@@ -421,10 +363,10 @@ pub fn bundle_location(channel: &str, bundle: &str) -> Result<String> {
         None => "",
     };
     let joined = format!("{dir}{bundle}");
-    let path = source::local_path(&joined).map_err(|e| {
+    let path = fetch::local_path(&joined).map_err(|e| {
         Refusal::new(
             codes::SOURCE_UNAVAILABLE,
-            format!("{}: {e}", source::redact(channel)),
+            format!("{}: {e}", fetch::redact(channel)),
         )
     })?;
     Ok(path.display().to_string())
@@ -437,7 +379,7 @@ fn http_bundle_location(channel: &str, bundle: &str) -> Result<String> {
             codes::CHANNEL_MALFORMED,
             format!(
                 "{}: bundle '{}' {why}; nothing was changed",
-                source::redact(channel),
+                fetch::redact(channel),
                 channel_state::bounded(bundle, channel_state::MAX_STORED_URL)
             ),
         )
@@ -463,7 +405,7 @@ fn http_bundle_location(channel: &str, _bundle: &str) -> Result<String> {
     refuse!(
         codes::SOURCE_UNAVAILABLE,
         "{}: this abupdate was built without http support; nothing was changed",
-        source::redact(channel)
+        fetch::redact(channel)
     )
 }
 
@@ -507,34 +449,6 @@ fn random_u64() -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reboot_policies() {
-        assert_eq!(RebootPolicy::parse("never").unwrap(), RebootPolicy::Never);
-        let w = RebootPolicy::parse("03:00-05:00").unwrap();
-        let at = |h: u64, m: u64| 20_000 * 86400 + h * 3600 + m * 60;
-        assert!(w.reboot_now(false, at(3, 0)) && w.reboot_now(true, at(4, 59)));
-        assert!(!w.reboot_now(true, at(5, 0)) && !w.reboot_now(true, at(2, 59)));
-        let wrap = RebootPolicy::parse("23:30-01:00").unwrap();
-        assert!(wrap.reboot_now(false, at(23, 45)) && wrap.reboot_now(false, at(0, 30)));
-        assert!(!wrap.reboot_now(false, at(1, 0)));
-        let now = RebootPolicy::parse("immediately").unwrap();
-        assert!(now.reboot_now(true, 0) && !now.reboot_now(false, 0));
-        assert!(!RebootPolicy::Never.reboot_now(true, 0));
-        for bad in [
-            "sometimes",
-            "3:00-05:00",
-            "03:00-03:00",
-            "24:00-01:00",
-            "03:00",
-            "+3:00-05:00",
-            "03:00-+5:00",
-            "03:0+-05:00",
-            " 3:00-05:00",
-        ] {
-            assert!(RebootPolicy::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn rollout_places_are_stable_and_spread() {

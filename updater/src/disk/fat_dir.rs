@@ -27,7 +27,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use crate::window::Window;
+use crate::disk::window::Window;
 
 use abbundle::fat32::{
     self, first_cluster as cluster_of, set_first_cluster as set_cluster, ATTR_DIR, ATTR_LFN,

@@ -18,9 +18,9 @@ use sha2::{Digest as _, Sha256};
 use tracing::info;
 
 use crate::boot::Slot;
-use crate::delta::{seed, SeedMap};
+use crate::disk::esp::Esp;
 use crate::disk::{Disk, Partition};
-use crate::esp::Esp;
+use crate::install::delta::{seed, SeedMap};
 use crate::progress::Progress;
 use crate::{codes, fault, refuse};
 
@@ -75,8 +75,8 @@ impl Fetch for FileSource<'_> {
 /// request; the chunks in it are read from its body in order, the gaps skipped.
 #[cfg(feature = "http")]
 pub struct HttpSource {
-    pub ranges: crate::source::HttpRanges,
-    plan: Vec<crate::delta::Range>,
+    pub ranges: crate::fetch::HttpRanges,
+    plan: Vec<crate::install::delta::Range>,
     /// The open range: its body, the offset it stands at, and where it ends.
     cur: Option<(Box<dyn std::io::Read + Send>, u64, u64)>,
 }
@@ -86,9 +86,9 @@ impl HttpSource {
     /// `plan`: the ranges to fetch, in order; `first`: the reply to the first one if the
     /// caller already asked for it (before anything is written).
     pub fn new(
-        ranges: crate::source::HttpRanges,
-        plan: Vec<crate::delta::Range>,
-        first: Option<crate::source::RangeReply>,
+        ranges: crate::fetch::HttpRanges,
+        plan: Vec<crate::install::delta::Range>,
+        first: Option<crate::fetch::RangeReply>,
     ) -> HttpSource {
         let mut s = HttpSource {
             ranges,
@@ -105,8 +105,8 @@ impl HttpSource {
     /// Makes `reply` (to a request for `[start, end)`) the open range. A whole bundle (the
     /// server ignored Range) serves every later chunk too: they are asked for in increasing
     /// offset order, so the gaps are read and skipped.
-    fn take(&mut self, reply: crate::source::RangeReply, start: u64, end: u64) {
-        use crate::source::RangeReply;
+    fn take(&mut self, reply: crate::fetch::RangeReply, start: u64, end: u64) {
+        use crate::fetch::RangeReply;
         self.cur = Some(match reply {
             RangeReply::Partial(body) => (body, start, end),
             RangeReply::Whole(body) => {
@@ -139,7 +139,7 @@ impl Fetch for HttpSource {
         }
         let (body, pos, _) = self.cur.as_mut().expect("just set");
         let short = |e: std::io::Error| -> anyhow::Error {
-            if crate::source::is_fetch_error(&e) {
+            if crate::fetch::is_fetch_error(&e) {
                 anyhow::Error::new(e)
             } else {
                 crate::codes::Refusal::new(
@@ -347,7 +347,7 @@ fn holds_index(
 struct FileSeeds<'a, 'd> {
     esp: &'a Esp<'d>,
     keep_path: &'a str,
-    file: std::cell::RefCell<Option<crate::esp::EspFile<'a, 'd>>>,
+    file: std::cell::RefCell<Option<crate::disk::esp::EspFile<'a, 'd>>>,
 }
 
 impl SeedRead for FileSeeds<'_, '_> {

@@ -4,14 +4,12 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::boot::slots;
 use crate::boot::{self, Slot, SlotState};
-use crate::bootcheck::{self, BootRecord};
-use crate::esp::Esp;
-use crate::slots;
-use crate::Context as Ctx;
-
-/// `apiVersion` of every JSON document abupdate prints.
-pub const API_VERSION: &str = "abupdate/v1";
+use crate::cmd::bootcheck::{self, BootRecord};
+use crate::disk::esp::Esp;
+use crate::state::Context as Ctx;
+use crate::state::API_VERSION;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -37,7 +35,7 @@ pub struct Status {
 #[serde(rename_all = "camelCase")]
 pub struct UpdateStatus {
     pub channel: Option<String>,
-    pub last_check: Option<crate::channel_state::Check>,
+    pub last_check: Option<crate::state::channel_state::Check>,
     pub failed_versions: Vec<String>,
 }
 
@@ -104,10 +102,10 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
 }
 
 fn update_status(ctx: &Ctx) -> UpdateStatus {
-    let path = crate::channel_state::path(&ctx.config.state_file);
-    let state = crate::channel_state::UpdateState::load(&path).unwrap_or_default();
+    let path = crate::state::channel_state::path(&ctx.config.state_file);
+    let state = crate::state::channel_state::UpdateState::load(&path).unwrap_or_default();
     UpdateStatus {
-        channel: ctx.config.channel.as_deref().map(crate::source::redact),
+        channel: ctx.config.channel.as_deref().map(crate::fetch::redact),
         last_check: state.last_check,
         failed_versions: state.failed_versions,
     }

@@ -17,9 +17,9 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use tracing::info;
 
+use crate::disk::gpt::Table;
 use crate::disk::Disk;
 use crate::fault;
-use crate::gpt::Table;
 
 const MIB: u64 = 1 << 20;
 

@@ -3,11 +3,13 @@
 
 use anyhow::Result;
 
+use crate::boot::slots;
 use crate::boot::{self, SlotState};
 use crate::codes;
-use crate::esp::Esp;
-use crate::slots;
-use crate::{fault, lock, refuse, Context as Ctx};
+use crate::disk::esp::Esp;
+use crate::state::lock;
+use crate::state::Context as Ctx;
+use crate::{fault, refuse};
 
 /// `abupdate mark-good`: the running slot booted well; it stops counting tries.
 pub fn mark_good(ctx: &Ctx) -> Result<()> {

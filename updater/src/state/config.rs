@@ -90,7 +90,7 @@ pub const MAX_JITTER: u64 = 7 * 86400;
 /// `update-reboot` and `update-jitter`, checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UpdateSettings {
-    pub reboot: crate::update::RebootPolicy,
+    pub reboot: RebootPolicy,
     /// Seconds, at most [`MAX_JITTER`].
     pub jitter: u64,
 }
@@ -144,7 +144,7 @@ impl Config {
 
     /// `update-reboot` and `update-jitter`, checked and bounded.
     pub fn update_settings(&self) -> Result<UpdateSettings, String> {
-        let reboot = crate::update::RebootPolicy::parse(&self.update_reboot)?;
+        let reboot = RebootPolicy::parse(&self.update_reboot)?;
         let jitter = abbundle::channel::parse_duration(&self.update_jitter)?;
         if jitter > MAX_JITTER {
             return Err(format!(
@@ -171,9 +171,99 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
     }
 }
 
+/// When `update` reboots into what it installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebootPolicy {
+    /// Never: someone (or something) else reboots.
+    Never,
+    /// Right after an install.
+    Immediately,
+    /// When a check finds an installed update waiting and the time of day (UTC) is inside
+    /// `[start, end)`, in minutes since midnight; a window may wrap past midnight.
+    Window { start: u32, end: u32 },
+}
+
+impl RebootPolicy {
+    /// `never`, `immediately` or `HH:MM-HH:MM`.
+    pub fn parse(s: &str) -> Result<RebootPolicy, String> {
+        let bad = || {
+            format!(
+                "update-reboot '{s}': use never, immediately or a daily window such as 03:00-05:00 (UTC)"
+            )
+        };
+        match s {
+            "never" => return Ok(RebootPolicy::Never),
+            "immediately" => return Ok(RebootPolicy::Immediately),
+            _ => {}
+        }
+        // Exactly two digits, ':', two digits: u32's parser also takes "+3", which once
+        // read "+3:00-05:00" as 03:00-05:00.
+        let hm = |t: &str| -> Option<u32> {
+            let b = t.as_bytes();
+            let digits = |i: usize| b[i].is_ascii_digit() && b[i + 1].is_ascii_digit();
+            if b.len() != 5 || b[2] != b':' || !digits(0) || !digits(3) {
+                return None;
+            }
+            let (h, m): (u32, u32) = (t[..2].parse().ok()?, t[3..].parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (start, end) = (hm(a).ok_or_else(bad)?, hm(b).ok_or_else(bad)?);
+        if start == end {
+            return Err(bad());
+        }
+        Ok(RebootPolicy::Window { start, end })
+    }
+
+    /// Whether to reboot now: `installed_now` (this check installed it) or an earlier install
+    /// waits, at `now` seconds since the epoch.
+    pub fn reboot_now(&self, installed_now: bool, now: u64) -> bool {
+        match *self {
+            RebootPolicy::Never => false,
+            RebootPolicy::Immediately => installed_now,
+            RebootPolicy::Window { start, end } => {
+                let minute = ((now % 86400) / 60) as u32;
+                if start < end {
+                    (start..end).contains(&minute)
+                } else {
+                    minute >= start || minute < end
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reboot_policies() {
+        assert_eq!(RebootPolicy::parse("never").unwrap(), RebootPolicy::Never);
+        let w = RebootPolicy::parse("03:00-05:00").unwrap();
+        let at = |h: u64, m: u64| 20_000 * 86400 + h * 3600 + m * 60;
+        assert!(w.reboot_now(false, at(3, 0)) && w.reboot_now(true, at(4, 59)));
+        assert!(!w.reboot_now(true, at(5, 0)) && !w.reboot_now(true, at(2, 59)));
+        let wrap = RebootPolicy::parse("23:30-01:00").unwrap();
+        assert!(wrap.reboot_now(false, at(23, 45)) && wrap.reboot_now(false, at(0, 30)));
+        assert!(!wrap.reboot_now(false, at(1, 0)));
+        let now = RebootPolicy::parse("immediately").unwrap();
+        assert!(now.reboot_now(true, 0) && !now.reboot_now(false, 0));
+        assert!(!RebootPolicy::Never.reboot_now(true, 0));
+        for bad in [
+            "sometimes",
+            "3:00-05:00",
+            "03:00-03:00",
+            "24:00-01:00",
+            "03:00",
+            "+3:00-05:00",
+            "03:00-+5:00",
+            "03:0+-05:00",
+            " 3:00-05:00",
+        ] {
+            assert!(RebootPolicy::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_all_fields() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bootcheck::write_atomic;
+use crate::state::write_atomic;
 
 /// Versions remembered as failed, newest last; older ones drop out (a channel only moves
 /// forward, so a version this old will not be offered again).
@@ -75,7 +75,7 @@ impl UpdateState {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(UpdateState {
-                    api_version: crate::status::API_VERSION.into(),
+                    api_version: crate::state::API_VERSION.into(),
                     kind: "UpdateState".into(),
                     ..Default::default()
                 })

@@ -21,7 +21,7 @@ use abbundle::{FormatError, Header, HEADER_LEN};
 use anyhow::{Context, Result};
 
 use crate::codes::{self, Refusal};
-use crate::config::Config;
+use crate::state::config::Config;
 
 /// Read buffer for bundle sources: a few chunks' worth keeps syscalls and TCP reads out of the
 /// profile while memory stays small and constant.

@@ -16,8 +16,8 @@ use sha2::{Digest as _, Sha256};
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use crate::disk::window::{BlockCache, Window};
 use crate::disk::Disk;
-use crate::window::{BlockCache, Window};
 use crate::{codes, refuse};
 
 /// Largest entry or info file we read: they are a few hundred bytes.
@@ -307,7 +307,7 @@ impl<'d> Esp<'d> {
             );
         };
         let mut w = self.flusher.clone();
-        let ext = crate::fat_dir::file_extent(&mut w, &parent, &short)
+        let ext = crate::disk::fat_dir::file_extent(&mut w, &parent, &short)
             .with_context(|| format!("locating {path} on the ESP"))?;
         if ext.len != len as u64 || ext.clusters != 1 || ext.cluster_bytes < ext.len {
             refuse!(
@@ -320,7 +320,7 @@ impl<'d> Esp<'d> {
         }
         // Its cluster must be its own: a cross-linked FAT would have the write land in another
         // file (a kernel, grub.cfg) or in the other env copy.
-        let others = crate::fat_dir::sharers(&mut w, &ext)
+        let others = crate::disk::fat_dir::sharers(&mut w, &ext)
             .with_context(|| format!("checking the cluster of {path} on the ESP"))?;
         if !others.is_empty() {
             refuse!(
@@ -360,7 +360,7 @@ impl<'d> Esp<'d> {
         // A cut here: the write may or may not have reached the disk.
         crate::fault::point("esp write");
         self.disk.sync().context("syncing the ESP")?;
-        let mut buf = crate::direct::AlignedBuf::new(data.len());
+        let mut buf = crate::disk::direct::AlignedBuf::new(data.len());
         self.disk
             .read_from_device(p, f.offset, &mut buf, data.len())
             .with_context(|| format!("reading back {path} on the ESP"))?;
@@ -408,9 +408,9 @@ impl<'d> Esp<'d> {
         name: &str,
     ) -> Result<fatfs::Dir<'a, Window<'d>>> {
         let mut w = self.flusher.clone();
-        crate::fat_dir::check(&mut w, parent, name)?;
+        crate::disk::fat_dir::check(&mut w, parent, name)?;
         let d = parent_dir.create_dir(name)?;
-        crate::fat_dir::fix_new(&mut w, parent, name)?;
+        crate::disk::fat_dir::fix_new(&mut w, parent, name)?;
         Ok(d)
     }
 }

@@ -29,8 +29,8 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
 
 use crate::boot::{Slot, SlotInfo};
+use crate::disk::esp::Esp;
 use crate::disk::{Disk, Partition};
-use crate::esp::Esp;
 use crate::fault;
 
 /// Seed numbers ([`Loc::seed`]): what each seed is.
@@ -469,7 +469,7 @@ impl Plan {
             (bundle_bytes, 1, 0)
         };
         Plan {
-            api_version: crate::status::API_VERSION,
+            api_version: crate::state::API_VERSION,
             kind: "ApplyPlan",
             version: m.version.to_string(),
             target_slot: target.to_string(),

@@ -13,8 +13,8 @@ use sha2::{Digest as _, Sha256};
 use tracing::info;
 
 use crate::cli::VerifyArgs;
-use crate::config::Config;
-use crate::source;
+use crate::fetch;
+use crate::state::config::Config;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,8 +33,8 @@ pub fn run(a: &VerifyArgs, keys_dir: &Path, config: &Config) -> Result<()> {
         .with_context(|| format!("loading trusted keys from {}", keys_dir.display()))?;
     let start = Instant::now();
     // The same source as apply's: a file, a block device (read up to the bundle's end), a URL.
-    let stream = source::open(&a.bundle, config)?;
-    let shown = source::redact(&a.bundle);
+    let stream = fetch::open(&a.bundle, config)?;
+    let shown = fetch::redact(&a.bundle);
     let mut reader =
         BundleReader::open(stream, &keys).with_context(|| format!("verifying {shown}"))?;
     if let Some(c) = a.compatible.as_ref().or(config.compatible.as_ref()) {
