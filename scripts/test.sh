@@ -12,6 +12,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 # abupdate without HTTP(S) (a build for air-gapped sites) stays warning-free too.
 cargo clippy -p abupdate --no-default-features -q -- -D warnings
+# The updater's folders import downward only (docs/updater.md, "The source, by folder").
+python3 scripts/updater-imports.py
 
 echo "== static musl abupdate (stripped size goal: 4 MiB)"
 bash scripts/size.sh
