@@ -67,12 +67,15 @@ class Machine:
     `firmware` is OVMF (the default), SEABIOS ("seabios") or an OVMF (code, vars) pair; `start`
     can switch it (and the RAM) between power-ons of the same disk."""
 
-    def __init__(self, workdir, disk, log_name, memory="512", firmware=OVMF, machine="q35"):
+    def __init__(self, workdir, disk, log_name, memory="512", firmware=OVMF, machine="q35",
+                 watchdog=False):
         self.workdir = workdir
         self.disk = disk
         self.memory = memory
         self.firmware = firmware
         self.machine_type = machine
+        # An i6300esb hardware watchdog (QEMU's default action when it fires: reset).
+        self.watchdog = watchdog
         self.media = None
         self.proc = None
         self.buf = bytearray()
@@ -130,6 +133,8 @@ class Machine:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
         if rtc:
             cmd += ["-rtc", f"base={rtc}"]
+        if self.watchdog:
+            cmd += ["-device", "i6300esb"]
         self.log.write(f"\n===== power on ({self.firmware_name()}): {' '.join(cmd)}\n".encode())
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
