@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import httpd
 
@@ -89,14 +90,15 @@ class Machine:
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
-    def start(self, media=(), firmware=None, memory=None, rtc=None, http=None):
+    def start(self, media=(), firmware=None, memory=None, rtc=None, http=None, web=False):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
         on a USB stick or an extra disk: the offline update case). `firmware` and `memory`,
         if given, replace the machine's from this power-on on (the same disk under another
         firmware). `rtc`: the guest clock's time at power-on (QEMU -rtc base=, e.g.
         "2026-11-28T12:00:00"), default the host's. `http`: an `httpd.Server` the guest
         reaches as http://10.0.2.100/ (its only network: `network_up` configures it);
-        without it the machine has no NIC."""
+        without it the machine has no NIC. `web`: forward a free port of the host's 127.0.0.1
+        (`self.web_port`) to the guest's 10.0.2.15:80 (after `network_up`), for `web_get`."""
         self.media = media
         if firmware is not None:
             self.firmware = firmware
@@ -107,7 +109,17 @@ class Machine:
             "-machine", self.machine_type, "-nographic", "-no-user-config", "-nodefaults",
             "-serial", "stdio", "-monitor", "none",
         ]
-        if http is None:
+        hostfwd = ""
+        if web:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.web_port = probe.getsockname()[1]
+            hostfwd = f",hostfwd=tcp:127.0.0.1:{self.web_port}-10.0.2.15:80"
+        if http is None and web:
+            # The same isolated user network; only the forwarded port reaches the guest.
+            cmd += ["-netdev", f"user,id=n0,restrict=on{hostfwd}",
+                    "-device", "virtio-net-pci,netdev=n0,romfile="]
+        elif http is None:
             cmd += ["-nic", "none"]
         else:
             # User networking with restrict=on: the guest reaches nothing but the guestfwd
@@ -115,7 +127,8 @@ class Machine:
             # relay per connection). romfile= drops the NIC's boot ROM (no network boot try).
             relay = f"{sys.executable} {os.path.abspath(httpd.__file__)} relay {http.port}"
             netdev = (f"user,id=n0,restrict=on,"
-                      f"guestfwd=tcp:{httpd.GUEST_ADDR}:80-cmd:{relay.replace(',', ',,')}")
+                      f"guestfwd=tcp:{httpd.GUEST_ADDR}:80-cmd:{relay.replace(',', ',,')}"
+                      f"{hostfwd}")
             cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         if self.firmware != SEABIOS:
             code, vars_template = self.firmware
@@ -232,6 +245,18 @@ class Machine:
         """Gives the guest's NIC (virtio-net, `start(http=...)`) QEMU's usual guest address;
         no DHCP, no route beyond the user network's own subnet (the server is in it)."""
         self.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
+
+    def web_get(self, path="/", timeout=60):
+        """GET http://127.0.0.1:<web_port><path> from the host (`start(web=True)`): the body."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=30) as r:
+                    return r.read()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def status_json(self):
         _, out = self.run("abupdate status --json 2>/dev/null")

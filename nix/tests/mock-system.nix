@@ -15,6 +15,8 @@ in
   inherit (ab) abbuild;
   vps = ab.examples.vps;
   bootable = ab.mkSystem { modules = [ ../examples/vps.nix ./vps-test.nix ]; };
+  # The 128 MiB web server example (busybox httpd, health-checked by a request to itself).
+  webserver = ab.examples.webserver;
   # An older nixpkgs' or a custom kernel: one output, lib/modules/<modDirVersion> inside it, no
   # passthru target (so the platform's or x86_64's default). "bootable" has the mock's kernel,
   # laid out as current nixpkgs' (a modules output).

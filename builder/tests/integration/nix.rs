@@ -880,3 +880,47 @@ fn mksystem_watchdog_is_armed_and_fed() {
     let err = fails(Command::new("nix-instantiate").args(["--eval", "-E", &expr]));
     assert!(err.contains("watchdog.timeout must be"), "{err}");
 }
+
+/// The web server example (nix/examples/webserver.nix on top of vps.nix, built against the mock
+/// nixpkgs): init respawns busybox httpd on port 80 serving /data/www, the first page is in the
+/// image, and the health check asks the server for it. The example did not exist before; its
+/// counterpart in the fixture answers the host in 128 MiB in qemu-tests/scenarios/09.
+#[test]
+fn mksystem_webserver_example_serves_and_checks_itself() {
+    if !have_nix_build() {
+        return;
+    }
+    let etc = mock_system("webserver.etc");
+    let inittab = fs::read_to_string(etc.join("inittab")).unwrap();
+    let service = inittab
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("::respawn:")
+                .filter(|s| s.ends_with("service-httpd"))
+        })
+        .unwrap_or_else(|| panic!("no httpd service in {inittab}"));
+    let service = fs::read_to_string(service).unwrap();
+    assert!(
+        service.contains("exec httpd -f -p 80 -u www -h /data/www"),
+        "{service}"
+    );
+    assert!(fs::read_to_string(etc.join("www/index.html"))
+        .unwrap()
+        .contains("It works"));
+    assert!(fs::read_to_string(etc.join("passwd"))
+        .unwrap()
+        .contains("www:x:33:33:"));
+    let health = fs::read_to_string(etc.join("abupdate/health-check")).unwrap();
+    assert!(
+        health.contains("wget -q -O /dev/null http://127.0.0.1/"),
+        "{health}"
+    );
+    // busybox (the mock's: Debian's, nixpkgs': defconfig) has the applets the example runs.
+    let sw = mock_system("webserver.sw");
+    for applet in ["httpd", "wget"] {
+        assert!(
+            sw.join("bin").join(applet).exists(),
+            "no {applet} in sw/bin"
+        );
+    }
+}
