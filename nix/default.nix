@@ -3,6 +3,7 @@
 #   nix-build nix -A abupdate                      # static musl abupdate
 #   nix-build nix -A abbuild                       # the image builder (glibc, for CI)
 #   nix-build nix -A examples.vps.toplevel         # the example system for images/vps{,-uefi}.toml
+#   nix-build nix -A examples.webserver.toplevel   # the same with a web server (128 MiB)
 #   (import ./nix { }).mkSystem { modules = [ ./my-system.nix ]; }
 #
 # pkgs: a nixpkgs package set for the build machine (x86_64-linux); the systems' user space comes
@@ -100,4 +101,5 @@ in
 {
   inherit abupdate abbuild mkSystem src systemdBootEfi grubLib;
   examples.vps = mkSystem { modules = [ ./examples/vps.nix ]; };
+  examples.webserver = mkSystem { modules = [ ./examples/vps.nix ./examples/webserver.nix ]; };
 }

@@ -8,6 +8,7 @@
 #   qemu-test-grub-1-grub212.img the same disk made with GRUB 2.12 (grub-mkimage and modules from
 #                                scripts/trixie-root.sh's Debian 13 root), for 15_grub212
 #   broken.abu                   v4 whose system init fails at once
+#   hung.abu                     v5 whose system init hangs after the switch root (16_watchdog)
 #   corrupt.abu                  v2 with one byte flipped in a rootfs chunk v1 does not have
 #   wrong-key.abu                v2 signed by a key the devices do not trust
 #   channel/                     build-channel-media.sh: systems with a channel, channel media
@@ -48,6 +49,15 @@ for v in 1 2 3 4; do
     --key "$out/keys/test.key" --out-dir "$out"
 done
 mv "$out/qemu-test-4.abu" "$out/broken.abu"
+
+# v5 whose init hangs without failing: only the hardware watchdog gets the machine out.
+bash scripts/build-fixture.sh --version 5 --hung --abupdate "$abupdate_static" \
+  --pubkey "$out/keys/test.pub" --out-link "$out/system-5-hung" 2>"$out/nix-build-5.log" \
+  || { cat "$out/nix-build-5.log"; exit 1; }
+"$abbuild" -q build --image images/qemu-test.toml --system "$(readlink -f "$out/system-5-hung")" \
+  --version 5 --key "$out/keys/test.key" --out-dir "$out"
+mv "$out/qemu-test-5.abu" "$out/hung.abu"
+rm -f "$out/qemu-test-5.img"
 
 # The same v1 system on a GRUB disk (BIOS and UEFI); its bundle is the one above.
 mkdir -p "$out/grub"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import httpd
 
@@ -67,12 +68,15 @@ class Machine:
     `firmware` is OVMF (the default), SEABIOS ("seabios") or an OVMF (code, vars) pair; `start`
     can switch it (and the RAM) between power-ons of the same disk."""
 
-    def __init__(self, workdir, disk, log_name, memory="512", firmware=OVMF, machine="q35"):
+    def __init__(self, workdir, disk, log_name, memory="512", firmware=OVMF, machine="q35",
+                 watchdog=False):
         self.workdir = workdir
         self.disk = disk
         self.memory = memory
         self.firmware = firmware
         self.machine_type = machine
+        # An i6300esb hardware watchdog (QEMU's default action when it fires: reset).
+        self.watchdog = watchdog
         self.media = None
         self.proc = None
         self.buf = bytearray()
@@ -86,7 +90,8 @@ class Machine:
         self.accel = "kvm" if kvm_works() else "tcg"
         self.seq = 0
 
-    def start(self, media=(), firmware=None, memory=None, rtc=None, http=None, ipv6=None):
+    def start(self, media=(), firmware=None, memory=None, rtc=None, http=None, ipv6=None,
+              web=False):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
         on a USB stick or an extra disk: the offline update case). `firmware` and `memory`,
         if given, replace the machine's from this power-on on (the same disk under another
@@ -94,7 +99,9 @@ class Machine:
         "2026-11-28T12:00:00"), default the host's. `http`: an `httpd.Server` the guest
         reaches as http://10.0.2.100/ (its only network: `network_up` configures it);
         without it the machine has no NIC. `ipv6`: instead, a dual-stack user network (below)
-        whose router advertises the /64 `ipv6` (e.g. "2001:db8:ab::"), for SLAAC."""
+        whose router advertises the /64 `ipv6` (e.g. "2001:db8:ab::"), for SLAAC. `web`:
+        forward a free port of the host's 127.0.0.1 (`self.web_port`) to the guest's
+        10.0.2.15:80 (after `network_up`), for `web_get`."""
         self.media = media
         if firmware is not None:
             self.firmware = firmware
@@ -105,13 +112,23 @@ class Machine:
             "-machine", self.machine_type, "-nographic", "-no-user-config", "-nodefaults",
             "-serial", "stdio", "-monitor", "none",
         ]
+        hostfwd = ""
+        if web:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.web_port = probe.getsockname()[1]
+            hostfwd = f",hostfwd=tcp:127.0.0.1:{self.web_port}-10.0.2.15:80"
         if ipv6 is not None:
             # Without restrict=on, so that the guest's packets to the host pass: 10.0.2.2 and
             # every address of the prefix but ::3 (QEMU's DNS) are the host's loopback (127.0.0.1,
             # ::1). A scenario gives the guest no other address to talk to and queries no DNS,
             # so nothing leaves the host.
-            netdev = f"user,id=n0,ipv4=on,ipv6=on,ipv6-prefix={ipv6},ipv6-prefixlen=64"
+            netdev = f"user,id=n0,ipv4=on,ipv6=on,ipv6-prefix={ipv6},ipv6-prefixlen=64{hostfwd}"
             cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
+        elif http is None and web:
+            # The same isolated user network; only the forwarded port reaches the guest.
+            cmd += ["-netdev", f"user,id=n0,restrict=on{hostfwd}",
+                    "-device", "virtio-net-pci,netdev=n0,romfile="]
         elif http is None:
             cmd += ["-nic", "none"]
         else:
@@ -120,7 +137,8 @@ class Machine:
             # relay per connection). romfile= drops the NIC's boot ROM (no network boot try).
             relay = f"{sys.executable} {os.path.abspath(httpd.__file__)} relay {http.port}"
             netdev = (f"user,id=n0,restrict=on,"
-                      f"guestfwd=tcp:{httpd.GUEST_ADDR}:80-cmd:{relay.replace(',', ',,')}")
+                      f"guestfwd=tcp:{httpd.GUEST_ADDR}:80-cmd:{relay.replace(',', ',,')}"
+                      f"{hostfwd}")
             cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         if self.firmware != SEABIOS:
             code, vars_template = self.firmware
@@ -138,6 +156,8 @@ class Machine:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
         if rtc:
             cmd += ["-rtc", f"base={rtc}"]
+        if self.watchdog:
+            cmd += ["-device", "i6300esb"]
         self.log.write(f"\n===== power on ({self.firmware_name()}): {' '.join(cmd)}\n".encode())
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -235,6 +255,18 @@ class Machine:
         """Gives the guest's NIC (virtio-net, `start(http=...)`) QEMU's usual guest address;
         no DHCP, no route beyond the user network's own subnet (the server is in it)."""
         self.run("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
+
+    def web_get(self, path="/", timeout=60):
+        """GET http://127.0.0.1:<web_port><path> from the host (`start(web=True)`): the body."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=30) as r:
+                    return r.read()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def status_json(self):
         _, out = self.run("abupdate status --json 2>/dev/null")

@@ -7,9 +7,9 @@
 # Run as root (Debian's nix-bin without a daemon builds as root, with the nixbld build users its
 # package creates; without them, as root itself).
 #
-# usage: scripts/build-fixture.sh [--version V] [--broken] [--unhealthy] [--pubkey FILE.pub]
+# usage: scripts/build-fixture.sh [--version V] [--broken] [--unhealthy] [--hung] [--pubkey FILE.pub]
 #            [--compatible STRING] [--out-link PATH | --no-out-link] [--abupdate STATIC_BINARY]
-#            [--kernel-version KVER] [--no-e2fsprogs]
+#            [--kernel-version KVER] [--no-e2fsprogs] [--hw-watchdog S]
 #            [--channel URL [--update-interval S] [--update-jitter J] [--update-reboot R]
 #             [--channel-medium DEVICE:MOUNTPOINT]]
 #
@@ -33,6 +33,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 version=1
 broken=false
 healthy=true
+hung=false
+hwwatchdog=
 pubkey=
 compatible=qemu-test
 outlink=
@@ -51,6 +53,8 @@ while [ $# -gt 0 ]; do
         --version) [ $# -ge 2 ] || usage; version=$2; shift 2 ;;
         --broken) broken=true; shift ;;
         --unhealthy) healthy=false; shift ;;
+        --hung) hung=true; shift ;;
+        --hw-watchdog) [ $# -ge 2 ] || usage; hwwatchdog=$2; shift 2 ;;
         --pubkey) [ $# -ge 2 ] || usage; pubkey=$2; shift 2 ;;
         --compatible) [ $# -ge 2 ] || usage; compatible=$2; shift 2 ;;
         --out-link) [ $# -ge 2 ] || usage; outlink=$2; shift 2 ;;
@@ -114,6 +118,8 @@ set -- "$@" "$repo/nix/fixture" \
 [ -z "$jitter" ] || set -- "$@" --argstr updateJitter "$jitter"
 [ -z "$reboot" ] || set -- "$@" --argstr updateReboot "$reboot"
 [ -z "$medium" ] || set -- "$@" --argstr channelMedium "$medium"
+[ "$hung" = false ] || set -- "$@" --arg hung true
+[ -z "$hwwatchdog" ] || set -- "$@" --argstr hwWatchdog "$hwwatchdog"
 
 if [ -n "$nooutlink" ]; then
     set -- "$@" --no-out-link
@@ -122,6 +128,7 @@ else
         outlink=result-fixture-$version
         [ "$broken" = false ] || outlink=$outlink-broken
         [ "$healthy" = true ] || outlink=$outlink-unhealthy
+        [ "$hung" = false ] || outlink=$outlink-hung
     fi
     set -- "$@" --out-link "$outlink"
 fi

@@ -7,6 +7,7 @@
 #                         optional: abinit.timeout=<seconds to wait for devices, default 30>
 #                                   abinit.watchdog=<reboot if not done after this, default 300, 0: off>
 #                                   abinit.debug (trace this script on the console)
+#                                   abinit.hwwatchdog=<arm /dev/watchdog with this timeout, 0: off>
 #   /etc/abinit/modules   kernel modules to insmod, one path per line, dependencies first
 #                         (computed from modules.dep when the initrd is built)
 #   result:               the slot's squashfs read-only at /, tmpfs at /run and /tmp, the data
@@ -124,6 +125,43 @@ if [ -f /etc/abinit/modules ]; then
         out=$(insmod "/lib/modules/$kver/$mod" 2>&1) || say "warning: module $name not loaded: ${out##*: }"
     done < /etc/abinit/modules
 fi
+
+# --- 3b. the hardware watchdog (abinit.hwwatchdog=S, 0 or absent: off) -----------------------
+# Armed here, right after its driver was loaded above, when the command line asks for it and a
+# watchdog device exists. The initrd feeds it until the switch; then it is closed without the
+# magic 'V', so it stays armed (the kernel says "watchdog did not stop!" and pings it once), and
+# the system's feeder, started by its init, takes over (nix/system/watchdog-feeder.sh). A system
+# that wedges before its feeder runs, or whose init stops reaping, is reset after S s, and the
+# bootloader's boot counter counts the try.
+hwwatchdog=0
+hw_watchdog_pid=
+for word in $(cat /proc/cmdline); do
+    case "$word" in abinit.hwwatchdog=*) hwwatchdog=${word#abinit.hwwatchdog=} ;; esac
+done
+case "$hwwatchdog" in
+    ''|*[!0-9]*) die "abinit.hwwatchdog=$hwwatchdog is not a number of seconds" ;;
+esac
+if [ "$hwwatchdog" -gt 0 ]; then
+    if [ -c /dev/watchdog ]; then
+        feed=$((hwwatchdog / 4))
+        [ "$feed" -ge 1 ] || feed=1
+        watchdog -F -T "$hwwatchdog" -t "$feed" /dev/watchdog &
+        hw_watchdog_pid=$!
+        say "hardware watchdog armed: the machine resets after $hwwatchdog s without a feed"
+    else
+        say "no hardware watchdog device: abinit.hwwatchdog=$hwwatchdog not armed"
+    fi
+fi
+
+# Leaves the hardware watchdog armed for the system: SIGKILL, so busybox watchdog cannot write
+# the magic 'V' that would stop it, and waited for, so the device is free for the system.
+handover_hw_watchdog() {
+    [ -n "$hw_watchdog_pid" ] || return 0
+    echo "AB_WATCHDOG=/dev/watchdog" >> /run/abinit/env
+    echo "AB_WATCHDOG_TIMEOUT=$hwwatchdog" >> /run/abinit/env
+    kill -KILL "$hw_watchdog_pid" 2>/dev/null
+    wait "$hw_watchdog_pid" 2>/dev/null
+}
 
 # --- 4. find partitions by PARTLABEL (no udev) ---------------------------------------------
 # Prints the sysfs names (e.g. vda2) of all block devices whose uevent has PARTNAME=$1,
@@ -260,6 +298,7 @@ mkdir -p /run/abinit
     echo "AB_DATA_DEV=$datadev"
 } > /run/abinit/env
 
+handover_hw_watchdog
 for m in dev proc sys run; do
     mount --move "/$m" "/sysroot/$m" || die "cannot move /$m into the new root"
 done

@@ -61,6 +61,20 @@ let
   abupdate = cfg.abupdate.package;
   sh = "${bb}/bin/sh";
 
+  # --- the hardware watchdog: armed by abinit, fed by a service of init -----------------------
+  wd = cfg.watchdog;
+  wdTimeout =
+    if builtins.isInt wd.timeout && wd.timeout >= 5 && wd.timeout <= 3600 then wd.timeout
+    else throw "mkSystem: watchdog.timeout must be a whole number of seconds from 5 to 3600";
+  watchdogModules = if wd.enable then wd.modules else [ ];
+  kernelParams = cfg.kernel.params ++ optional wd.enable "abinit.hwwatchdog=${toString wdTimeout}";
+  watchdogFeeder = pkgs.writeScript "watchdog-feeder" ''
+    #!${sh}
+    PATH=${path}
+    export PATH
+    ${builtins.readFile ./watchdog-feeder.sh}
+  '';
+
   # --- initrd: the same init script and builder as the fixture --------------------------------
   e2fs = cfg.initrd.e2fsprogs;
   initrd = pkgs.runCommand "abinit-initrd-${kver}"
@@ -71,7 +85,7 @@ let
       moduleDir = "${kernelModules}/lib/modules/${kver}";
       kernelVersion = kver;
       modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules);
-      optionalModules = builtins.concatStringsSep " " cfg.initrd.optionalModules;
+      optionalModules = builtins.concatStringsSep " " (cfg.initrd.optionalModules ++ watchdogModules);
       extraBins = if e2fs == null then ""
         else builtins.concatStringsSep " " (map (p: "${getBin e2fs}/bin/${p}") [ "mkfs.ext4" "e2fsck" "resize2fs" ]);
       SOURCE_DATE_EPOCH = "1";
@@ -257,6 +271,9 @@ let
         else "${bb}/bin/syslogd -n -C${toString cfg.logging.rotateKiB}";
       klogd.command = "${bb}/bin/klogd -n";
     }
+    // (if wd.enable then {
+      watchdog-feeder.command = "${watchdogFeeder}";
+    } else { })
     // (if cfg.abupdate.channel != null then {
       abupdate-update.command = "${updateLoop}";
     } else { })
@@ -430,7 +447,7 @@ let
     mkdir -p $out
     cp ${kernel}/${kernelTarget} $out/kernel
     cp ${initrd}/initrd $out/initrd
-    echo '${builtins.concatStringsSep " " cfg.kernel.params}' > $out/kernel-params
+    echo '${builtins.concatStringsSep " " kernelParams}' > $out/kernel-params
     cp ${init} $out/init
     ln -s ${etc} $out/etc
     ln -s ${sw} $out/sw

@@ -49,6 +49,17 @@
     e2fsprogs = pkgs.pkgsStatic.e2fsprogs.override { withFuse = false; withLibarchive = false; };
   };
 
+  # The hardware watchdog (docs/nix.md). enable: the initrd loads `modules` (skipped when the
+  # kernel has none of them) and, when a watchdog device exists then, arms it with `timeout`
+  # seconds; init runs a feeder that keeps it fed while init itself still works. A boot that
+  # wedges (init hung, user space stuck) is reset and counts as a failed try. No device: no-op.
+  watchdog = {
+    enable = true;
+    timeout = 60;
+    # QEMU's and Proxmox's i6300esb. Add your platform's (ib700wdt, iTCO_wdt, ...) if it has one.
+    modules = [ "i6300esb" ];
+  };
+
   # Everything on the system's PATH besides busybox and abupdate.
   packages = [ ];
 

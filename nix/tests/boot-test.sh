@@ -7,6 +7,9 @@
 #   nix/tests/boot-test.sh mock      # mkSystem (examples/vps.nix + tests/vps-test.nix) built against
 #                                    # tests/mock-nixpkgs, with user networking: expects the
 #                                    # DHCP lease, the health check and mark-good
+#   nix/tests/boot-test.sh webserver # mkSystem's web server example (mock nixpkgs) with an i6300esb:
+#                                    # the watchdog armed and fed past its 10 s, the server
+#                                    # answering the health check's request, mark-good
 #
 # Needs (Debian): nix-bin busybox-static linux-image-amd64 qemu-system-x86 squashfs-tools gdisk,
 # a Rust toolchain with the x86_64-unknown-linux-musl target, root. Work files in $TMPDIR.
@@ -53,7 +56,21 @@ nameserver 9.9.9.9
 default via 10.0.2.2"
         net="-nic user,model=virtio-net-pci"
         ;;
-    *) echo "usage: $0 fixture|mock" >&2; exit 2 ;;
+    webserver)
+        (cd "$repo" && cargo build --quiet --release --target "$target" -p abupdate)
+        toplevel=$(nix-build --option sandbox false --option substituters "" --no-out-link \
+            "$repo/nix/tests/mock-system.nix" -A bootableWebserver.toplevel --argstr abupdate "$abupdate")
+        # With -no-reboot a watchdog reset stops QEMU: SERVICES-UP (15 s after the services
+        # start) comes only if the feeder kept the 10 s watchdog fed.
+        expect="abinit: hardware watchdog armed
+abinit: switching to slot a
+watchdog-feeder: feeding /dev/watchdog
+ABTEST WEB-HEALTHY
+health: healthy; abupdate mark-good exited
+ABTEST SERVICES-UP"
+        net="-nic user,model=virtio-net-pci -device i6300esb"
+        ;;
+    *) echo "usage: $0 fixture|mock|webserver" >&2; exit 2 ;;
 esac
 echo "boot-test: toplevel $toplevel" >&2
 

@@ -15,6 +15,22 @@ in
   inherit (ab) abbuild;
   vps = ab.examples.vps;
   bootable = ab.mkSystem { modules = [ ../examples/vps.nix ./vps-test.nix ]; };
+  # The 128 MiB web server example (busybox httpd, health-checked by a request to itself).
+  webserver = ab.examples.webserver;
+  # Booted by nix/tests/boot-test.sh webserver with an i6300esb: the web server answers its own
+  # health check (without the example's sshd part: the mock's dropbear does not listen), and the
+  # watchdog (10 s) is armed by the initrd and fed by mkSystem's init past its timeout.
+  bootableWebserver = ab.mkSystem {
+    modules = [
+      ../examples/vps.nix
+      ./vps-test.nix
+      ../examples/webserver.nix
+      {
+        abupdate.healthCheck = "wget -q -O /dev/null http://127.0.0.1/ && echo ABTEST WEB-HEALTHY";
+        watchdog.timeout = 10;
+      }
+    ];
+  };
   # An older nixpkgs' or a custom kernel: one output, lib/modules/<modDirVersion> inside it, no
   # passthru target (so the platform's or x86_64's default). "bootable" has the mock's kernel,
   # laid out as current nixpkgs' (a modules output).
