@@ -190,21 +190,12 @@ fn nix_built_abbuild(systemd_boot_efi: &Path) -> PathBuf {
     // The real man page generator when this build has it (cargo test --workspace builds it);
     // else the mock's stand-in.
     let docgen = Path::new(env!("CARGO_BIN_EXE_abbuild")).with_file_name("abdocgen");
-    let mut build = Command::new("nix-build");
+    let mut build = nix_build();
     if docgen.exists() {
         build.arg("--argstr").arg("abdocgen").arg(&docgen);
     }
     let pkg = stdout(
         build
-            .args([
-                "--option",
-                "sandbox",
-                "false",
-                "--option",
-                "substituters",
-                "",
-            ])
-            .arg("--no-out-link")
             .arg(repo_file("nix/tests/mock-system.nix"))
             .args([
                 "-A",
@@ -452,16 +443,7 @@ fn mksystem_ssh_has_scp_and_sftp() {
     }
     let build = |attr: &str| {
         let out = stdout(
-            Command::new("nix-build")
-                .args([
-                    "--option",
-                    "sandbox",
-                    "false",
-                    "--option",
-                    "substituters",
-                    "",
-                ])
-                .arg("--no-out-link")
+            nix_build()
                 .arg(repo_file("nix/tests/mock-system.nix"))
                 .args(["-A", attr]),
         );
@@ -489,16 +471,7 @@ fn mksystem_channel_runs_update_periodically() {
     }
     let build = |attr: &str| {
         let out = stdout(
-            Command::new("nix-build")
-                .args([
-                    "--option",
-                    "sandbox",
-                    "false",
-                    "--option",
-                    "substituters",
-                    "",
-                ])
-                .arg("--no-out-link")
+            nix_build()
                 .arg(repo_file("nix/tests/mock-system.nix"))
                 .args(["-A", attr]),
         );
@@ -572,16 +545,7 @@ fn mksystem_channel_medium_is_mounted_for_each_check() {
     let update_loop = |attr: &str| {
         let etc = PathBuf::from(
             stdout(
-                Command::new("nix-build")
-                    .args([
-                        "--option",
-                        "sandbox",
-                        "false",
-                        "--option",
-                        "substituters",
-                        "",
-                    ])
-                    .arg("--no-out-link")
+                nix_build()
                     .arg(repo_file("nix/tests/mock-system.nix"))
                     .args(["-A", attr]),
             )
@@ -626,19 +590,26 @@ fn mksystem_channel_medium_is_mounted_for_each_check() {
     );
 }
 
+/// `nix-build` as every test here runs it: Debian 12's Nix 2.8 without a sandbox or a binary
+/// cache (nothing is fetched), leaving no result link.
+fn nix_build() -> Command {
+    let mut cmd = Command::new("nix-build");
+    cmd.args([
+        "--option",
+        "sandbox",
+        "false",
+        "--option",
+        "substituters",
+        "",
+    ])
+    .arg("--no-out-link");
+    cmd
+}
+
 /// `nix-build` of one attribute of nix/tests/mock-system.nix (mkSystem on the mock nixpkgs).
 fn mock_system(attr: &str) -> PathBuf {
     let out = stdout(
-        Command::new("nix-build")
-            .args([
-                "--option",
-                "sandbox",
-                "false",
-                "--option",
-                "substituters",
-                "",
-            ])
-            .arg("--no-out-link")
+        nix_build()
             .arg(repo_file("nix/tests/mock-system.nix"))
             .args(["-A", attr]),
     );
@@ -933,17 +904,8 @@ fn mksystem_watchdog_is_armed_and_fed() {
             repo_file("nix/examples/vps.nix").display(),
             repo_file("nix/tests/vps-test.nix").display(),
         );
-        let mut cmd = Command::new("nix-build");
-        cmd.args([
-            "--option",
-            "sandbox",
-            "false",
-            "--option",
-            "substituters",
-            "",
-        ])
-        .arg("--no-out-link")
-        .args(["-E", &expr]);
+        let mut cmd = nix_build();
+        cmd.args(["-E", &expr]);
         PathBuf::from(stdout(&mut cmd).trim())
     };
     let feeder_of = |etc: &Path| {
