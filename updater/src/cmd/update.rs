@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use abbundle::channel::{self, Channel, ChannelError, MAX_CHANNEL_LEN};
-use abbundle::{TrustedKeys, Version};
+use abbundle::Version;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -191,15 +191,8 @@ fn check(
     seen: &mut Seen,
 ) -> Result<Outcome> {
     let shown = fetch::redact(channel);
-    let Some(compatible) = ctx.config.compatible.as_deref() else {
-        refuse!(
-            codes::NOT_CONFIGURED,
-            "no compatible string configured (set compatible in {}); nothing was changed",
-            ctx.config_path.display()
-        );
-    };
-    let keys = TrustedKeys::load_dir(&ctx.keys)
-        .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
+    let compatible = ctx.compatible()?;
+    let keys = ctx.trusted_keys()?;
     // Fallbacks boot-check recorded since the last check: those versions are not retried.
     if let Some(rec) = bootcheck::read(&ctx.config.state_file) {
         if let (true, Some(v)) = (rec.fallback, rec.failed_version.as_deref()) {

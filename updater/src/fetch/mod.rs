@@ -288,16 +288,7 @@ fn open_url(source: &str, config: &Config, bundle: bool) -> Result<Stream> {
         .into()
     };
     let deadline = Instant::now() + limits.timeout;
-    let mut agent = ureq::AgentBuilder::new()
-        .timeout_connect(limits.connect_timeout)
-        // A read waits at most one rate window: the guard then sees that nothing came.
-        .timeout_read(limits.rate_window)
-        .timeout_write(limits.rate_window)
-        .redirects(0);
-    if let Some(ca) = config.ca_file.as_deref() {
-        agent = with_roots(agent, ca)?;
-    }
-    let agent = agent.build();
+    let agent = agent(&limits, config)?;
     let mut url = url::Url::parse(source).map_err(|e| fail(format!("not a valid URL: {e}")))?;
     for hop in 0.. {
         // A bundle is asked for as a range: a server that honours it sends the front only
@@ -449,16 +440,8 @@ pub enum RangeReply {
 impl HttpRanges {
     pub fn new(source: &str, config: &Config, total_len: u64) -> Result<HttpRanges> {
         let limits = HttpLimits::of(config);
-        let mut agent = ureq::AgentBuilder::new()
-            .timeout_connect(limits.connect_timeout)
-            .timeout_read(limits.rate_window)
-            .timeout_write(limits.rate_window)
-            .redirects(0);
-        if let Some(ca) = config.ca_file.as_deref() {
-            agent = with_roots(agent, ca)?;
-        }
         Ok(HttpRanges {
-            agent: agent.build(),
+            agent: agent(&limits, config)?,
             url: source.to_string(),
             shown: redact(source),
             limits,
@@ -779,6 +762,22 @@ impl Read for RangedStream {
         self.pos += n as u64;
         Ok(n)
     }
+}
+
+/// The HTTP client of every request: connect timeout, reads and writes bounded by one rate
+/// window (the guard then sees that nothing came), redirects followed by us, not ureq, and the
+/// configured CA file if any.
+#[cfg(feature = "http")]
+fn agent(limits: &HttpLimits, config: &Config) -> Result<ureq::Agent> {
+    let mut agent = ureq::AgentBuilder::new()
+        .timeout_connect(limits.connect_timeout)
+        .timeout_read(limits.rate_window)
+        .timeout_write(limits.rate_window)
+        .redirects(0);
+    if let Some(ca) = config.ca_file.as_deref() {
+        agent = with_roots(agent, ca)?;
+    }
+    Ok(agent.build())
 }
 
 /// Trusts only the certificates in the PEM file `ca` for https://.

@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 
-use abbundle::{BundleReader, ChunkInfo, Manifest, Payload, PayloadKind, TrustedKeys, Version};
+use abbundle::{BundleReader, ChunkInfo, Manifest, Payload, PayloadKind, Version};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
@@ -346,15 +346,8 @@ fn choose_target(
 /// Step 0, the bundle: opened from its source and checked before anything is written: its
 /// signature by a trusted key, the channel's pins (`update`), the compatible string.
 fn open_bundle(ctx: &Ctx, r: &Request) -> Result<(Bundle, Option<fetch::HttpRanges>)> {
-    let Some(compatible) = ctx.config.compatible.as_deref() else {
-        refuse!(
-            codes::NOT_CONFIGURED,
-            "no compatible string configured (set compatible in {}); nothing was changed",
-            ctx.config_path.display()
-        );
-    };
-    let keys = TrustedKeys::load_dir(&ctx.keys)
-        .with_context(|| format!("loading trusted keys from {}", ctx.keys.display()))?;
+    let compatible = ctx.compatible()?;
+    let keys = ctx.trusted_keys()?;
 
     let (stream, front_ranges) = fetch::open_source(r.source, &ctx.config)?;
     let reader =

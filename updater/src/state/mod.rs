@@ -27,6 +27,27 @@ pub struct Context {
     pub quiet: bool,
 }
 
+impl Context {
+    /// The configured compatible string; refused (40) when there is none, as nothing can be
+    /// checked against a bundle without it.
+    pub fn compatible(&self) -> Result<&str> {
+        let Some(compatible) = self.config.compatible.as_deref() else {
+            crate::refuse!(
+                crate::codes::NOT_CONFIGURED,
+                "no compatible string configured (set compatible in {}); nothing was changed",
+                self.config_path.display()
+            );
+        };
+        Ok(compatible)
+    }
+
+    /// The trusted keys (`--keys`, else the config's directory).
+    pub fn trusted_keys(&self) -> Result<abbundle::TrustedKeys> {
+        abbundle::TrustedKeys::load_dir(&self.keys)
+            .with_context(|| format!("loading trusted keys from {}", self.keys.display()))
+    }
+}
+
 /// Writes `path` so that a power cut leaves the old or the new file, never a torn one (the
 /// boot-check record, the update state in `channel_state`).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
