@@ -287,25 +287,13 @@ impl<'d> Esp<'d> {
     /// Locates the file `path` for [`Esp::write_in_place`]: it must be exactly `len` bytes in
     /// one cluster. Reads only.
     pub fn in_place(&self, path: &str, len: usize) -> Result<InPlace> {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let parent: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
-        // The file readers find by its (long) name, and its short name, which the raw lookup
-        // goes by.
-        let short = self
-            .fs
-            .root_dir()
-            .open_dir(dir)
-            .with_context(|| format!("opening {dir} on the ESP"))?
-            .iter()
-            .filter_map(|e| e.ok())
-            .find(|e| e.is_file() && e.file_name().eq_ignore_ascii_case(name))
-            .map(|e| e.short_file_name());
-        let Some(short) = short else {
+        let Some((parent, short)) = self.short_path(path)? else {
             refuse!(
                 codes::BAD_DISK,
                 "{path} is missing on the ESP: it cannot be rewritten in place"
             );
         };
+        let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
         let mut w = self.flusher.clone();
         let ext = crate::disk::fat_dir::file_extent(&mut w, &parent, &short)
             .with_context(|| format!("locating {path} on the ESP"))?;
@@ -336,6 +324,37 @@ impl<'d> Esp<'d> {
             offset: ext.offset,
             len,
         })
+    }
+
+    /// The directories leading to `path` and the file's short name there (which the raw FAT
+    /// lookups go by; readers find it by its long name); `None` if there is no such file.
+    fn short_path(&self, path: &str) -> Result<Option<(Vec<String>, String)>> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let parent = dir.split('/').filter(|p| !p.is_empty()).map(String::from);
+        let short = self
+            .fs
+            .root_dir()
+            .open_dir(dir)
+            .with_context(|| format!("opening {dir} on the ESP"))?
+            .iter()
+            .filter_map(|e| e.ok())
+            .find(|e| e.is_file() && e.file_name().eq_ignore_ascii_case(name))
+            .map(|e| e.short_file_name());
+        Ok(short.map(|s| (parent.collect(), s)))
+    }
+
+    /// Where the file `path` lies on the disk (see [`crate::disk::fat_dir::file_runs`]), for
+    /// reading it from another thread while nothing writes it: runs of (offset inside the
+    /// ESP partition, length). Reads only.
+    pub fn file_runs(&self, path: &str) -> Result<Vec<(u64, u64)>> {
+        let Some((parent, short)) = self.short_path(path)? else {
+            anyhow::bail!("{path} is missing on the ESP");
+        };
+        let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
+        self.flusher.flush_cache().context("writing the ESP")?;
+        let mut w = self.flusher.clone();
+        crate::disk::fat_dir::file_runs(&mut w, &parent, &short)
+            .with_context(|| format!("locating {path} on the ESP"))
     }
 
     /// Rewrites a file located by [`Esp::in_place`] in place: one write of its data on the

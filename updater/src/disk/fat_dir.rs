@@ -207,6 +207,39 @@ pub fn file_extent(w: &mut Window, parent: &[&str], short: &str) -> io::Result<E
     })
 }
 
+/// Where the bytes of the file `short` in `parent` lie inside the partition: runs of
+/// (offset, length) in file order, adjacent clusters merged, the last one cut at the file's
+/// length. Reads only. Lets another thread read a file that no one writes (a seed) with plain
+/// reads while the FAT driver writes other files.
+pub fn file_runs(w: &mut Window, parent: &[&str], short: &str) -> io::Result<Vec<(u64, u64)>> {
+    let ext = file_extent(w, parent, short)?;
+    if ext.first == 0 {
+        return Ok(Vec::new());
+    }
+    let g = Geometry::read(w)?;
+    let cb = ext.cluster_bytes;
+    if (ext.clusters as u64) < ext.len.div_ceil(cb) {
+        return Err(bad(format!(
+            "{short}: {} bytes in a chain of {} clusters",
+            ext.len, ext.clusters
+        )));
+    }
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut left = ext.len;
+    for c in g.chain(w, ext.first)? {
+        if left == 0 {
+            break;
+        }
+        let (at, n) = (g.offset(c), cb.min(left));
+        match runs.last_mut() {
+            Some((s, l)) if *s + *l == at => *l += n,
+            _ => runs.push((at, n)),
+        }
+        left -= n;
+    }
+    Ok(runs)
+}
+
 /// Largest FAT read into memory for [`sharers`] (a 2 GiB ESP with 4 KiB clusters has 2 MiB).
 const MAX_FAT_BYTES: u64 = 16 << 20;
 

@@ -23,6 +23,8 @@ use anyhow::{Context, Result};
 use crate::codes::{self, Refusal};
 use crate::state::config::Config;
 
+pub mod ranged;
+
 /// Read buffer for bundle sources: a few chunks' worth keeps syscalls and TCP reads out of the
 /// profile while memory stays small and constant.
 const READ_BUFFER: usize = 1 << 20;

@@ -15,24 +15,22 @@
 //! The boot loader is reached only through `boot::BootLoader`; this file names none.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
-use std::sync::mpsc;
 
-use abbundle::{BundleReader, ChunkInfo, Manifest, Payload, PayloadKind, Version};
+use abbundle::{BundleReader, Manifest, Payload, PayloadKind, Version};
 use anyhow::{Context, Result};
-use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
-use xxhash_rust::xxh3::xxh3_128;
 
 use crate::boot::slots;
 use crate::boot::{self, BootLoader, Slot, SlotInfo, SlotState, SlotView, View};
 use crate::codes;
-use crate::disk::direct::AlignedBuf;
-use crate::disk::esp::{Esp, EspFile};
+use crate::disk::esp::Esp;
 use crate::disk::fatsweep;
 use crate::disk::{Disk, Partition};
-use crate::install::{delta, delta_apply};
+use crate::fetch::ranged::{Fetch, FileSource};
+use crate::install::pipeline::{self, Check};
+use crate::install::{chunks, delta, stream};
 use crate::progress::Progress;
 use crate::state::lock;
 use crate::state::Context as Ctx;
@@ -107,7 +105,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         }
         None => None,
     };
-    let mut fetch = open_fetch(r, m, maps.as_deref(), &plan, file.as_ref(), front_ranges)?;
+    let fetch = open_fetch(r, m, maps.as_deref(), &plan, file.as_ref(), front_ranges)?;
     let maps = maps.filter(|_| fetch.is_some());
     info!(
         "installing version {version} ({}) into slot {target} on {}, signed by {}",
@@ -129,31 +127,21 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         fatsweep::free(&disk, &lost)?;
         esp = Esp::open(&disk)?;
     }
-    let written = match (&maps, fetch.as_mut()) {
-        (Some(maps), Some(src)) => write_slot_delta(
-            ctx,
-            &disk,
-            &esp,
-            &*loader,
-            &part,
-            target,
-            maps,
-            src.as_mut(),
-            [&rootfs, &kernel, &initrd],
-            &info_json,
-        ),
-        _ => write_slot(
-            ctx,
-            &disk,
-            &esp,
-            &*loader,
-            &part,
-            target,
-            reader,
-            [&rootfs, &kernel, &initrd],
-            &info_json,
-        ),
-    }
+    let source = match (&maps, fetch) {
+        (Some(maps), Some(fetch)) => Source::Plan { maps, fetch },
+        _ => Source::Stream(Box::new(reader)),
+    };
+    let written = write_slot(
+        ctx,
+        &disk,
+        &esp,
+        &*loader,
+        &part,
+        target,
+        source,
+        [&rootfs, &kernel, &initrd],
+        &info_json,
+    )
     .and_then(|()| {
         loader.boot_next(
             &esp,
@@ -236,9 +224,9 @@ fn open_fetch<'f>(
     plan: &delta::Plan,
     file: Option<&'f File>,
     front_ranges: Option<fetch::HttpRanges>,
-) -> Result<Option<Box<dyn delta_apply::Fetch + 'f>>> {
-    let fetch: Option<Box<dyn delta_apply::Fetch + 'f>> = match (file, maps) {
-        (Some(f), _) => Some(Box::new(delta_apply::FileSource {
+) -> Result<Option<Box<dyn Fetch + 'f>>> {
+    let fetch: Option<Box<dyn Fetch + 'f>> = match (file, maps) {
+        (Some(f), _) => Some(Box::new(FileSource {
             file: f,
             name: r.source,
         })),
@@ -452,7 +440,19 @@ fn check_boots_next(loader: &dyn BootLoader, path: &Path, target: Slot) -> Resul
     Ok(())
 }
 
-/// Steps 1 to 3: make the slot unbootable, write and check it, write and check its boot files.
+/// Where the pipeline takes the new slot's bytes from.
+enum Source<'b, 'f> {
+    /// The bundle as one stream, every chunk of it.
+    Stream(Box<Bundle>),
+    /// A plan: each chunk in place, from a seed, or read from the bundle by `fetch`.
+    Plan {
+        maps: &'b [delta::SeedMap<'b>],
+        fetch: Box<dyn Fetch + 'f>,
+    },
+}
+
+/// Steps 1 to 3: make the slot unbootable, write and check it and its boot files through the
+/// one pipeline (`pipeline::run`), then the boot files read back and info.json.
 #[allow(clippy::too_many_arguments)]
 fn write_slot(
     ctx: &Ctx,
@@ -461,232 +461,95 @@ fn write_slot(
     loader: &dyn BootLoader,
     part: &Partition,
     target: Slot,
-    reader: BundleReader<Box<dyn std::io::Read + Send>>,
-    [rootfs, kernel, initrd]: [&Payload; 3],
+    source: Source,
+    payloads: [&Payload; 3],
     info_json: &[u8],
 ) -> Result<()> {
+    let [rootfs, kernel, initrd] = payloads;
     loader.make_unbootable(esp, target)?;
-    if let Some(index) = reader.index() {
-        delta::store_index(disk, part, rootfs, &index.payloads[0])?;
+    let index = match &source {
+        Source::Stream(reader) => reader.index().map(|i| &i.payloads[0][..]),
+        Source::Plan { maps, .. } => Some(maps[0].entries()),
+    };
+    if let Some(entries) = index {
+        delta::store_index(disk, part, rootfs, entries)?;
     }
-
     let files = target.files();
+    let targets = pipeline::Targets {
+        disk,
+        part,
+        esp,
+        kernel_path: &files.kernel,
+        initrd_path: &files.initrd,
+    };
+    // The same progress and log lines for every source: scripts and tests watch for them.
     let progress = Progress::new(&format!("slot {target}"), rootfs.size, ctx.quiet);
-    // Three threads, so reading + verifying the bundle, writing the slot and reading it back
-    // overlap (each hashes or waits on I/O): the reader sends verified chunks in buffers from a
-    // small pool; this thread writes them, syncs every segment and hands the segment to the
-    // read-back thread. Memory stays at a few chunk buffers whatever the payload size.
-    let segment = segment_len(rootfs);
-    std::thread::scope(|scope| -> Result<()> {
-        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Msg>(PIPELINE_BUFFERS);
-        let (pool_tx, pool_rx) = mpsc::channel::<AlignedBuf>();
-        // Each buffer carries a run of whole chunks of one payload: for the slot, one large write.
-        let buf_len = [kernel, initrd]
-            .iter()
-            .map(|p| p.chunk_size as usize)
-            .fold(write_batch(rootfs), usize::max);
-        for _ in 0..PIPELINE_BUFFERS {
-            pool_tx
-                .send(AlignedBuf::new(buf_len))
-                .expect("pool is open");
+    match source {
+        Source::Stream(reader) => {
+            pipeline::run(&targets, payloads, Check::Written, progress, move |sink| {
+                stream::produce(*reader, sink)
+            })?;
+            info!("slot {target}: {} bytes written and read back", rootfs.size);
         }
-        scope.spawn(move || read_chunks(reader, chunk_tx, pool_rx, buf_len));
-        let (seg_tx, seg_rx) = mpsc::channel::<Segment>();
-        let readback = scope.spawn(move || verify_segments(disk, part, rootfs, seg_rx));
-        let mut root = RootWriter {
-            disk,
-            part,
-            rootfs,
-            segment,
-            progress,
-            seg_tx: Some(seg_tx),
-            seg_start: 0,
-            seg_sums: Vec::new(),
-        };
-        let mut boot_files = BootFileWriter {
-            esp,
-            kernel_path: &files.kernel,
-            initrd_path: &files.initrd,
-            kernel,
-            initrd,
-            file: None,
-        };
-        loop {
-            let (kind, index, offset, last, mut data, len) = match chunk_rx.recv() {
-                Ok(Msg::Chunk {
-                    kind,
-                    index,
-                    offset,
-                    last,
-                    data,
-                    len,
-                }) => (kind, index, offset, last, data, len),
-                Ok(Msg::End(Ok(()))) | Err(_) => break,
-                Ok(Msg::End(Err(e))) => {
-                    return Err(anyhow::Error::new(e).context("reading the bundle"))
-                }
+        Source::Plan { maps, mut fetch } => {
+            let keep = target.other().files();
+            // Missing or unreadable seed files: their chunks come from the bundle.
+            let runs = |path: &str| esp.file_runs(path).unwrap_or_default();
+            let seeds = chunks::Seeds {
+                disk,
+                keep: disk.partition(target.other().partition_label())?,
+                esp: disk.partition(abbundle::layout::ESP_LABEL)?,
+                kernel: runs(&keep.kernel),
+                initrd: runs(&keep.initrd),
             };
-            match kind {
-                PayloadKind::Rootfs => root.write(index, offset, last, &mut data, len)?,
-                kind @ (PayloadKind::Kernel | PayloadKind::Initrd) => {
-                    boot_files.write(kind, index, last, &data.as_slice()[..len])?
-                }
-            }
-            // Give the buffer back; a closed pool means the reader is done.
-            let _ = pool_tx.send(data);
+            let jobs = [(rootfs, &maps[0]), (kernel, &maps[1]), (initrd, &maps[2])];
+            let check = Check::Table(maps[0].entries());
+            let t = pipeline::run(&targets, payloads, check, progress, |sink| {
+                chunks::produce(jobs, &seeds, fetch.as_mut(), sink)
+            })?;
+            info!("slot {target}: {} bytes written and read back", rootfs.size);
+            info!(
+                "delta: {} bytes read from the bundle, {} copied from seeds, {} already in place",
+                t.fetched, t.copied, t.in_place
+            );
         }
-        drop(root.seg_tx.take());
-        readback
-            .join()
-            .map_err(|_| anyhow::anyhow!("read-back thread panicked"))??;
-        info!("slot {target}: {} bytes written and read back", rootfs.size);
-        Ok(())
-    })?;
+    }
     check_boot_files(esp, target, kernel, initrd, info_json)
 }
 
-/// The full stream's slot writes: verified runs of root-image chunks onto the partition, synced
-/// by segments that go to the read-back thread.
-struct RootWriter<'a> {
-    disk: &'a Disk,
-    part: &'a Partition,
-    rootfs: &'a Payload,
-    /// Bytes per segment (`segment_len`).
-    segment: u64,
-    progress: Progress,
-    /// To the read-back thread; `None` once the last segment went.
-    seg_tx: Option<mpsc::Sender<Segment>>,
-    seg_start: u64,
-    /// The chunks' xxh3 sums of the segment being written.
-    seg_sums: Vec<u128>,
-}
-
-impl RootWriter<'_> {
-    /// Writes one run of chunks at `offset`; hands a full (or the last) segment on.
-    fn write(
-        &mut self,
-        index: u64,
-        offset: u64,
-        last: bool,
-        data: &mut AlignedBuf,
-        len: usize,
-    ) -> Result<()> {
-        let (disk, part) = (self.disk, self.part);
-        self.seg_sums.extend(
-            data.as_slice()[..len]
-                .chunks(self.rootfs.chunk_size as usize)
-                .map(xxh3_128),
-        );
-        fault::lying_medium(&mut data.as_mut_slice()[..len]);
-        disk.write_to_device(part, offset, data, len)
-            .with_context(|| format!("writing chunk {index} to {}", part.label))?;
-        fault::point("slot write");
-        let end = offset + len as u64;
-        self.progress.update(end);
-        if last || end - self.seg_start >= self.segment {
-            // Start writing the segment out; the read-back thread waits for it.
-            disk.start_writeback(part, self.seg_start, end - self.seg_start);
-            if last {
-                disk.sync()?;
-            }
-            if let Some(tx) = &self.seg_tx {
-                // A closed channel means the read-back failed; its error is
-                // collected below.
-                let _ = tx.send(Segment {
-                    start: self.seg_start,
-                    end,
-                    sums: std::mem::take(&mut self.seg_sums),
-                });
-            }
-            self.seg_start = end;
-        }
-        if last {
-            self.progress.finish();
-            // The read-back finishes while the boot files are written.
-            self.seg_tx = None;
-        }
-        Ok(())
-    }
-}
-
-/// The full stream's kernel and initrd: written to the slot's files on the ESP as their
-/// verified chunks come, each whole file checked against its signed digest.
-struct BootFileWriter<'a, 'd> {
-    esp: &'a Esp<'d>,
-    kernel_path: &'a str,
-    initrd_path: &'a str,
-    kernel: &'a Payload,
-    initrd: &'a Payload,
-    /// The file being written and its running sha256.
-    file: Option<(EspFile<'a, 'd>, Sha256)>,
-}
-
-impl BootFileWriter<'_, '_> {
-    /// Writes chunk `index` of payload `kind`: chunk 0 creates the file, the last one flushes
-    /// it and checks the whole file's digest.
-    fn write(&mut self, kind: PayloadKind, index: u64, last: bool, bytes: &[u8]) -> Result<()> {
-        let path = if kind == PayloadKind::Kernel {
-            self.kernel_path
-        } else {
-            self.initrd_path
-        };
-        if index == 0 {
-            self.file = Some((self.esp.create(path)?, Sha256::new()));
-        }
-        let (f, hash) = self.file.as_mut().context("payload chunks out of order")?;
-        hash.update(bytes);
-        f.write_all(bytes)
-            .with_context(|| format!("writing {path} on the ESP"))?;
-        if last {
-            f.flush()
-                .with_context(|| format!("flushing {path} on the ESP"))?;
-            // The chunks matched the signed table, so a different whole-file
-            // digest is the manifest's fault, not the medium's (checked here so
-            // the read-back below only has to judge the medium).
-            let p = if kind == PayloadKind::Kernel {
-                self.kernel
-            } else {
-                self.initrd
-            };
-            let (_, hash) = self.file.take().expect("just used");
-            if hash.finalize()[..] != p.sha256.0 {
-                return Err(abbundle::FormatError::BadManifest(format!(
-                    "payload {kind}'s sha256 does not match its verified chunks"
-                ))
-                .into());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The HTTP(S) range source for a delta apply, on the client that read the front: the plan's
-/// ranges, the first one already asked for. `None` when the front came whole (the server
-/// ignores Range; then the full stream).
+/// The HTTP(S) range source for a plan, on the client that read the front: the plan's ranges
+/// fetched ahead, the first one asked for now, before anything is written (a 200 there is the
+/// whole bundle, read from then on). `None` when the front came whole (the server ignores
+/// Range; then the full stream).
 #[cfg(feature = "http")]
 fn http_fetch(
     ranges: Option<fetch::HttpRanges>,
     m: &abbundle::Manifest,
     maps: &[delta::SeedMap],
-) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
+) -> Result<Option<Box<dyn Fetch>>> {
+    use fetch::ranged::{Ahead, Sequential};
+    use fetch::RangeReply;
     let Some(mut ranges) = ranges else {
         return Ok(None);
     };
-    let plan: Vec<delta::Range> = m
+    let plan: Vec<(u64, u64)> = m
         .payloads
         .iter()
         .zip(maps)
         .flat_map(|(p, map)| delta::ranges(p, map))
+        .map(|r| (r.start, r.end))
         .collect();
-    // A 200 here (the server ignored this Range) is the whole bundle: the chunks are read
-    // from it, and no request is left to fail that way once the slot is written.
-    let first = match plan.first() {
-        Some(r) => Some(ranges.get(r.start, r.end)?),
-        None => None,
+    let Some(&(start, end)) = plan.first() else {
+        return Ok(Some(Box::new(Ahead::new(ranges, plan, None))));
     };
-    Ok(Some(Box::new(delta_apply::HttpSource::new(
-        ranges, plan, first,
-    ))))
+    Ok(Some(match ranges.get(start, end)? {
+        RangeReply::Partial(mut body) => {
+            let mut first = vec![0u8; (end - start) as usize];
+            body.read_exact(&mut first).map_err(fetch::ranged::short)?;
+            Box::new(Ahead::new(ranges, plan, Some(first)))
+        }
+        whole @ RangeReply::Whole(_) => Box::new(Sequential::new(ranges, plan, Some(whole))),
+    }))
 }
 
 #[cfg(not(feature = "http"))]
@@ -694,7 +557,7 @@ fn http_fetch(
     _: Option<fetch::HttpRanges>,
     _: &abbundle::Manifest,
     _: &[delta::SeedMap],
-) -> Result<Option<Box<dyn delta_apply::Fetch>>> {
+) -> Result<Option<Box<dyn Fetch>>> {
     Ok(None)
 }
 
@@ -733,40 +596,6 @@ fn check_boot_files(
     Ok(())
 }
 
-/// Steps 1 to 3 from a format 2 bundle read at offsets: make the slot unbootable, write the
-/// root from seeds and the bundle's missing chunks (each checked against the signed index),
-/// read it back, then the boot files the same way (`delta_apply`).
-#[allow(clippy::too_many_arguments)]
-fn write_slot_delta(
-    ctx: &Ctx,
-    disk: &Disk,
-    esp: &Esp,
-    loader: &dyn BootLoader,
-    part: &Partition,
-    target: Slot,
-    maps: &[delta::SeedMap],
-    src: &mut dyn delta_apply::Fetch,
-    [rootfs, kernel, initrd]: [&Payload; 3],
-    info_json: &[u8],
-) -> Result<()> {
-    loader.make_unbootable(esp, target)?;
-    delta::store_index(disk, part, rootfs, maps[0].entries())?;
-    let keep = disk.partition(target.other().partition_label())?;
-    let files = target.files();
-    let counts = [
-        delta_apply::write_root(disk, target, part, keep, rootfs, &maps[0], src, ctx.quiet)?,
-        delta_apply::write_boot_file(esp, target, &files.kernel, kernel, &maps[1], src)?,
-        delta_apply::write_boot_file(esp, target, &files.initrd, initrd, &maps[2], src)?,
-    ];
-    check_boot_files(esp, target, kernel, initrd, info_json)?;
-    let t = delta_apply::total(&counts);
-    info!(
-        "delta: {} bytes read from the bundle, {} copied from seeds, {} already in place",
-        t.fetched, t.copied, t.in_place
-    );
-    Ok(())
-}
-
 /// Refuses (before anything is written) unless the target's new boot files (`sizes`: kernel,
 /// initrd, info.json) and the loader's record fit on the ESP, counting what replacing the
 /// target's old files and records and giving back `lost` clusters frees.
@@ -800,160 +629,6 @@ fn check_esp_space(
             need * cluster / 1024,
             (free + freed) * cluster / 1024
         );
-    }
-    Ok(())
-}
-
-/// Buffers (runs of chunks, up to 2 MiB) in flight between the bundle reader and the writer.
-const PIPELINE_BUFFERS: usize = 3;
-
-/// A verified chunk (or the end of the bundle) from the reader thread.
-enum Msg {
-    Chunk {
-        kind: PayloadKind,
-        index: u64,
-        offset: u64,
-        last: bool,
-        data: AlignedBuf,
-        len: usize,
-    },
-    End(std::result::Result<(), abbundle::FormatError>),
-}
-
-/// A run of verified chunks of one payload being gathered in one buffer.
-struct Run {
-    /// The first chunk's place (set once it is read).
-    first: Option<ChunkInfo>,
-    buf: AlignedBuf,
-    len: usize,
-}
-
-/// The reader thread: verified chunks out, read straight into buffers from `pool` and
-/// gathered into runs of up to `cap` bytes of one payload.
-fn read_chunks(
-    mut reader: BundleReader<Box<dyn std::io::Read + Send>>,
-    out: mpsc::SyncSender<Msg>,
-    pool: mpsc::Receiver<AlignedBuf>,
-    cap: usize,
-) {
-    // Hands a run to the writer; false once the writer is gone.
-    let send = |run: Run, last: bool| -> bool {
-        let first = run.first.expect("a run holds a chunk");
-        out.send(Msg::Chunk {
-            kind: first.kind,
-            index: first.index,
-            offset: first.offset,
-            last,
-            data: run.buf,
-            len: run.len,
-        })
-        .is_ok()
-    };
-    let mut run: Option<Run> = None;
-    loop {
-        let Some((kind, len)) = reader.upcoming() else {
-            let _ = out.send(Msg::End(Ok(())));
-            return;
-        };
-        // Runs end at their payload's last chunk or when the next chunk would not fit (below),
-        // so this only guards the buffer's bounds.
-        if run
-            .as_ref()
-            .is_some_and(|r| r.first.is_some_and(|f| f.kind != kind) || r.len + len > cap)
-            && !send(run.take().expect("checked"), false)
-        {
-            return;
-        }
-        if run.is_none() {
-            let Ok(buf) = pool.recv() else { return };
-            run = Some(Run {
-                first: None,
-                buf,
-                len: 0,
-            });
-        }
-        let r = run.as_mut().expect("just set");
-        let c = match reader.next_chunk_into(&mut r.buf.as_mut_slice()[r.len..]) {
-            Ok(Some(c)) => c,
-            Ok(None) => unreachable!("upcoming() promised a chunk"),
-            Err(e) => {
-                let _ = out.send(Msg::End(Err(e)));
-                return;
-            }
-        };
-        r.first.get_or_insert(c);
-        r.len += c.len;
-        if (c.last || r.len + c.len > cap) && !send(run.take().expect("just set"), c.last) {
-            return;
-        }
-    }
-}
-
-/// How much of the slot is handed to the read-back thread at a time: an eighth of the image,
-/// between 1 and 32 MiB, in whole chunks (the read-back trails the writes by about that much).
-fn segment_len(p: &Payload) -> u64 {
-    let cs = p.chunk_size as u64;
-    (p.size / 8).clamp(1 << 20, 32 << 20).div_ceil(cs) * cs
-}
-
-/// Size of each slot write: 2 MiB (large writes let the device stream), but at least 8 writes
-/// per image so small images still get written in several steps; whole chunks, at least one.
-fn write_batch(p: &Payload) -> usize {
-    let cs = p.chunk_size as u64;
-    // At least one chunk: chunks may be larger than 2 MiB (up to the format's 4 MiB).
-    ((p.size / 8).min(2 << 20) / cs).max(1) as usize * cs as usize
-}
-
-/// Size of each read-back read: large, so the device streams (whole chunks).
-const READBACK_IO: u64 = 2 << 20;
-
-/// A written stretch of the slot, for the read-back thread: its byte range and the XXH3-128
-/// checksum of each chunk of it, taken from the verified bytes that were written.
-struct Segment {
-    start: u64,
-    end: u64,
-    sums: Vec<u128>,
-}
-
-/// The read-back thread: waits until each segment is written out, reads it from the device
-/// (`O_DIRECT`, or after dropping it from the page cache) and checks that every chunk reads
-/// back as the verified bytes that were written.
-///
-/// Why a checksum and not the manifest's SHA-256 again: those bytes were already checked
-/// against the signed chunk table before they were written; the read-back has to catch a
-/// medium that does not store what it was given, not an attacker, and XXH3-128 does that at
-/// memory speed, where a second SHA-256 pass took half the apply's CPU time.
-fn verify_segments(
-    disk: &Disk,
-    part: &Partition,
-    p: &Payload,
-    segments: mpsc::Receiver<Segment>,
-) -> Result<()> {
-    let cs = p.chunk_size as u64;
-    let io = READBACK_IO.max(cs) / cs * cs;
-    let mut buf = AlignedBuf::new(io as usize);
-    for Segment { start, end, sums } in segments {
-        disk.wait_writeback(part, start, end - start);
-        let mut pos = start;
-        while pos < end {
-            let n = io.min(end - pos);
-            disk.read_from_device(part, pos, &mut buf, n as usize)
-                .with_context(|| format!("reading back {} at {pos}", part.label))?;
-            for i in pos / cs..(pos + n).div_ceil(cs) {
-                let len = p.chunk_len(i) as usize;
-                let at = (i * cs - pos) as usize;
-                let want = sums.get((i - start / cs) as usize).copied();
-                if Some(xxh3_128(&buf.as_slice()[at..at + len])) != want {
-                    refuse!(
-                        codes::READBACK_MISMATCH,
-                        "{} does not read back as written (chunk {i} at offset {}): the medium may be failing",
-                        part.label,
-                        i * cs
-                    );
-                }
-            }
-            pos += n;
-        }
     }
     Ok(())
 }

@@ -343,7 +343,13 @@ pub struct Range {
     pub end: u64,
 }
 
-/// The missing chunks of `p` as bundle ranges, neighbours closer than [`MERGE_GAP`] merged.
+/// A range grows to at most this many bytes (whole chunks): the pipeline fetches several
+/// ahead at once, so a long run of missing chunks is several requests in flight together
+/// rather than one, and a range's bytes wait in memory for the writer (docs/updater.md).
+pub const RANGE_MAX: u64 = 512 * 1024;
+
+/// The missing chunks of `p` as bundle ranges, neighbours closer than [`MERGE_GAP`] merged, each
+/// at most [`RANGE_MAX`] long (a longer chunk alone).
 pub fn ranges(p: &Payload, map: &SeedMap) -> Vec<Range> {
     let mut out: Vec<Range> = Vec::new();
     let mut at = p.offset;
@@ -351,7 +357,7 @@ pub fn ranges(p: &Payload, map: &SeedMap) -> Vec<Range> {
         let end = at + e.len as u64;
         if map.loc(i).is_none() {
             match out.last_mut() {
-                Some(r) if at - r.end <= MERGE_GAP => r.end = end,
+                Some(r) if at - r.end <= MERGE_GAP && end - r.start <= RANGE_MAX => r.end = end,
                 _ => out.push(Range { start: at, end }),
             }
         }

@@ -577,7 +577,8 @@ fn a_stalled_range_request_ends_on_the_http_limits() {
             took >= Duration::from_secs(limit) && took < Duration::from_secs(limit + 10),
             "{fault:?}: took {took:?}"
         );
-        assert_eq!(served.lock().unwrap().range_requests, from, "{fault:?}");
+        // Ranges are fetched ahead on several connections: the faulty one and maybe more.
+        assert!(served.lock().unwrap().range_requests >= from, "{fault:?}");
         assert_eq!(running(&disk), before, "{fault:?}");
     }
 }
@@ -605,7 +606,8 @@ fn a_bad_range_reply_mid_apply_is_refused_and_a_rerun_installs() {
         assert!(err.contains("slot b has no boot entry"), "{fault:?}: {err}");
         {
             let s = served.lock().unwrap();
-            assert_eq!(s.range_requests, 3, "{fault:?}: {s:?}");
+            // The fault was served (ranges are fetched ahead: later ones may have been too).
+            assert!(s.range_requests >= 3, "{fault:?}: {s:?}");
         }
         // Slot a, its entry and the whole ESP as they were: slot a still boots.
         assert_eq!(running(&disk), before, "{fault:?}");
@@ -777,12 +779,17 @@ fn an_http_apply_cut_short_fetches_only_what_is_missing_when_run_again() {
     assert_eq!(fresh["mode"], "delta", "{fresh}");
     let planned: u64 = (0..3).map(|k| u(&fresh["payloads"][k], "readBytes")).sum();
     let bundle = std::fs::read(&v2.bundle).unwrap();
-    // The connection is lost with a fifth of the planned bytes still to come.
-    let cut = planned * 4 / 5;
-    let (url, served) = range_server(bundle.clone(), Serve::CutAfter(cut));
+    // The connection is lost in the last changed package (the third of the root image): the
+    // first one's chunks were fetched and written before.
+    let root = v2.manifest.payload(PayloadKind::Rootfs);
+    let (url, served) = range_server(
+        bundle.clone(),
+        Serve::CutAt(root.offset + root.size * 9 / 10),
+    );
     let err = fails(&env.abupdate(&disk, &["apply", &url]), 41);
     assert!(err.contains("slot b has no boot entry"), "{err}");
-    assert_eq!(served.lock().unwrap().sent_bytes, cut);
+    let cut = served.lock().unwrap().sent_bytes;
+    assert!(cut < planned, "sent {cut} of {planned}");
     assert_eq!(mdir(&disk, "loader/entries"), ["slot-a.conf"]);
     // The same apply again, from a server that behaves: what was written before the cut is
     // not fetched again.

@@ -18,9 +18,10 @@ pub enum Serve {
     /// Range requests number `from` (1-based) and later get `fault`; the earlier ones are
     /// served well.
     Fault { from: u64, fault: Fault },
-    /// Ranges are served well until `after` bytes of range bodies were sent in all; the
-    /// connection is then closed in the middle of a body (a lost connection).
-    CutAfter(u64),
+    /// Ranges are served well up to bundle offset `at`: a reply to a range past it ends there,
+    /// in the middle of its body, and the connection is closed (a lost connection). By offset,
+    /// not by bytes sent, so that ranges fetched side by side are cut the same way every run.
+    CutAt(u64),
 }
 
 /// What a faulty range reply does.
@@ -104,11 +105,11 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
             continue;
         };
         let len = b + 1 - a;
-        let (n, sent_before) = {
+        let n = {
             let mut s = served.lock().unwrap();
             s.range_requests += 1;
             s.range_bytes += len;
-            (s.range_requests, s.sent_bytes)
+            s.range_requests
         };
         let fault = match mode {
             Serve::Fault { from, fault } if n >= from && path != "/moved.abu" => Some(fault),
@@ -147,9 +148,9 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
                 continue;
             }
         }
-        if let Serve::CutAfter(limit) = mode {
-            if sent_before + len > limit {
-                (send, after) = (limit.saturating_sub(sent_before), After::Close);
+        if let Serve::CutAt(at) = mode {
+            if b >= at {
+                (send, after) = (at.saturating_sub(a), After::Close);
             }
         }
         let head = format!(
