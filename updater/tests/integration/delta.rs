@@ -769,6 +769,27 @@ fn noise_pair(env: &Env) -> (Build, Build) {
     (out.pop().unwrap(), v2)
 }
 
+/// The plan's ranges are asked for ahead of need, several at once on their own connections,
+/// so a link's round trips overlap (issue 21): with every reply held back 300 ms, more than
+/// one range request is open at a time, and the slot still installs exactly. Before, each
+/// range was asked for only when the writer reached it (one at a time).
+#[test]
+fn ranges_are_fetched_side_by_side() {
+    let env = Env::new();
+    let (v1, v2) = noise_pair(&env);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    let p = plan(&env, &disk, &v2.bundle, &[]);
+    assert!(u(&p, "requests") >= 4, "{p}");
+    let (url, served) = range_server(std::fs::read(&v2.bundle).unwrap(), Serve::Delayed(300));
+    let o = env.abupdate(&disk, &["apply", &url]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    let s = served.lock().unwrap();
+    assert!(s.most_in_flight >= 2, "{s:?}");
+    assert_eq!(s.range_requests, u(&p, "requests"), "{s:?} {p}");
+    assert_installed(&disk, &v2);
+}
+
 #[test]
 fn an_http_apply_cut_short_fetches_only_what_is_missing_when_run_again() {
     let env = Env::new();

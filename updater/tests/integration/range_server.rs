@@ -22,6 +22,8 @@ pub enum Serve {
     /// in the middle of its body, and the connection is closed (a lost connection). By offset,
     /// not by bytes sent, so that ranges fetched side by side are cut the same way every run.
     CutAt(u64),
+    /// As `Ranges`, each range reply held back this many milliseconds (a long round trip).
+    Delayed(u64),
 }
 
 /// What a faulty range reply does.
@@ -58,6 +60,9 @@ pub struct Served {
     pub range_bytes: u64,
     /// Body bytes of range replies actually written to the client.
     pub sent_bytes: u64,
+    /// Range requests being answered now, and the most there were at once.
+    pub in_flight: u64,
+    pub most_in_flight: u64,
 }
 
 /// Starts the server for `body`; returns its URL (`http://127.0.0.1:PORT/b.abu`) and counters.
@@ -109,8 +114,15 @@ fn connection(conn: TcpStream, body: &[u8], mode: Serve, served: &Mutex<Served>)
             let mut s = served.lock().unwrap();
             s.range_requests += 1;
             s.range_bytes += len;
+            s.in_flight += 1;
+            s.most_in_flight = s.most_in_flight.max(s.in_flight);
             s.range_requests
         };
+        if let Serve::Delayed(ms) = mode {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        // Counted as answered from here (a fault below may end the connection).
+        served.lock().unwrap().in_flight -= 1;
         let fault = match mode {
             Serve::Fault { from, fault } if n >= from && path != "/moved.abu" => Some(fault),
             _ => None,
