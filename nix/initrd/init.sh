@@ -258,27 +258,33 @@ wait_root() {
     waited=0
     while :; do
         found=$(find_label "$want_label")
+        matched=
         if [ -n "$want_esp" ]; then
             for part in $found; do
                 dsys=$(readlink -f "/sys/class/block/$part/..")
                 if disk_esp_guids "${dsys##*/}" | grep -qx "$want_esp"; then
-                    [ "$found" = "$part" ] ||
-                        echo "abinit: several disks have PARTLABEL=$want_label ($(echo $found)): taking $part, on the disk the boot loader came from (ESP $want_esp)" >&2
-                    echo "/dev/$part"
-                    return 0
+                    matched="$matched $part"
                 fi
             done
         fi
-        if [ -n "$found" ] && { [ -z "$want_esp" ] || [ "$waited" -ge 30 ]; }; then
-            set -- $found
-            if [ -b "/dev/$1" ]; then
-                if [ $# -gt 1 ]; then
-                    echo "abinit: warning: several disks have PARTLABEL=$want_label ($*) and the boot loader's ESP (${want_esp:-not given}) is on none or several of them: guessing $1" >&2
-                    : > /tmp/abinit-guessed
-                fi
-                echo "/dev/$1"
-                return 0
+        set -- $matched
+        if [ $# = 1 ] && [ -b "/dev/$1" ]; then
+            [ "$found" = "$1" ] ||
+                echo "abinit: several disks have PARTLABEL=$want_label ($(echo $found)): taking $1, on the disk the boot loader came from (ESP $want_esp)" >&2
+            echo "/dev/$1"
+            return 0
+        fi
+        # Several with the loader's GUID: take the first of them. None: give the loader's disk
+        # 3 s to show up, then take the first of all.
+        [ $# -gt 1 ] || set -- $found
+        if [ $# -ge 1 ] && [ -b "/dev/$1" ] &&
+            { [ -z "$want_esp" ] || [ -n "$matched" ] || [ "$waited" -ge 30 ]; }; then
+            if [ $# -gt 1 ]; then
+                echo "abinit: warning: several disks have PARTLABEL=$want_label ($*) and the boot loader's ESP (${want_esp:-not given}) is on none or several of them: guessing $1" >&2
+                : > /tmp/abinit-guessed
             fi
+            echo "/dev/$1"
+            return 0
         fi
         if [ "$waited" -ge "$((timeout * 10))" ]; then
             return 1
