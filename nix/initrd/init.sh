@@ -8,6 +8,8 @@
 #                                   abinit.watchdog=<reboot if not done after this, default 300, 0: off>
 #                                   abinit.debug (trace this script on the console)
 #                                   abinit.hwwatchdog=<arm /dev/watchdog with this timeout, 0: off>
+#                                   ab.esp=<the ESP's partition GUID> (GRUB: the disk it booted
+#                                   from; systemd-boot's LoaderDevicePartUUID says the same)
 #   /etc/abinit/modules   kernel modules to insmod, one path per line, dependencies first
 #                         (computed from modules.dep when the initrd is built)
 #   result:               the slot's squashfs read-only at /, tmpfs at /run and /tmp, the data
@@ -262,7 +264,7 @@ wait_root() {
         if [ -n "$want_esp" ]; then
             for part in $found; do
                 dsys=$(readlink -f "/sys/class/block/$part/..")
-                if disk_esp_guids "${dsys##*/}" | grep -qx "$want_esp"; then
+                if disk_esp_guids "${dsys##*/}" | grep -qxF "$want_esp"; then
                     matched="$matched $part"
                 fi
             done
