@@ -12,11 +12,13 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+import uuid
 
 import httpd
 
@@ -91,7 +93,7 @@ class Machine:
         self.seq = 0
 
     def start(self, media=(), firmware=None, memory=None, rtc=None, http=None, ipv6=None,
-              web=False):
+              web=False, copies=(), copies_first=False):
         """Powers on. `media` are files attached read-only as /dev/vdb, /dev/vdc, ... (bundles
         on a USB stick or an extra disk: the offline update case). `firmware` and `memory`,
         if given, replace the machine's from this power-on on (the same disk under another
@@ -101,7 +103,10 @@ class Machine:
         without it the machine has no NIC. `ipv6`: instead, a dual-stack user network (below)
         whose router advertises the /64 `ipv6` (e.g. "2001:db8:ab::"), for SLAAC. `web`:
         forward a free port of the host's 127.0.0.1 (`self.web_port`) to the guest's
-        10.0.2.15:80 (after `network_up`), for `web_get`."""
+        10.0.2.15:80 (after `network_up`), for `web_get`. `copies`: more disk images attached
+        writable (a second disk holding a copy of the image), after the machine's own disk or,
+        with `copies_first`, before it (so the first copy is /dev/vda); with copies, the
+        machine's disk is the firmware's first boot device (bootindex=0) either way."""
         self.media = media
         if firmware is not None:
             self.firmware = firmware
@@ -148,10 +153,18 @@ class Machine:
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
             ]
-        cmd += [
-            "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe,id=disk0",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-        ]
+        if copies:
+            own = ["-drive", f"file={self.disk},if=none,format=raw,cache=unsafe,id=disk0",
+                   "-device", "virtio-blk-pci,drive=disk0,bootindex=0"]
+            others = []
+            for i, copy in enumerate(copies):
+                others += ["-drive", f"file={copy},if=none,format=raw,cache=unsafe,id=copy{i}",
+                           "-device", f"virtio-blk-pci,drive=copy{i}"]
+            # PCI slots go in command-line order, and the guest names the disks in that order.
+            cmd += others + own if copies_first else own + others
+        else:
+            cmd += ["-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe,id=disk0"]
+        cmd += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         for medium in media:
             cmd += ["-drive", f"file={medium},if=virtio,format=raw,readonly=on"]
         if rtc:
@@ -372,6 +385,26 @@ def esp_file(disk, path):
             size = int.from_bytes(found[28:32], "little")
         assert size <= per_cluster, f"{path} is larger than a cluster"
         return cluster(c), size
+
+
+def partition_guids(disk):
+    """{label: unique partition GUID (lower case)} from the primary GPT of the disk image
+    `disk` (512-byte sectors), and "disk" for the disk GUID."""
+    def text(g):
+        return str(uuid.UUID(bytes_le=bytes(g)))
+    with open(disk, "rb") as f:
+        f.seek(512)
+        header = f.read(92)
+        assert header[:8] == b"EFI PART", f"{disk}: no GPT"
+        array_lba, count, size = struct.unpack_from("<QII", header, 72)
+        f.seek(array_lba * 512)
+        array = f.read(count * size)
+    guids = {"disk": text(header[56:72])}
+    for i in range(count):
+        e = array[i * size:(i + 1) * size]
+        if any(e[:16]):
+            guids[e[56:128].decode("utf-16-le").split("\0")[0]] = text(e[16:32])
+    return guids
 
 
 def grub_env(disk, copy):

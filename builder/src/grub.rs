@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use abbundle::grubenv::{self, SlotState, State, DEFAULT_SLOT, ENV_FILES, MAX_TRIES, PARAMS_VAR};
-use abbundle::layout::{self, Slot};
+use abbundle::layout::{self, Slot, ESP_PARAM};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cmd;
@@ -22,8 +22,9 @@ use crate::image_def::{BootBackend, ImageDef};
 
 /// The GRUB modules built into both images: disk and partition access, FAT, the script
 /// commands grub.cfg uses (`test`, `loadenv`, `source` from `configfile`, `echo`, `sleep`,
-/// `reboot`), Linux loading, the serial console, and a few for an operator at GRUB's prompt.
-pub const MODULES: [&str; 22] = [
+/// `reboot`), Linux loading, the serial console, `probe` (the ESP's partition GUID for
+/// `ab.esp=`), and a few for an operator at GRUB's prompt.
+pub const MODULES: [&str; 23] = [
     "part_gpt",
     "fat",
     "normal",
@@ -45,6 +46,7 @@ pub const MODULES: [&str; 22] = [
     "minicmd",
     "search",
     "search_fs_uuid",
+    "probe",
     "boot",
 ];
 
@@ -82,6 +84,10 @@ serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
 set ab_default={DEFAULT_SLOT}
+# The partition GUID of the ESP GRUB was loaded from ($root), for the initrd: the disk it booted
+# from, when another disk carries a copy of the image (docs/layout.md, Per-machine identity).
+set ab_esp=
+probe --set ab_esp --part-uuid $root
 
 # ab_left: $1 with one try spent; empty if $1 is not 1 to {MAX_TRIES} tries.
 function ab_dec {{
@@ -142,7 +148,7 @@ function ab_boot {{
   if [ \"$1\" = {slot} ]; then
     set {PARAMS_VAR}=
     source {cmdline}
-    linux {kernel} ab.slot={slot} root=PARTLABEL={label} ${PARAMS_VAR}
+    linux {kernel} ab.slot={slot} root=PARTLABEL={label} {ESP_PARAM}=$ab_esp ${PARAMS_VAR}
     initrd {initrd}
     boot
   fi
@@ -438,7 +444,8 @@ mod tests {
             "ab_load /grub/env2",
             "save_env --file \"$ab_env\" \"ab_$1\"",
             "source /b/cmdline.cfg",
-            "linux /b/vmlinuz ab.slot=b root=PARTLABEL=root-b $ab_params",
+            "linux /b/vmlinuz ab.slot=b root=PARTLABEL=root-b ab.esp=$ab_esp $ab_params",
+            "probe --set ab_esp --part-uuid $root\n",
             "initrd /a/initrd",
             "\n  if [ \"$1\" = a ]; then\n    set ab_params=\n",
             "set ab_default=a",

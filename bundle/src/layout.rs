@@ -213,6 +213,11 @@ pub fn check_kernel_params(params: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The kernel parameter GRUB's grub.cfg adds: `ab.esp=<GUID>`, the partition GUID of the
+/// ESP it was loaded from (empty if GRUB cannot tell), so that the initrd picks that disk
+/// when several carry the image (docs/layout.md, "Per-machine identity").
+pub const ESP_PARAM: &str = "ab.esp";
+
 /// The longest kernel command line the x86 kernel keeps: `COMMAND_LINE_SIZE` is 2048 bytes
 /// with the terminating NUL. The kernel cuts a longer one off silently, and what goes is the
 /// tail: the bundle's own parameters (`panic=`, `console=`).
@@ -222,7 +227,8 @@ pub const MAX_KERNEL_CMDLINE: usize = 2047;
 /// makes it (a bundle installs onto either kind of disk): GRUB's `linux` command puts
 /// `BOOT_IMAGE=/X/vmlinuz ` first; systemd-boot may put `initrd=\X\initrd ` first for the
 /// entry's `initrd` line (shorter; counted all the same); both then pass
-/// `ab.slot=X root=PARTLABEL=root-X` and the parameters.
+/// `ab.slot=X root=PARTLABEL=root-X`, GRUB then ` ab.esp=<the ESP's partition GUID>`
+/// ([`ESP_PARAM`]), and the parameters.
 pub fn longest_kernel_cmdline(kernel_params: &str) -> usize {
     let params = kernel_params
         .split_whitespace()
@@ -232,7 +238,7 @@ pub fn longest_kernel_cmdline(kernel_params: &str) -> usize {
         .iter()
         .map(|s| {
             let f = s.files();
-            let grub = format!("BOOT_IMAGE=/{} ", f.kernel).len();
+            let grub = format!("BOOT_IMAGE=/{} ", f.kernel).len() + ESP_PARAM.len() + 38;
             let sd = format!("initrd=\\{} ", f.initrd.replace('/', "\\")).len();
             let own = format!("ab.slot={s} root=PARTLABEL={}", s.partition_label()).len();
             grub.max(sd)
@@ -316,11 +322,12 @@ mod tests {
 
     #[test]
     fn kernel_cmdline_length() {
-        // GRUB's `BOOT_IMAGE=/a/vmlinuz ` (22) is longer than systemd-boot's `initrd=\a\initrd `
-        // (17); then `ab.slot=a root=PARTLABEL=root-a` (31) and a space.
-        assert_eq!(longest_kernel_cmdline(""), 53);
-        assert_eq!(longest_kernel_cmdline("  quiet   panic=5 "), 54 + 13);
-        let room = MAX_KERNEL_CMDLINE - 54;
+        // GRUB's `BOOT_IMAGE=/a/vmlinuz ` (22) and ` ab.esp=<36>` (44) are longer than
+        // systemd-boot's `initrd=\a\initrd ` (17); then `ab.slot=a root=PARTLABEL=root-a`
+        // (31) and a space.
+        assert_eq!(longest_kernel_cmdline(""), 53 + 44);
+        assert_eq!(longest_kernel_cmdline("  quiet   panic=5 "), 54 + 44 + 13);
+        let room = MAX_KERNEL_CMDLINE - 54 - 44;
         assert!(check_kernel_cmdline_len(&"x".repeat(room)).is_ok());
         let e = check_kernel_cmdline_len(&"x".repeat(room + 1)).unwrap_err();
         assert!(e.contains("2048 bytes") && e.contains("by 1 bytes"), "{e}");

@@ -8,6 +8,8 @@
 #                                   abinit.watchdog=<reboot if not done after this, default 300, 0: off>
 #                                   abinit.debug (trace this script on the console)
 #                                   abinit.hwwatchdog=<arm /dev/watchdog with this timeout, 0: off>
+#                                   ab.esp=<the ESP's partition GUID> (GRUB: the disk it booted
+#                                   from; systemd-boot's LoaderDevicePartUUID says the same)
 #   /etc/abinit/modules   kernel modules to insmod, one path per line, dependencies first
 #                         (computed from modules.dep when the initrd is built)
 #   result:               the slot's squashfs read-only at /, tmpfs at /run and /tmp, the data
@@ -205,8 +207,99 @@ wait_label() {
     done
 }
 
-rootdev=$(wait_label "$rootlabel") ||
-    die "no single block device with PARTLABEL=$rootlabel (modules loaded: $(cut -d' ' -f1 /proc/modules | tr '\n' ' '))"
+# --- 4a. several disks with the slot (a second disk holds a copy of the image) --------------
+# The boot loader names the disk it came from by its ESP's partition GUID: GRUB passes
+# ab.esp=<GUID> (probe --part-uuid), systemd-boot sets the EFI variable LoaderDevicePartUUID.
+# boot-check gives every disk its own ESP GUID at its first boot (docs/layout.md, "Per-machine
+# identity"), so from then on exactly one disk matches. Prints the GUID in lower case, or
+# nothing if the loader did not say.
+loader_esp() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in ab.esp=*) echo "${word#ab.esp=}" | tr A-F a-f; return 0 ;; esac
+    done
+    [ -d /sys/firmware/efi ] || return 0
+    vars=/sys/firmware/efi/efivars
+    var=$vars/LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+    mounted=
+    if [ ! -e "$var" ] && mount -t efivarfs efivarfs "$vars" 2>/dev/null; then
+        mounted=1
+    fi
+    # 4 bytes of attributes, then the GUID in UTF-16.
+    [ -f "$var" ] && dd if="$var" bs=1 skip=4 2>/dev/null | tr -d '\000' | tr A-F a-f
+    [ -z "$mounted" ] || umount "$vars"
+}
+
+# Prints the GUID of partition 1 (the ESP) in the primary and in the backup GPT of disk $1
+# (sysfs name), read raw: sysfs does not show partition GUIDs. Either copy may be the one the
+# loader read (a power cut during boot-check's rewrite leaves the primary failing its checksum).
+disk_esp_guids() {
+    ss=$(cat "/sys/class/block/$1/queue/logical_block_size" 2>/dev/null || echo 512)
+    for lba in 1 $(( $(cat "/sys/class/block/$1/size") * 512 / ss - 1 )); do
+        dd if="/dev/$1" of=/tmp/abinit-gpt bs="$ss" skip="$lba" count=1 2>/dev/null || continue
+        # "EFI PART", then the partition array's first sector at byte 72 (two 32-bit halves).
+        [ "$(hexdump -n 8 -e '8/1 "%02x"' /tmp/abinit-gpt)" = 4546492050415254 ] || continue
+        set -- "$1" $(hexdump -s 72 -n 8 -e '2/4 "%u "' /tmp/abinit-gpt)
+        dd if="/dev/$1" of=/tmp/abinit-gpt bs="$ss" skip=$(( $3 * 4294967296 + $2 )) count=1 \
+            2>/dev/null &&
+            hexdump -s 16 -n 16 -e '16/1 "%02x"' /tmp/abinit-gpt |
+            sed 's/^\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)\(....\)/\4\3\2\1-\6\5-\8\7-\9-/'
+        echo
+        set -- "$1"
+    done
+    rm -f /tmp/abinit-gpt
+}
+
+# Waits up to $timeout seconds for a partition labelled $1 and prints its /dev path: the one on
+# the disk the loader came from ($2: its ESP GUID) when several disks have one. Without a match
+# it gives the other disks 3 s to show up, then takes the only candidate, or with several (copies
+# of the image that never booted: the loader cannot tell them apart) the first in the kernel's
+# order, and says so; that disk's boot-check gives it its own GUIDs, so the next boot can tell.
+wait_root() {
+    want_label=$1
+    want_esp=$2
+    waited=0
+    while :; do
+        found=$(find_label "$want_label")
+        matched=
+        if [ -n "$want_esp" ]; then
+            for part in $found; do
+                dsys=$(readlink -f "/sys/class/block/$part/..")
+                if disk_esp_guids "${dsys##*/}" | grep -qxF "$want_esp"; then
+                    matched="$matched $part"
+                fi
+            done
+        fi
+        set -- $matched
+        if [ $# = 1 ] && [ -b "/dev/$1" ]; then
+            [ "$found" = "$1" ] ||
+                echo "abinit: several disks have PARTLABEL=$want_label ($(echo $found)): taking $1, on the disk the boot loader came from (ESP $want_esp)" >&2
+            echo "/dev/$1"
+            return 0
+        fi
+        # Several with the loader's GUID: take the first of them. None: give the loader's disk
+        # 3 s to show up, then take the first of all.
+        [ $# -gt 1 ] || set -- $found
+        if [ $# -ge 1 ] && [ -b "/dev/$1" ] &&
+            { [ -z "$want_esp" ] || [ -n "$matched" ] || [ "$waited" -ge 30 ]; }; then
+            if [ $# -gt 1 ]; then
+                echo "abinit: warning: several disks have PARTLABEL=$want_label ($*) and the boot loader's ESP (${want_esp:-not given}) is on none or several of them: guessing $1" >&2
+                : > /tmp/abinit-guessed
+            fi
+            echo "/dev/$1"
+            return 0
+        fi
+        if [ "$waited" -ge "$((timeout * 10))" ]; then
+            return 1
+        fi
+        [ "$waited" = 20 ] && echo "abinit: waiting up to $timeout s for PARTLABEL=$want_label" >&2
+        usleep 100000
+        waited=$((waited + 1))
+    done
+}
+
+loader=$(loader_esp)
+rootdev=$(wait_root "$rootlabel" "$loader") ||
+    die "no block device with PARTLABEL=$rootlabel (modules loaded: $(cut -d' ' -f1 /proc/modules | tr '\n' ' '))"
 rootsys=$(readlink -f "/sys/class/block/${rootdev#/dev/}")
 disksys=${rootsys%/*}
 disk=/dev/${disksys##*/}
@@ -296,6 +389,7 @@ mkdir -p /run/abinit
     echo "AB_ROOT_DEV=$rootdev"
     echo "AB_DISK=$disk"
     echo "AB_DATA_DEV=$datadev"
+    [ ! -e /tmp/abinit-guessed ] || echo "AB_DISK_GUESSED=1"
 } > /run/abinit/env
 
 handover_hw_watchdog

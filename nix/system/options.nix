@@ -38,7 +38,9 @@
     # The same, but skipped (with a note at build time) when the kernel lacks them. "crc32c" is
     # the crypto API's alias: crc32c_generic (and crc32c-intel) before Linux 6.16,
     # crc32c-cryptoapi since (kernels whose ext4 asks for it name it in modules.softdep too).
-    optionalModules = [ "crc32c" ];
+    # efivarfs: systemd-boot's LoaderDevicePartUUID, which tells the initrd the disk it booted
+    # from when another disk carries a copy of the image (built in on most kernels).
+    optionalModules = [ "crc32c" "efivarfs" ];
     # Must be statically linked: the initrd has no dynamic loader.
     busybox = pkgsMusl.busybox.override { enableStatic = true; };
     # mkfs.ext4, e2fsck and resize2fs in the initrd (journaled ext4 on data, checked at every

@@ -1,8 +1,9 @@
 //! Which disk, and which slot is running from it (the slots' states: `crate::boot`).
 //!
 //! The running slot comes from the kernel command line (`ab.slot=`), which the boot entry
-//! set. The disk is the one whose partition `root-<slot>` exists, found in sysfs
-//! (`PARTNAME=` in `/sys/class/block/*/uevent`). A disk that is not the booted one (an image
+//! set. The disk is the one whose partition `root-<slot>` holds the mounted root file system
+//! (a second disk may carry a copy of the image, with the same partition names), found in
+//! sysfs (`PARTNAME=` in `/sys/class/block/*/uevent`, `/sys/dev/block/MAJ:MIN`). A disk that is not the booted one (an image
 //! file, another drive) has no running slot; its "active" slot is the one the boot loader
 //! would boot next.
 
@@ -45,24 +46,81 @@ pub fn parse_cmdline(text: &str) -> Option<Slot> {
         .find_map(Slot::parse)
 }
 
-/// The block device (`/dev/NAME`) of the disk holding partition `root-<slot>`, from sysfs.
+/// The block device (`/dev/NAME`) of the disk the system booted from: the disk of the
+/// partition `root-<slot>` that holds the mounted root file system (through a device-mapper
+/// device, if the root is one); if the root is on none, the one disk with a partition
+/// `root-<slot>`. Several such disks and a root on none of them are refused: a second disk can
+/// carry a copy of the image, and guessing could update the copy (docs/layout.md, "Per-machine
+/// identity").
 pub fn booted_disk(slot: Slot) -> Result<Option<PathBuf>> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    booted_disk_in(Path::new("/sys"), &mountinfo, slot)
+}
+
+/// [`booted_disk`] with sysfs at `sys` and `mountinfo` as `/proc/self/mountinfo`'s text.
+pub fn booted_disk_in(sys: &Path, mountinfo: &str, slot: Slot) -> Result<Option<PathBuf>> {
     let want = format!("PARTNAME={}", slot.partition_label());
-    let Ok(dir) = fs::read_dir("/sys/class/block") else {
+    let is_slot = |part: &Path| {
+        part.join("partition").exists()
+            && fs::read_to_string(part.join("uevent"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == want)
+    };
+    let disk_of = |part: &Path| -> Option<PathBuf> {
+        let parent = part.parent()?.file_name()?;
+        Some(Path::new("/dev").join(parent))
+    };
+    if let Some(root) = root_device(sys, mountinfo) {
+        // The root itself, or the one device under it (dm-verity, dm-linear).
+        let under: Vec<PathBuf> = fs::read_dir(root.join("slaves"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| fs::canonicalize(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let part = if under.len() == 1 { &under[0] } else { &root };
+        if is_slot(part) {
+            return Ok(disk_of(part));
+        }
+    }
+    let Ok(dir) = fs::read_dir(sys.join("class/block")) else {
         return Ok(None);
     };
+    let mut disks = Vec::new();
     for e in dir.flatten() {
-        let uevent = fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
-        if !uevent.lines().any(|l| l == want) || !e.path().join("partition").exists() {
+        if !is_slot(&e.path()) {
             continue;
         }
         let real = fs::canonicalize(e.path())
             .with_context(|| format!("resolving {}", e.path().display()))?;
-        if let Some(parent) = real.parent().and_then(Path::file_name) {
-            return Ok(Some(Path::new("/dev").join(parent)));
-        }
+        disks.extend(disk_of(&real));
     }
-    Ok(None)
+    disks.sort();
+    disks.dedup();
+    if disks.len() > 1 {
+        let names: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
+        crate::refuse!(
+            codes::NO_SUCH_SLOT,
+            "booted from slot {slot}, but several disks have a partition named {} ({}) and the \
+             root file system is on none of them; pass --disk",
+            slot.partition_label(),
+            names.join(", ")
+        );
+    }
+    Ok(disks.pop())
+}
+
+/// The sysfs directory of the block device mounted on `/` (the last mount there wins), from
+/// its device number in `mountinfo`.
+fn root_device(sys: &Path, mountinfo: &str) -> Option<PathBuf> {
+    let dev = mountinfo
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("/"))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .next_back()?;
+    fs::canonicalize(sys.join("dev/block").join(dev)).ok()
 }
 
 /// The disk to work on and the slot running from it (if it is the booted disk).
@@ -173,5 +231,79 @@ mod tests {
         assert_eq!(parse_cmdline("ab.slot=a ab.slot=b"), Some(Slot::B));
         assert_eq!(parse_cmdline("ab.slot=c"), None);
         assert_eq!(parse_cmdline(""), None);
+    }
+
+    /// A sysfs tree with disks vda and vdb, each holding esp, root-a, root-b and data as
+    /// partitions 1-4 (device numbers 254:16*i+n), and dm-0 over vdb2.
+    fn two_copies() -> tempfile::TempDir {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path();
+        for d in [
+            "class/block",
+            "dev/block",
+            "devices/virtual/block/dm-0/slaves",
+        ] {
+            fs::create_dir_all(sys.join(d)).unwrap();
+        }
+        for (i, disk) in ["vda", "vdb"].iter().enumerate() {
+            for (n, label) in ["esp", "root-a", "root-b", "data"].iter().enumerate() {
+                let part = format!("{disk}{}", n + 1);
+                let dir = sys.join(format!("devices/pci0/{disk}/{part}"));
+                fs::create_dir_all(&dir).unwrap();
+                fs::write(dir.join("partition"), format!("{}\n", n + 1)).unwrap();
+                fs::write(
+                    dir.join("uevent"),
+                    format!("DEVTYPE=partition\nPARTNAME={label}\n"),
+                )
+                .unwrap();
+                symlink(&dir, sys.join("class/block").join(&part)).unwrap();
+                symlink(&dir, sys.join(format!("dev/block/254:{}", 16 * i + n + 1))).unwrap();
+            }
+        }
+        let dm = sys.join("devices/virtual/block/dm-0");
+        symlink(sys.join("devices/pci0/vdb/vdb2"), dm.join("slaves/vdb2")).unwrap();
+        symlink(&dm, sys.join("dev/block/252:0")).unwrap();
+        t
+    }
+
+    fn root_on(dev: &str) -> String {
+        format!("22 1 {dev} / / ro,relatime - squashfs /dev/x ro\n30 22 0:5 / /dev rw - devtmpfs devtmpfs rw\n")
+    }
+
+    #[test]
+    fn the_booted_disk_is_the_one_holding_the_root() {
+        let t = two_copies();
+        let sys = t.path();
+        // Both disks have root-a; the root is mounted from the second.
+        let got = booted_disk_in(sys, &root_on("254:18"), Slot::A).unwrap();
+        assert_eq!(got, Some(PathBuf::from("/dev/vdb")));
+        let got = booted_disk_in(sys, &root_on("254:2"), Slot::A).unwrap();
+        assert_eq!(got, Some(PathBuf::from("/dev/vda")));
+        // Through a device-mapper device over vdb2.
+        let got = booted_disk_in(sys, &root_on("252:0"), Slot::A).unwrap();
+        assert_eq!(got, Some(PathBuf::from("/dev/vdb")));
+    }
+
+    #[test]
+    fn two_disks_with_the_slot_and_no_root_on_either_are_refused() {
+        let t = two_copies();
+        // The root is some other device (a rescue system's), or on the other slot.
+        for mountinfo in ["", &root_on("8:1"), &root_on("254:3")] {
+            let e = booted_disk_in(t.path(), mountinfo, Slot::A).unwrap_err();
+            let r = e
+                .downcast_ref::<crate::codes::Refusal>()
+                .expect("a refusal");
+            assert_eq!(r.code, codes::NO_SUCH_SLOT);
+            assert!(
+                e.to_string()
+                    .contains("several disks have a partition named root-a (/dev/vda, /dev/vdb)"),
+                "{e}"
+            );
+        }
+        // With one disk, it is the one.
+        fs::remove_file(t.path().join("class/block/vdb2")).unwrap();
+        let got = booted_disk_in(t.path(), "", Slot::A).unwrap();
+        assert_eq!(got, Some(PathBuf::from("/dev/vda")));
     }
 }

@@ -77,6 +77,16 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             Err(e) => warn!("not growing the data partition: {e:#}"),
         }
     }
+    // Not a reason to fail the boot either: this disk keeps the image's GUIDs until a later
+    // boot-check succeeds (docs/layout.md, "Per-machine identity").
+    match crate::disk::identity::personalise(&disk.path) {
+        Ok(Some(p)) => info!(
+            "gave this disk its own GUIDs (first boot): ESP {}, data {}",
+            p.esp, p.data
+        ),
+        Ok(None) => {}
+        Err(e) => warn!("not giving this disk its own GUIDs: {e:#}"),
+    }
     crate::fault::report();
     Ok(())
 }

@@ -103,6 +103,20 @@ impl Table {
         &self.header[56..72]
     }
 
+    pub fn set_disk_guid(&mut self, guid: [u8; 16]) {
+        self.header[56..72].copy_from_slice(&guid);
+    }
+
+    /// Partition `number`'s unique GUID, in on-disk byte order.
+    pub fn partition_guid(&self, number: u32) -> &[u8] {
+        &self.entry(number)[16..32]
+    }
+
+    pub fn set_partition_guid(&mut self, number: u32, guid: [u8; 16]) {
+        let at = (number as usize - 1) * self.entry_size() + 16;
+        self.array[at..at + 16].copy_from_slice(&guid);
+    }
+
     fn entry_size(&self) -> usize {
         u32_at(&self.header, 84) as usize
     }

@@ -1,9 +1,9 @@
 //! The disk: an image file or a block device, its partitions (from the GPT, `gpt.rs`; an update
-//! never changes the table, only `grow.rs` does), and bounded windows onto its partitions.
+//! never changes the table, only `grow.rs` and `identity.rs` do), and bounded windows onto its partitions.
 //!
 //! This folder holds everything that touches the disk's bytes: the GPT (`gpt`), the FAT ESP
 //! (`esp`, `fat_dir`, `fatsweep`), partition windows (`window`), O_DIRECT I/O (`direct`),
-//! first-boot growth (`grow`). It uses only the crate root's `codes` and `fault`.
+//! first-boot growth (`grow`) and per-machine GUIDs (`identity`). It uses only the crate root's `codes` and `fault`.
 
 pub mod direct;
 pub mod esp;
@@ -11,6 +11,7 @@ pub mod fat_dir;
 pub mod fatsweep;
 pub mod gpt;
 pub mod grow;
+pub mod identity;
 pub mod window;
 
 use std::fs::{File, OpenOptions};

@@ -14,6 +14,7 @@ mod esp_space;
 mod fallback;
 mod grow;
 mod grub;
+mod identity;
 mod keysdir;
 mod messages;
 mod range_server;
