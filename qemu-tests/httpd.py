@@ -37,8 +37,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.port = self.server_address[1]
         self.lock = threading.Lock()
         self.requests = []  # dicts: method, path, range, status, sent (body bytes)
-        self.stall_after = None  # bytes of range bodies to send before stalling
-        self.range_sent = 0
+        self.stall_at = None  # the file offset range bodies stop before
         self.stalled = threading.Event()
         self.released = threading.Event()
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -59,18 +58,19 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         with self.lock:
             return len(self.requests)
 
-    def stall(self, after):
-        """From now on, range bodies stop (the connection stays open, nothing more comes) once
-        `after` more of their bytes have gone out; `stalled` is set then."""
+    def stall(self, at):
+        """From now on, a range body that holds the file's byte `at` stops just before it (the
+        connection stays open, nothing more comes); `stalled` is set then. Other ranges go on:
+        by offset, not by bytes sent, so ranges fetched side by side are cut the same way on
+        every run."""
         with self.lock:
-            self.range_sent = 0
-            self.stall_after = after
+            self.stall_at = at
             self.stalled.clear()
             self.released.clear()
 
     def release(self):
         with self.lock:
-            self.stall_after = None
+            self.stall_at = None
         self.released.set()
 
     def stop(self):
@@ -144,7 +144,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             while at < end:
                 n = min(PIECE, end - at)
                 if status == 206:
-                    n = self.allowance(n)
+                    n = self.allowance(at, n)
                 data = f.read(n)
                 try:
                     self.wfile.write(data)
@@ -155,19 +155,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 at += len(data)
                 with srv.lock:
                     entry["sent"] += len(data)
-                    if status == 206:
-                        srv.range_sent += len(data)
 
-    def allowance(self, n):
-        """How much of the next `n` range bytes may go out now; blocks while stalled."""
+    def allowance(self, at, n):
+        """How many of the `n` range bytes from file offset `at` may go out now; blocks while
+        the next one is the stall's."""
         srv = self.server
         while True:
             with srv.lock:
-                if srv.stall_after is None:
+                stop = srv.stall_at
+                if stop is None or stop < at or stop >= at + n:
                     return n
-                left = srv.stall_after - srv.range_sent
-                if left > 0:
-                    return min(n, left)
+                if stop > at:
+                    return stop - at
                 srv.stalled.set()
             srv.released.wait(1.0)
 

@@ -54,9 +54,9 @@ mod http {
     /// overlap), few enough to be polite to a server.
     pub const CONNECTIONS: usize = 6;
 
-    /// Bytes fetched ahead of the reader, at most (the memory this costs): over the
-    /// bandwidth-delay product of such a link (625 KB) with room to spare.
-    pub const AHEAD_BYTES: u64 = 3 << 20;
+    /// Bytes fetched ahead of the reader, at most (the memory this costs): three times the
+    /// bandwidth-delay product of such a link (625 KB).
+    pub const AHEAD_BYTES: u64 = 2 << 20;
 
     /// An error while reading a reply, as the caller sees it: the fetch's own (a timeout, a
     /// dropped connection: 41 via its tag) or a body shorter than asked.

@@ -380,6 +380,8 @@ pub struct PayloadPlan {
     /// Bytes read from the bundle, the gaps merged into requests included.
     pub read_bytes: u64,
     pub requests: u64,
+    /// The bundle's byte ranges `[start, end)` those requests ask for, in order.
+    pub ranges: Vec<Range>,
 }
 
 /// What applying a bundle would read and copy.
@@ -437,6 +439,7 @@ impl PayloadPlan {
         let rs = ranges(p, map);
         pp.requests = rs.len() as u64;
         pp.read_bytes = rs.iter().map(|r| r.end - r.start).sum();
+        pp.ranges = rs;
         pp
     }
 }

@@ -11,6 +11,7 @@
 //! - the *read-back* reads each written segment from the device and checks it ([`Check`]).
 //!
 //! Memory: [`BUFFERS`] buffers of one write batch, and one read-back buffer, whatever the size.
+//! (Over HTTP, `fetch::ranged::Ahead` adds the ranges it fetched ahead.)
 
 use std::io::Write as _;
 use std::sync::mpsc;
@@ -29,6 +30,9 @@ use crate::{codes, fault, refuse};
 
 /// Buffers in flight between the source and the writer.
 pub const BUFFERS: usize = 3;
+
+/// A plan's runs of chunks are gathered up to this many bytes.
+const PLAN_BATCH: usize = 1 << 20;
 
 /// What the source sends the writer, in payload order (root image, kernel, initrd).
 pub enum Msg {
@@ -106,11 +110,17 @@ pub fn run<T: Send>(
     source: impl FnOnce(Sink) -> Result<T> + Send,
 ) -> Result<T> {
     let [rootfs, kernel, initrd] = payloads;
-    let batch = payloads
-        .iter()
-        .skip(1)
-        .map(|p| p.chunk_size as usize)
-        .fold(write_batch(rootfs), usize::max);
+    let batch = match check {
+        // Runs of whole chunks of the table, for the boot files too.
+        Check::Written => payloads
+            .iter()
+            .skip(1)
+            .map(|p| p.chunk_size as usize)
+            .fold(write_batch(rootfs), usize::max),
+        // Runs of index chunks (at most 64 KiB each): 1 MiB writes stream as well, and the
+        // memory goes to the ranges fetched ahead instead.
+        Check::Table(_) => PLAN_BATCH,
+    };
     let cap = batch.max(abbundle::index::MAX_CHUNK as usize);
     std::thread::scope(|scope| {
         let (out, msgs) = mpsc::sync_channel::<Msg>(BUFFERS);
