@@ -5,6 +5,7 @@ mod apply;
 mod bad_disks;
 mod channels;
 mod commands;
+mod corrupt;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod delta;
