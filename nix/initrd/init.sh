@@ -13,7 +13,7 @@
 #                                   abinit.verity_scan=<0|1, default 1: read the whole slot first>
 #   /etc/abinit/modules   kernel modules to insmod, one path per line, dependencies first
 #                         (computed from modules.dep when the initrd is built)
-#   /bin/dmsetup, /bin/abupdate  needed only with abinit.verity= (section 4b)
+#   /bin/veritysetup, /bin/abupdate  needed only with abinit.verity= (section 4b)
 #   result:               the slot's squashfs read-only at /, tmpfs at /run and /tmp, the data
 #                         partition at /data (ext4, created on first boot), /var bind-mounted
 #                         from /data/var, /run/abinit/env describing the boot; then
@@ -220,7 +220,8 @@ say "root is $rootdev on disk $disk"
 # The slot holds the squashfs (DATA_BLOCKS 4096-byte blocks) and, at byte HASH_OFFSET, the hash
 # area `veritysetup format --hash-offset` writes (superblock, then the tree). Without the
 # parameter the slot is mounted as it is. With it:
-#   1. a check device (reads of damaged blocks fail with EIO) is read from end to end: every
+#   1. a check device (reads of damaged blocks fail with EIO), opened with veritysetup (static
+#      from nixpkgs in mkSystem, Debian's in the fixture), is read from end to end: every
 #      block against the root hash, so damage anywhere is found before anything of the slot
 #      runs (abinit.verity_scan=0 skips this);
 #   2. damage found: `abupdate mark-corrupt` (the initrd's own copy, not the slot's) records it
@@ -259,42 +260,53 @@ if [ -n "$verity" ]; then
     [ "$v_blocks" -gt 0 ] && [ $((v_offset % 4096)) -eq 0 ] && [ "$v_offset" -ge $((v_blocks * 4096)) ] ||
         die "abinit.verity: hash offset $v_offset must be a multiple of 4096 at or after the $v_blocks data blocks"
     case "$verity_scan" in 0|1) ;; *) die "abinit.verity_scan=$verity_scan: 0 or 1" ;; esac
-    command -v dmsetup >/dev/null 2>&1 || die "abinit.verity given, but the initrd has no dmsetup"
+    command -v veritysetup >/dev/null 2>&1 || die "abinit.verity given, but the initrd has no veritysetup"
     [ -d /sys/module/dm_verity ] ||
         die "abinit.verity given, but dm-verity is not loaded (dm-mod, dm-verity in the initrd's modules)"
-    # version 1, data and hash on the same partition, 4096-byte blocks, the tree one block
-    # after the superblock at HASH_OFFSET.
-    v_table="0 $((v_blocks * 8)) verity 1 $rootdev $rootdev 4096 4096 $v_blocks $((v_offset / 4096 + 1)) sha256 $v_hash $v_salt"
-    v_args=" 1 restart_on_corruption"
-    # No udev here: libdevmapper makes no /dev/mapper nodes then; devtmpfs has /dev/dm-N.
+    # No udev here: libdevmapper makes the /dev/mapper nodes itself (and devtmpfs /dev/dm-N).
     DM_DISABLE_UDEV=1
     export DM_DISABLE_UDEV
+    # v_open NAME [FLAG]: version 1, data and hash on the same partition, 4096-byte blocks, every
+    # parameter from the command line (--no-superblock: nothing is taken from the unsigned
+    # superblock), the tree one block after the superblock at HASH_OFFSET.
+    v_open() {
+        veritysetup open "$rootdev" "$1" "$rootdev" "$v_hash" --no-superblock --format=1 \
+            --hash=sha256 --data-block-size=4096 --hash-block-size=4096 \
+            --data-blocks="$v_blocks" --hash-offset=$((v_offset + 4096)) --salt="$v_salt" ${2:+"$2"} 2>&1
+    }
     dm_node() {
         for d in /sys/block/dm-*; do
             [ "$(cat "$d/dm/name" 2>/dev/null)" = "$1" ] && [ -b "/dev/${d##*/}" ] && echo "/dev/${d##*/}" && return 0
         done
         return 1
     }
+    v_flag=--restart-on-corruption
     verity_state=checked
+    v_what=
     if [ "$verity_scan" = 1 ]; then
-        dmsetup create abroot-check --readonly --table "$v_table" >/dev/null ||
-            die "dmsetup could not set up the verity check device for slot $slot"
-        v_node=$(dm_node abroot-check) || die "the verity check device has no node in /dev"
         v_t0=$(cut -d' ' -f1 /proc/uptime)
-        if v_err=$(dd if="$v_node" of=/dev/null bs=1M 2>&1); then
-            say "verity: slot $slot matches its root hash ($v_blocks blocks read, from $v_t0 s to $(cut -d' ' -f1 /proc/uptime) s uptime)"
-        else
+        # A device that cannot even be opened (its top hash block damaged) is damaged too.
+        if ! v_err=$(v_open abroot-check); then
+            v_what="the check device could not be opened: $(echo "$v_err" | tail -n 1)"
+        elif ! v_node=$(dm_node abroot-check); then
+            die "the verity check device has no node in /dev"
+        elif ! v_err=$(dd if="$v_node" of=/dev/null bs=1M 2>&1); then
             v_what=$(dmesg | grep -o '[a-z]* block [0-9]* is corrupted' | head -n 1)
-            say "verity: slot $slot is CORRUPT: ${v_what:-a read failed: $v_err} (root hash $v_hash)"
-            verity_state=corrupt
+            v_what=${v_what:-a read failed: $(echo "$v_err" | head -n 1)}
         fi
-        dmsetup remove abroot-check || die "dmsetup could not remove the verity check device"
+        veritysetup close abroot-check 2>/dev/null
+        if [ -n "$v_what" ]; then
+            say "verity: slot $slot is CORRUPT: $v_what (root hash $v_hash)"
+            verity_state=corrupt
+        else
+            say "verity: slot $slot matches its root hash ($v_blocks blocks read, from $v_t0 s to $(cut -d' ' -f1 /proc/uptime) s uptime)"
+        fi
     else
         verity_state=unchecked
     fi
     if [ "$verity_state" = corrupt ]; then
         # /run is still the initramfs's: abupdate's lock file goes there.
-        abupdate mark-corrupt "$slot" --detail "${v_what:-a read failed}"
+        abupdate mark-corrupt "$slot" --detail "$v_what"
         rc=$?
         if [ $rc -eq 0 ]; then
             say "verity: slot $slot marked bad; rebooting into slot $(echo "$slot" | tr ab ba)"
@@ -305,12 +317,11 @@ if [ -n "$verity" ]; then
         fi
         # 35: recorded, but the other slot cannot take over. Anything else: nothing recorded.
         say "verity: WARNING: slot $slot boots DAMAGED (abupdate mark-corrupt exited $rc): its damaged blocks fail with EIO, and nothing restarts on them"
-        v_args=
+        v_flag=
     fi
-    dmsetup create abroot --readonly --table "$v_table$v_args" >/dev/null ||
-        die "dmsetup could not set up the verity device for slot $slot"
+    v_err=$(v_open abroot "$v_flag") || die "veritysetup could not open slot $slot: $v_err"
     rootfsdev=$(dm_node abroot) || die "the verity device has no node in /dev"
-    if [ -n "$v_args" ]; then
+    if [ -n "$v_flag" ]; then
         say "verity: root is $rootfsdev (a damaged block read later restarts the machine)"
     else
         say "verity: root is $rootfsdev (a damaged block read later fails with EIO)"
