@@ -13,6 +13,8 @@ packages=(
   # GRUB images for boot-backend = "grub" (grub-mkimage), and the tests' grub-editenv,
   # grub-script-check and grub-bios-setup: the -bin packages never run grub-install.
   grub-common grub-pc-bin grub-efi-amd64-bin
+  # veritysetup: the tests check the dm-verity trees abbuild writes against it.
+  cryptsetup-bin
   # A Debian 13 root for Nix 2.26 and GRUB 2.12 (scripts/trixie-root.sh).
   debootstrap
 )
