@@ -21,3 +21,4 @@ mod refusals;
 mod sources;
 mod statefile;
 mod util;
+mod verity;
