@@ -404,6 +404,112 @@ pub fn check(
     Ok(())
 }
 
+/// [`check`] for a payload read front to back once (`abupdate verify` reads the bundle as a
+/// stream): the image's blocks build the tree, and the digest of each hash block it makes is
+/// kept (32 bytes per 4 KiB of tree) until the stored block comes by. Feed every byte of the
+/// payload in order, then [`StreamCheck::finish`].
+pub struct StreamCheck {
+    v: Verity,
+    tree: Option<TreeBuilder>,
+    /// Bytes of whole blocks taken so far, and the block being filled.
+    at: u64,
+    block: Vec<u8>,
+    /// Per block of the hash area: the digest it must have.
+    expected: Vec<Option<[u8; 32]>>,
+}
+
+impl StreamCheck {
+    pub fn new(v: &Verity) -> StreamCheck {
+        let mut expected = vec![None; (v.hash_area_len() / BLOCK) as usize];
+        expected[0] = Some(Sha256::digest(superblock(&v.salt, v.data_blocks)).into());
+        StreamCheck {
+            v: *v,
+            tree: Some(TreeBuilder::new(&v.salt, v.data_blocks)),
+            at: 0,
+            block: Vec::with_capacity(BLOCK as usize),
+            expected,
+        }
+    }
+
+    /// The next bytes of the payload.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), CheckError> {
+        while !data.is_empty() {
+            let n = data.len().min(BLOCK as usize - self.block.len());
+            self.block.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.block.len() as u64 == BLOCK {
+                self.take_block()?;
+                self.block.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn take_block(&mut self) -> Result<(), CheckError> {
+        let hash_offset = self.v.hash_offset;
+        if self.at >= self.v.payload_len() {
+            return Err(CheckError::Mismatch(
+                "more bytes than image and hash area".into(),
+            ));
+        }
+        let StreamCheck {
+            tree,
+            expected,
+            block,
+            ..
+        } = self;
+        let mut emit = |at: u64, b: &[u8]| -> Result<(), CheckError> {
+            expected[(at / BLOCK) as usize] = Some(Sha256::digest(b).into());
+            Ok(())
+        };
+        if self.at < hash_offset {
+            let t = tree
+                .as_mut()
+                .expect("the tree is built until the image ends");
+            t.feed(block, &mut emit)?;
+            self.at += BLOCK;
+            if self.at == hash_offset {
+                let root = tree.take().expect("once").finish(&mut emit)?;
+                if root != self.v.root_hash {
+                    return Err(CheckError::Mismatch(format!(
+                        "the image and its dm-verity tree have root hash {}, the signed manifest says {}",
+                        hex::encode(root),
+                        hex::encode(self.v.root_hash)
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        let i = ((self.at - hash_offset) / BLOCK) as usize;
+        if expected[i] != Some(Sha256::digest(&*block).into()) {
+            return Err(CheckError::Mismatch(format!(
+                "the dm-verity {} at byte {} does not match the image",
+                if i == 0 { "superblock" } else { "hash block" },
+                self.at
+            )));
+        }
+        self.at += BLOCK;
+        Ok(())
+    }
+
+    /// Whether every byte of image and hash area came.
+    pub fn done(&self) -> bool {
+        self.at == self.v.payload_len()
+    }
+
+    /// After the last byte: everything was there.
+    pub fn finish(self) -> Result<(), CheckError> {
+        if self.at != self.v.payload_len() || !self.block.is_empty() {
+            return Err(CheckError::Mismatch(format!(
+                "{} bytes of image and hash area, the parameters need {}",
+                self.at + self.block.len() as u64,
+                self.v.payload_len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +599,22 @@ mod tests {
             let mut other = v;
             other.root_hash[0] ^= 1;
             assert!(check(&other, read_from(&s)).is_err());
+            // The stream check agrees, fed in pieces that do not fall on blocks.
+            let stream = |v: &Verity, bytes: &[u8]| {
+                let mut c = StreamCheck::new(v);
+                for piece in bytes.chunks(1000) {
+                    c.feed(piece)?;
+                }
+                c.finish()
+            };
+            stream(&v, &s).unwrap();
+            assert!(stream(&other, &s).is_err());
+            assert!(stream(&v, &s[..s.len() - 1]).is_err());
+            for at in [0, len - 1, v.hash_offset as usize + 100, s.len() - 1] {
+                let mut bad = s.clone();
+                bad[at] ^= 1;
+                assert!(stream(&v, &bad).is_err(), "len {len}, byte {at}");
+            }
         }
     }
 

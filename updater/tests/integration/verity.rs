@@ -1,7 +1,8 @@
 //! dm-verity on the device: the slot apply writes is what `veritysetup verify` (cryptsetup-bin,
 //! sharing no code with abupdate) accepts with the signed root hash, the boot entry and
 //! GRUB's cmdline.cfg carry `abinit.verity=` from the manifest, and a bundle whose tree or
-//! root hash does not match its image never gets a boot entry (exit 46), full stream or delta.
+//! root hash does not match its image never gets a boot entry (exit 46), full stream or delta;
+//! `abupdate verify` refuses it before anything is written (exit 10).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -162,6 +163,21 @@ fn a_tree_or_root_hash_that_does_not_match_the_image_never_gets_a_boot_entry() {
         resigned(&env, &v2, &kp, Some(v.hash_offset + 4096 + 9)),
         resigned(&env, &v2, &kp, Some(5000)),
     ];
+    // `verify` reads the whole bundle before anything is written: it tells at once (exit 10).
+    ok(&env.abupdate(
+        &env.path("no-disk"),
+        &["verify", v2.bundle.to_str().unwrap()],
+    ));
+    for bad in &cases {
+        let err = fails(
+            &env.abupdate(&env.path("no-disk"), &["verify", bad.to_str().unwrap()]),
+            10,
+        );
+        assert!(
+            err.contains("dm-verity") && err.contains("built wrong"),
+            "{err}"
+        );
+    }
     for bad in &cases {
         for full in [false, true] {
             let disk = env.path("disk.img");
