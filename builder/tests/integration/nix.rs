@@ -130,7 +130,13 @@ fn store_path_closure_becomes_the_root() {
     let manifest = inspect(&bundle);
     assert_eq!(manifest["build_id"], t.to_string());
     // panic=5 is in both the system's and the image's parameters: once is enough.
-    assert_eq!(manifest["kernel_params"], "quiet panic=5 console=ttyS0");
+    // Then abbuild's dm-verity parameter (verity.rs).
+    let kp = manifest["kernel_params"].as_str().unwrap();
+    assert!(
+        kp.starts_with("quiet panic=5 console=ttyS0 abinit.verity=")
+            && kp.matches(' ').count() == 3,
+        "{kp}"
+    );
     fsck_esp(&image, dir.path());
     assert!(mtype(&image, "a/info.json").contains(&format!("\"buildId\": \"{t}\"")));
 

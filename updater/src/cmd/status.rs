@@ -53,6 +53,8 @@ pub struct SlotStatus {
     pub partition: String,
     pub partition_size: u64,
     pub rootfs_size: Option<u64>,
+    /// The dm-verity root hash the slot's image was installed with (its `info.json`).
+    pub verity_root_hash: Option<String>,
     pub entries: Vec<String>,
     pub running: bool,
     pub next_boot: bool,
@@ -85,6 +87,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
             partition: part.label.clone(),
             partition_size: part.len,
             rootfs_size: sv.info.as_ref().map(|i| i.rootfs_size),
+            verity_root_hash: sv.info.as_ref().and_then(|i| i.verity_root_hash.clone()),
             entries: sv.entries.clone(),
             running: running == Some(sv.slot),
             next_boot: next == Some(sv.slot),

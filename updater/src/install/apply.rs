@@ -32,7 +32,7 @@ use crate::disk::direct::AlignedBuf;
 use crate::disk::esp::{Esp, EspFile};
 use crate::disk::fatsweep;
 use crate::disk::{Disk, Partition};
-use crate::install::{delta, delta_apply};
+use crate::install::{delta, delta_apply, verity};
 use crate::progress::Progress;
 use crate::state::lock;
 use crate::state::Context as Ctx;
@@ -80,6 +80,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let initrd = m.payload(PayloadKind::Initrd).clone();
     let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
+    let verity = m.verity();
     loader.check_install(&esp, target, version.as_str(), &kernel_params)?;
     check_fits(r, &version, kv, &rootfs, target, &part)?;
     let info_json = serde_json::to_vec_pretty(&info)?;
@@ -154,6 +155,8 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
             &info_json,
         ),
     }
+    // Both ways of writing end here: the slot read back as signed; now the signed root hash.
+    .and_then(|()| verity::check_slot(&disk, &part, verity.as_ref()))
     .and_then(|()| {
         loader.boot_next(
             &esp,

@@ -6,3 +6,4 @@
 pub mod apply;
 pub mod delta;
 pub mod delta_apply;
+pub mod verity;

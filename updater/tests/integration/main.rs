@@ -22,3 +22,4 @@ mod refusals;
 mod sources;
 mod statefile;
 mod util;
+mod verity;
