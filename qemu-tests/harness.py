@@ -483,12 +483,28 @@ def add_verity(disk, slot, workdir):
     else:
         new = re.sub(r"^(options .*)$", rf"\1 abinit.verity={value}", text, flags=re.M)
     assert new != text
+    set_slot_cmdline(disk, slot, new, workdir)
+    return value
+
+
+def set_slot_cmdline(disk, slot, text, workdir):
+    """Replaces the text of slot `slot`'s command line file (`slot_cmdline_file`)."""
     local = os.path.join(workdir, f"cmdline-{slot}")
     with open(local, "w") as t:
-        t.write(new)
-    subprocess.run(["mcopy", "-o", "-i", _esp_spec(disk), local, f"::/{path}"], check=True)
+        t.write(text)
+    subprocess.run(["mcopy", "-o", "-i", _esp_spec(disk), local,
+                    f"::/{slot_cmdline_file(disk, slot)}"], check=True)
     os.unlink(local)
-    return value
+
+
+def drop_verity(disk, slot, workdir):
+    """Takes abinit.verity= off slot `slot`'s command line (the slot then boots unchecked);
+    returns the text before, for `set_slot_cmdline`."""
+    text = slot_cmdline(disk, slot)
+    new = re.sub(r" abinit\.verity=[^\s\"]+", "", text)
+    assert new != text, f"slot {slot} has no abinit.verity="
+    set_slot_cmdline(disk, slot, new, workdir)
+    return text
 
 
 def verity_params(value):
