@@ -6,6 +6,7 @@ The guest is the Nix fixture system (nix/fixture): after boot-check, the health 
 mark-good it prints `ABTEST READY slot=<x> version=<v>` and runs a root shell on ttyS0.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -426,3 +427,130 @@ def damage_grub_env(disk, copy, garbage=b"\x00" * 512):
     with open(disk, "r+b") as f:
         f.seek(offset)
         f.write(garbage[:size].ljust(size, b"\x00"))
+
+
+# --- dm-verity on a powered-off disk (docs/updater.md, "A damaged slot") ----------------------
+
+def partition(disk, label):
+    """(byte offset, byte size) of the GPT partition named `label` in the disk image."""
+    with open(disk, "rb") as f:
+        f.seek(512)
+        gpt = f.read(92)
+        assert gpt[:8] == b"EFI PART", "no GPT header at LBA 1"
+        lba = int.from_bytes(gpt[72:80], "little")
+        count = int.from_bytes(gpt[80:84], "little")
+        size = int.from_bytes(gpt[84:88], "little")
+        for i in range(count):
+            f.seek(lba * 512 + i * size)
+            e = f.read(size)
+            if e[56:128].decode("utf-16-le").rstrip("\0") == label:
+                first = int.from_bytes(e[32:40], "little")
+                last = int.from_bytes(e[40:48], "little")
+                return first * 512, (last - first + 1) * 512
+    raise AssertionError(f"no partition {label} in {disk}")
+
+
+def _esp_spec(disk):
+    offset, _ = partition(disk, "esp")
+    return f"{disk}@@{offset}"
+
+
+def slot_cmdline_file(disk, slot):
+    """The ESP file holding slot `slot`'s kernel command line: GRUB's `X/cmdline.cfg`, else
+    the slot's systemd-boot entry (the one in loader/entries whose name starts slot-X)."""
+    spec = _esp_spec(disk)
+    cfg = f"{slot}/cmdline.cfg"
+    if subprocess.run(["mtype", "-i", spec, f"::/{cfg}"], capture_output=True).returncode == 0:
+        return cfg
+    names = subprocess.run(["mdir", "-b", "-i", spec, "::/loader/entries"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    mine = [n.rsplit("/", 1)[-1] for n in names if n.rsplit("/", 1)[-1].startswith(f"slot-{slot}")]
+    assert len(mine) == 1, f"slot {slot} has entries {mine}"
+    return f"loader/entries/{mine[0]}"
+
+
+def slot_cmdline(disk, slot):
+    spec = _esp_spec(disk)
+    return subprocess.run(["mtype", "-i", spec, f"::/{slot_cmdline_file(disk, slot)}"],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def add_verity(disk, slot, workdir):
+    """Test-only stand-in for the builder's dm-verity (until slots come with their tree): on a
+    powered-off disk, writes the hash area `veritysetup format` makes after slot `slot`'s
+    squashfs (zero-padded to 4096 bytes; the area at the padded size) and puts
+    abinit.verity=ROOTHASH,SALT,BLOCKS,OFFSET on the slot's kernel command line. A slot whose
+    command line has the parameter already is left as it is. Returns the parameter's value."""
+    text = slot_cmdline(disk, slot)
+    m = re.search(r"abinit\.verity=(\S+?)\"?\s", text + " ")
+    if m:
+        return m.group(1)
+    offset, size = partition(disk, f"root-{slot}")
+    with open(disk, "rb") as f:
+        f.seek(offset)
+        sb = f.read(96)
+        assert sb[:4] == b"hsqs", f"slot {slot} holds no squashfs"
+        used = int.from_bytes(sb[40:48], "little")
+        padded = (used + 4095) // 4096 * 4096
+        f.seek(offset)
+        image = f.read(used)
+    tmp = os.path.join(workdir, f"verity-{slot}.img")
+    with open(tmp, "wb") as t:
+        t.write(image.ljust(padded, b"\0"))
+    salt = hashlib.sha256(image).hexdigest()
+    out = subprocess.run(
+        ["veritysetup", "format", f"--hash-offset={padded}", f"--data-blocks={padded // 4096}",
+         f"--salt={salt}", tmp, tmp], check=True, capture_output=True, text=True).stdout
+    root = re.search(r"Root hash:\s+([0-9a-f]{64})", out).group(1)
+    with open(tmp, "rb") as t:
+        area = t.read()
+    os.unlink(tmp)
+    assert len(area) <= size, "the slot partition is too small for image and hash tree"
+    with open(disk, "r+b") as f:
+        f.seek(offset)
+        f.write(area)
+    value = f"{root},{salt},{padded // 4096},{padded}"
+    path = slot_cmdline_file(disk, slot)
+    if path.endswith("cmdline.cfg"):
+        new = re.sub(r'"\s*$', f' abinit.verity={value}"\n', text.rstrip("\n"))
+    else:
+        new = re.sub(r"^(options .*)$", rf"\1 abinit.verity={value}", text, flags=re.M)
+    assert new != text
+    set_slot_cmdline(disk, slot, new, workdir)
+    return value
+
+
+def set_slot_cmdline(disk, slot, text, workdir):
+    """Replaces the text of slot `slot`'s command line file (`slot_cmdline_file`)."""
+    local = os.path.join(workdir, f"cmdline-{slot}")
+    with open(local, "w") as t:
+        t.write(text)
+    subprocess.run(["mcopy", "-o", "-i", _esp_spec(disk), local,
+                    f"::/{slot_cmdline_file(disk, slot)}"], check=True)
+    os.unlink(local)
+
+
+def drop_verity(disk, slot, workdir):
+    """Takes abinit.verity= off slot `slot`'s command line (the slot then boots unchecked);
+    returns the text before, for `set_slot_cmdline`."""
+    text = slot_cmdline(disk, slot)
+    new = re.sub(r" abinit\.verity=[^\s\"]+", "", text)
+    assert new != text, f"slot {slot} has no abinit.verity="
+    set_slot_cmdline(disk, slot, new, workdir)
+    return text
+
+
+def verity_params(value):
+    """(root hash, salt, data blocks, hash offset) of an abinit.verity= value."""
+    root, salt, blocks, offset = value.split(",")
+    return root, salt, int(blocks), int(offset)
+
+
+def flip_byte(disk, label, at):
+    """Flips (xor 0xff) the byte at offset `at` of partition `label` in a powered-off disk."""
+    offset, _ = partition(disk, label)
+    with open(disk, "r+b") as f:
+        f.seek(offset + at)
+        b = f.read(1)
+        f.seek(offset + at)
+        f.write(bytes([b[0] ^ 0xFF]))

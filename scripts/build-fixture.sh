@@ -9,7 +9,7 @@
 #
 # usage: scripts/build-fixture.sh [--version V] [--broken] [--unhealthy] [--hung] [--pubkey FILE.pub]
 #            [--compatible STRING] [--out-link PATH | --no-out-link] [--abupdate STATIC_BINARY]
-#            [--kernel-version KVER] [--no-e2fsprogs] [--hw-watchdog S]
+#            [--kernel-version KVER] [--no-e2fsprogs] [--no-verity] [--hw-watchdog S]
 #            [--channel URL [--update-interval S] [--update-jitter J] [--update-reboot R]
 #             [--channel-medium DEVICE:MOUNTPOINT]]
 #
@@ -42,6 +42,7 @@ nooutlink=
 abupdate=
 kver=
 e2fsprogs=true
+verity=true
 channel=
 interval=
 jitter=
@@ -62,6 +63,7 @@ while [ $# -gt 0 ]; do
         --abupdate) [ $# -ge 2 ] || usage; abupdate=$2; shift 2 ;;
         --kernel-version) [ $# -ge 2 ] || usage; kver=$2; shift 2 ;;
         --no-e2fsprogs) e2fsprogs=false; shift ;;
+        --no-verity) verity=false; shift ;;
         --channel) [ $# -ge 2 ] || usage; channel=$2; shift 2 ;;
         --update-interval) [ $# -ge 2 ] || usage; interval=$2; shift 2 ;;
         --update-jitter) [ $# -ge 2 ] || usage; jitter=$2; shift 2 ;;
@@ -110,7 +112,7 @@ fi
 set -- "$@" "$repo/nix/fixture" \
     --argstr version "$version" --arg broken "$broken" --arg healthy "$healthy" \
     --argstr compatible "$compatible" --argstr abupdate "$abupdate" \
-    --arg hostE2fsprogs "$e2fsprogs"
+    --arg hostE2fsprogs "$e2fsprogs" --arg verity "$verity"
 [ -z "$pubkey" ] || set -- "$@" --argstr pubkey "$pubkey"
 [ -z "$kver" ] || set -- "$@" --argstr kernelVersion "$kver"
 [ -z "$channel" ] || set -- "$@" --argstr channel "$channel"

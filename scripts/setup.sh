@@ -13,6 +13,9 @@ packages=(
   # GRUB images for boot-backend = "grub" (grub-mkimage), and the tests' grub-editenv,
   # grub-script-check and grub-bios-setup: the -bin packages never run grub-install.
   grub-common grub-pc-bin grub-efi-amd64-bin
+  # veritysetup: the tests check the dm-verity trees abbuild writes against it, and the fixture's
+  # initrd opens verity slots with it (docs/updater.md).
+  cryptsetup-bin
   # A Debian 13 root for Nix 2.26 and GRUB 2.12 (scripts/trixie-root.sh).
   debootstrap
 )

@@ -64,7 +64,7 @@ done
 completed=$(bash -c 'source "$1" && complete -p abupdate >/dev/null &&
   COMP_WORDS=(abupdate mark-) COMP_CWORD=1 COMP_LINE="abupdate mark-" COMP_POINT=14 &&
   _abupdate abupdate mark- abupdate && echo "${COMPREPLY[*]}"' _ "$docs/completions/abupdate.bash")
-[ "$completed" = "mark-good mark-bad" ] || { echo "bash completion: got '$completed'"; exit 1; }
+[ "$completed" = "mark-good mark-bad mark-corrupt" ] || { echo "bash completion: got '$completed'"; exit 1; }
 rm -rf "$docs"
 
 # One closing line for everything above: cargo's test counts, the crash test and the QEMU

@@ -17,7 +17,7 @@ use crate::disk::{self, Layout, ESP_LABEL, ROOT_A_LABEL};
 use crate::esp::{self, Contents, Source};
 use crate::image_def::{BootBackend, ImageDef, Size};
 use crate::squashfs::{self, SquashfsOptions};
-use crate::{bios, cmd, grub, system};
+use crate::{bios, cmd, grub, system, verity};
 
 /// Output format of the disk image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -230,12 +230,22 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             processors: o.processors,
         },
     )?;
+    let squashfs_len = fs::metadata(&rootfs)?.len();
+    info!("root squashfs: {}", Size(squashfs_len));
+    // verity (on unless the image says otherwise): the slot's payload is image + hash area.
+    let verity = match def.verity {
+        true => Some(verity::append_tree(&rootfs)?),
+        false => None,
+    };
     let rootfs_len = fs::metadata(&rootfs)?.len();
-    info!("root squashfs: {}", Size(rootfs_len));
     if rootfs_len > slot_a.size {
         bail!(
-            "the root filesystem does not fit the slot: the squashfs is {}, slot-size of image {} is {}",
-            Size(rootfs_len),
+            "the root filesystem does not fit the slot: the squashfs is {}{}, slot-size of image {} is {}",
+            Size(squashfs_len),
+            match verity {
+                Some(_) => format!(" and its dm-verity hash area {}", Size(rootfs_len - squashfs_len)),
+                None => String::new(),
+            },
             def.name,
             Size(slot_a.size)
         );
@@ -248,6 +258,17 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutputs> {
             params.push(p);
         }
     }
+    if let Some(p) = params
+        .iter()
+        .find(|p| p.starts_with(abbundle::verity::PARAM))
+    {
+        bail!(
+            "the system's kernel-params carry '{p}': {} is abbuild's, made from the image",
+            abbundle::verity::PARAM
+        );
+    }
+    let verity_param = verity.map(|v| v.param());
+    params.extend(verity_param.as_deref());
     let kernel_params = params.join(" ");
     layout::check_kernel_params(&kernel_params).map_err(|e| {
         anyhow::anyhow!(

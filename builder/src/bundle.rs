@@ -82,6 +82,8 @@ pub fn make(r: &BundleRequest) -> Result<Manifest> {
         .map(|p| SecretKey::load(p).with_context(|| format!("reading key {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
     let signers: Vec<&dyn Signer> = keys.iter().map(|k| k as &dyn Signer).collect();
+    // A root hash that does not match its image is refused before anything is signed.
+    crate::verity::check_payload(r.rootfs, &r.kernel_params)?;
     let open = |p: &Path| {
         let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
         if f.metadata()?.len() == 0 {

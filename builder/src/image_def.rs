@@ -156,6 +156,10 @@ fn default_boot_tries() -> u32 {
     3
 }
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_bootloader() -> PathBuf {
     match std::env::var_os(BOOTLOADER_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
@@ -195,6 +199,10 @@ pub struct ImageDef {
     /// The bootloader EFI binary installed as `EFI/BOOT/BOOTX64.EFI`.
     #[serde(default = "default_bootloader")]
     pub bootloader: PathBuf,
+    /// A dm-verity hash tree after the root image, its root hash in the signed manifest
+    /// (`abinit.verity=`, docs/layout.md); `false`: the slot boots without verity.
+    #[serde(default = "default_true")]
+    pub verity: bool,
 }
 
 impl ImageDef {
@@ -264,6 +272,12 @@ impl ImageDef {
         for p in &self.kernel_params {
             if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 bail!("kernel-params entry '{p}' must be one parameter without spaces");
+            }
+            if p.starts_with(abbundle::verity::PARAM) {
+                bail!(
+                    "kernel-params entry '{p}': {} is abbuild's, made from the image (set verity = false to boot without it)",
+                    abbundle::verity::PARAM
+                );
             }
         }
         crate::disk::Layout::compute(self)?;

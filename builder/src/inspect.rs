@@ -44,6 +44,16 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     println!("build id:    {}", m.build_id);
     println!("created:     {}", m.created);
     println!("kernel args: {}", m.kernel_params);
+    match m.verity() {
+        Some(v) => println!(
+            "dm-verity:   root hash {}, {} data blocks, hash area at byte {} ({} bytes)",
+            hex::encode(v.root_hash),
+            v.data_blocks,
+            v.hash_offset,
+            v.hash_area_len()
+        ),
+        None => println!("dm-verity:   none"),
+    }
     println!(
         "signed by:   {} (not verified here)",
         if ids.is_empty() {

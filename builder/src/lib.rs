@@ -15,6 +15,7 @@ pub mod keygen;
 pub mod publish;
 pub mod squashfs;
 pub mod system;
+pub mod verity;
 
 use abbundle::error::exit;
 use abbundle::FormatError;

@@ -175,6 +175,10 @@ pub struct SlotInfo {
     pub rootfs_sha256: String,
     /// Seconds since the epoch: the bundle's `created`.
     pub created: u64,
+    /// The signed dm-verity root hash (`abinit.verity=`), for images with a tree. Readers
+    /// before it ignore the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_root_hash: Option<String>,
 }
 
 impl SlotInfo {
@@ -188,6 +192,7 @@ impl SlotInfo {
             rootfs_size: rootfs.size,
             rootfs_sha256: rootfs.sha256.to_string(),
             created: m.created,
+            verity_root_hash: m.verity().map(|v| hex::encode(v.root_hash)),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod manifest;
 pub mod reader;
 pub mod slot_index;
+pub mod verity;
 pub mod version;
 pub mod writer;
 

@@ -140,6 +140,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The root slot's dm-verity parameters (`abinit.verity=` in `kernel_params`), if the
+    /// image has a tree. Only valid manifests exist outside this module, and theirs parse.
+    pub fn verity(&self) -> Option<crate::verity::Verity> {
+        crate::verity::Verity::from_kernel_params(&self.kernel_params)
+            .ok()
+            .flatten()
+    }
+
     /// The payload of a kind. Only valid manifests exist outside this module, and they have all.
     pub fn payload(&self, kind: PayloadKind) -> &Payload {
         self.payloads
@@ -226,6 +234,23 @@ impl Manifest {
                 ));
             }
             expected_offset = align_up(p.end());
+        }
+        // dm-verity (docs/layout.md): the parameters ride in kernel_params, which every
+        // release reads, so a device on a release before verity still installs such a bundle.
+        // The root payload must be exactly image + padding + hash area.
+        if let Some(v) = crate::verity::Verity::from_kernel_params(&self.kernel_params)
+            .map_err(|e| FormatError::BadManifest(format!("kernel_params: {e}")))?
+        {
+            let root = &self.payloads[0];
+            if root.size != v.payload_len() {
+                return bad(format!(
+                    "the rootfs payload has {} bytes, but its dm-verity parameters ({} data \
+                     blocks) need {} (image, padding and hash area)",
+                    root.size,
+                    v.data_blocks,
+                    v.payload_len()
+                ));
+            }
         }
         let end = self
             .payloads

@@ -608,3 +608,131 @@ fn too_many_signatures_reads_as_a_count() {
         )
     );
 }
+
+/// dm-verity parameters ride in `kernel_params` (docs/bundle-format.md, "dm-verity"); a
+/// reader takes them only when they describe the root payload: image, padding, hash area.
+#[test]
+fn verity_parameters_must_describe_the_root_payload() {
+    let img = data(10_000, 4);
+    let (v, area) = abbundle::verity::format(
+        |at, buf| {
+            buf.copy_from_slice(&img[at as usize..at as usize + buf.len()]);
+            Ok(())
+        },
+        img.len() as u64,
+    )
+    .unwrap();
+    let mut r = img.clone();
+    r.resize(v.hash_offset as usize, 0);
+    r.extend_from_slice(&area);
+    let (k, i) = (data(5000, 5), data(4096, 6));
+    let param = v.param();
+    let ok = hand_bundle_with_params(&format!("console=ttyS0 {param}"), 4096, 4096, [&r, &k, &i]);
+    read_all(&ok, &trusted(), "test-board").unwrap();
+    let mut fewer = v;
+    fewer.data_blocks -= 1;
+    fewer.hash_offset -= 4096;
+    for params in [
+        fewer.param(),
+        format!("{param} {param}"),
+        param.replace(',', ":"),
+        param
+            .to_uppercase()
+            .replace("ABINIT.VERITY=", "abinit.verity="),
+    ] {
+        let b = hand_bundle_with_params(&params, 4096, 4096, [&r, &k, &i]);
+        match read_all(&b, &trusted(), "test-board") {
+            Err(FormatError::BadManifest(m)) => assert!(m.contains("verity"), "{m}"),
+            other => panic!("{params}: {:?}", other.map(|_| ())),
+        }
+    }
+    // The parameter over the plain image, without its hash area.
+    let b = hand_bundle_with_params(&param, 4096, 4096, [&img, &k, &i]);
+    assert!(matches!(
+        read_all(&b, &trusted(), "test-board"),
+        Err(FormatError::BadManifest(_))
+    ));
+}
+
+/// What lets a device on a release before verity install the bundle that brings it: the
+/// manifest of a bundle with a tree has exactly the fields the previous release's manifest
+/// parser (`#[serde(deny_unknown_fields)]`) knows, and the tree's parameter passes its
+/// `kernel_params` rules (unchanged: printable, at most 4096 bytes, no `ab.slot=`/`root=`).
+/// A new manifest field would make that release refuse the bundle (exit 10).
+#[test]
+fn a_verity_manifest_has_only_the_previous_releases_fields() {
+    let img = data(300_000, 9);
+    let (v, area) = abbundle::verity::format(
+        |at, buf| {
+            buf.copy_from_slice(&img[at as usize..at as usize + buf.len()]);
+            Ok(())
+        },
+        img.len() as u64,
+    )
+    .unwrap();
+    let mut root = img.clone();
+    root.resize(v.hash_offset as usize, 0);
+    root.extend_from_slice(&area);
+    let mut src = Cursor::new(root);
+    let (mut k, mut i) = (Cursor::new(data(20_000, 2)), Cursor::new(data(5000, 3)));
+    let input = BundleInput {
+        compatible: "test-board".into(),
+        version: "7".parse().unwrap(),
+        build_id: String::new(),
+        created: 0,
+        kernel_params: format!("console=ttyS0 {}", v.param()),
+        chunk_size: 4096,
+        format: abbundle::FORMAT_VERSION,
+    };
+    let mut out = Vec::new();
+    let m = write_bundle(
+        &mut out,
+        &input,
+        &mut [
+            PayloadInput {
+                kind: PayloadKind::Rootfs,
+                source: &mut src,
+            },
+            PayloadInput {
+                kind: PayloadKind::Kernel,
+                source: &mut k,
+            },
+            PayloadInput {
+                kind: PayloadKind::Initrd,
+                source: &mut i,
+            },
+        ],
+        &[&test_key() as &dyn Signer],
+    )
+    .unwrap();
+    assert_eq!(m.verity(), Some(v));
+    let json: serde_json::Value = serde_json::from_slice(&out[manifest_range(&out)]).unwrap();
+    let keys = |o: &serde_json::Value| {
+        let mut k: Vec<String> = o.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    // The fields of bundle/src/manifest.rs before verity, spelled out here on purpose.
+    assert_eq!(
+        keys(&json),
+        [
+            "build_id",
+            "chunk_index",
+            "compatible",
+            "created",
+            "format",
+            "kernel_params",
+            "payloads",
+            "version"
+        ]
+    );
+    for p in json["payloads"].as_array().unwrap() {
+        assert_eq!(
+            keys(p),
+            ["chunk_size", "chunks", "kind", "offset", "sha256", "size"]
+        );
+    }
+    let kp = json["kernel_params"].as_str().unwrap();
+    assert!(kp.len() <= 4096 && kp.chars().all(|c| !c.is_control()));
+    abbundle::layout::check_kernel_params(kp).unwrap();
+}

@@ -114,6 +114,7 @@ mod tests {
                 "man1/abupdate-apply.1",
                 "man1/abupdate-boot-check.1",
                 "man1/abupdate-mark-bad.1",
+                "man1/abupdate-mark-corrupt.1",
                 "man1/abupdate-mark-good.1",
                 "man1/abupdate-rollback.1",
                 "man1/abupdate-status.1",

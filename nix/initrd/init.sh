@@ -10,8 +10,12 @@
 #                                   abinit.hwwatchdog=<arm /dev/watchdog with this timeout, 0: off>
 #                                   ab.esp=<the ESP's partition GUID> (GRUB: the disk it booted
 #                                   from; systemd-boot's LoaderDevicePartUUID says the same)
+#                                   abinit.verity=<root hash>,<salt>,<data blocks>,<hash offset>
+#                                     (open the slot through dm-verity: section 4b)
+#                                   abinit.verity_scan=<0|1, default 1: read the whole slot first>
 #   /etc/abinit/modules   kernel modules to insmod, one path per line, dependencies first
 #                         (computed from modules.dep when the initrd is built)
+#   /bin/veritysetup, /bin/abupdate  needed only with abinit.verity= (section 4b)
 #   result:               the slot's squashfs read-only at /, tmpfs at /run and /tmp, the data
 #                         partition at /data (ext4, created on first boot), /var bind-mounted
 #                         from /data/var, /run/abinit/env describing the boot; then
@@ -305,9 +309,122 @@ disksys=${rootsys%/*}
 disk=/dev/${disksys##*/}
 say "root is $rootdev on disk $disk"
 
+# --- 4b. dm-verity (abinit.verity=ROOTHASH,SALT,DATA_BLOCKS,HASH_OFFSET; docs/updater.md) -----
+# The slot holds the squashfs (DATA_BLOCKS 4096-byte blocks) and, at byte HASH_OFFSET, the hash
+# area `veritysetup format --hash-offset` writes (superblock, then the tree). Without the
+# parameter the slot is mounted as it is. With it:
+#   1. a check device (reads of damaged blocks fail with EIO), opened with veritysetup (static
+#      from nixpkgs in mkSystem, Debian's in the fixture), is read from end to end: every
+#      block against the root hash, so damage anywhere is found before anything of the slot
+#      runs (abinit.verity_scan=0 skips this);
+#   2. damage found: `abupdate mark-corrupt` (the initrd's own copy, not the slot's) records it
+#      on the ESP and, if the other slot can take over, marks this one bad; then reboot. If no
+#      other slot can (both damaged), this slot boots with its damaged blocks failing with EIO
+#      and no restart on corruption, so there is no reboot loop;
+#   3. the root is mounted from a device whose table has restart_on_corruption: a block found
+#      damaged later reboots the machine at once, and the next boot's check (1) finds it.
+rootfsdev=$rootdev
+verity=
+verity_scan=1
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        abinit.verity=*) verity=${word#abinit.verity=} ;;
+        abinit.verity_scan=*) verity_scan=${word#abinit.verity_scan=} ;;
+    esac
+done
+verity_state=off
+if [ -n "$verity" ]; then
+    old_ifs=$IFS
+    IFS=,
+    # shellcheck disable=SC2086
+    set -- $verity
+    IFS=$old_ifs
+    [ $# -eq 4 ] || die "abinit.verity=$verity: expected ROOTHASH,SALT,DATA_BLOCKS,HASH_OFFSET"
+    v_hash=$1 v_salt=$2 v_blocks=$3 v_offset=$4
+    case "$v_hash" in
+        *[!0-9a-f]*) die "abinit.verity: root hash '$v_hash' is not lower-case hex" ;;
+    esac
+    [ ${#v_hash} -eq 64 ] || die "abinit.verity: root hash '$v_hash' is not a SHA-256 (64 hex digits)"
+    case "$v_salt" in
+        ''|*[!0-9a-f]*) die "abinit.verity: salt '$v_salt' is not lower-case hex" ;;
+    esac
+    case "$v_blocks" in ''|*[!0-9]*) die "abinit.verity: data blocks '$v_blocks' is not a number" ;; esac
+    case "$v_offset" in ''|*[!0-9]*) die "abinit.verity: hash offset '$v_offset' is not a number" ;; esac
+    [ "$v_blocks" -gt 0 ] && [ $((v_offset % 4096)) -eq 0 ] && [ "$v_offset" -ge $((v_blocks * 4096)) ] ||
+        die "abinit.verity: hash offset $v_offset must be a multiple of 4096 at or after the $v_blocks data blocks"
+    case "$verity_scan" in 0|1) ;; *) die "abinit.verity_scan=$verity_scan: 0 or 1" ;; esac
+    command -v veritysetup >/dev/null 2>&1 || die "abinit.verity given, but the initrd has no veritysetup"
+    [ -d /sys/module/dm_verity ] ||
+        die "abinit.verity given, but dm-verity is not loaded (dm-mod, dm-verity in the initrd's modules)"
+    # No udev here: libdevmapper makes the /dev/mapper nodes itself (and devtmpfs /dev/dm-N).
+    DM_DISABLE_UDEV=1
+    export DM_DISABLE_UDEV
+    # v_open NAME [FLAG]: version 1, data and hash on the same partition, 4096-byte blocks, every
+    # parameter from the command line (--no-superblock: nothing is taken from the unsigned
+    # superblock), the tree one block after the superblock at HASH_OFFSET.
+    v_open() {
+        veritysetup open "$rootdev" "$1" "$rootdev" "$v_hash" --no-superblock --format=1 \
+            --hash=sha256 --data-block-size=4096 --hash-block-size=4096 \
+            --data-blocks="$v_blocks" --hash-offset=$((v_offset + 4096)) --salt="$v_salt" ${2:+"$2"} 2>&1
+    }
+    dm_node() {
+        for d in /sys/block/dm-*; do
+            [ "$(cat "$d/dm/name" 2>/dev/null)" = "$1" ] && [ -b "/dev/${d##*/}" ] && echo "/dev/${d##*/}" && return 0
+        done
+        return 1
+    }
+    v_flag=--restart-on-corruption
+    verity_state=checked
+    v_what=
+    if [ "$verity_scan" = 1 ]; then
+        v_t0=$(cut -d' ' -f1 /proc/uptime)
+        # A device that cannot even be opened (its top hash block damaged) is damaged too.
+        if ! v_err=$(v_open abroot-check); then
+            v_what="the check device could not be opened: $(echo "$v_err" | tail -n 1)"
+        elif ! v_node=$(dm_node abroot-check); then
+            die "the verity check device has no node in /dev"
+        elif ! v_err=$(dd if="$v_node" of=/dev/null bs=1M 2>&1); then
+            v_what=$(dmesg | grep -o '[a-z]* block [0-9]* is corrupted' | head -n 1)
+            v_what=${v_what:-a read failed: $(echo "$v_err" | head -n 1)}
+        fi
+        veritysetup close abroot-check 2>/dev/null
+        if [ -n "$v_what" ]; then
+            say "verity: slot $slot is CORRUPT: $v_what (root hash $v_hash)"
+            verity_state=corrupt
+        else
+            say "verity: slot $slot matches its root hash ($v_blocks blocks read, from $v_t0 s to $(cut -d' ' -f1 /proc/uptime) s uptime)"
+        fi
+    else
+        verity_state=unchecked
+    fi
+    if [ "$verity_state" = corrupt ]; then
+        # /run is still the initramfs's: abupdate's lock file goes there.
+        # --disk: the root is not mounted yet, so abupdate cannot find the booted disk itself.
+        abupdate --disk "$disk" mark-corrupt "$slot" --detail "$v_what"
+        rc=$?
+        if [ $rc -eq 0 ]; then
+            say "verity: slot $slot marked bad; rebooting into slot $(echo "$slot" | tr ab ba)"
+            sync
+            reboot -f
+            sleep 5
+            die "reboot failed"
+        fi
+        # 35: recorded, but the other slot cannot take over. Anything else: nothing recorded.
+        say "verity: WARNING: slot $slot boots DAMAGED (abupdate mark-corrupt exited $rc): its damaged blocks fail with EIO, and nothing restarts on them"
+        v_flag=
+    fi
+    v_err=$(v_open abroot "$v_flag") || die "veritysetup could not open slot $slot: $v_err"
+    rootfsdev=$(dm_node abroot) || die "the verity device has no node in /dev"
+    if [ -n "$v_flag" ]; then
+        say "verity: root is $rootfsdev (a damaged block read later restarts the machine)"
+    else
+        say "verity: root is $rootfsdev (a damaged block read later fails with EIO)"
+    fi
+fi
+
 # --- 5. the slot's root filesystem ---------------------------------------------------------
-mount -t squashfs -o ro "$rootdev" /sysroot ||
-    die "cannot mount $rootdev (PARTLABEL=$rootlabel) as squashfs: slot $slot is empty or damaged"
+mount -t squashfs -o ro "$rootfsdev" /sysroot ||
+    die "cannot mount $rootfsdev (PARTLABEL=$rootlabel) as squashfs: slot $slot is empty or damaged"
 
 # Resolves a symlink chain inside /sysroot (absolute targets are relative to /sysroot).
 resolve_in_root() {
@@ -390,6 +507,7 @@ mkdir -p /run/abinit
     echo "AB_DISK=$disk"
     echo "AB_DATA_DEV=$datadev"
     [ ! -e /tmp/abinit-guessed ] || echo "AB_DISK_GUESSED=1"
+    echo "AB_VERITY=$verity_state"
 } > /run/abinit/env
 
 handover_hw_watchdog

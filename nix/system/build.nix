@@ -77,6 +77,9 @@ let
 
   # --- initrd: the same init script and builder as the fixture --------------------------------
   e2fs = cfg.initrd.e2fsprogs;
+  verity = cfg.verity;
+  verityBins = if verity.enable
+    then [ "${getBin verity.package}/bin/veritysetup" "${getBin abupdate}/bin/abupdate" ] else [ ];
   initrd = pkgs.runCommand "abinit-initrd-${kver}"
     {
       nativeBuildInputs = [ pkgs.zstd ]; # for kernels with .ko.zst modules
@@ -84,10 +87,11 @@ let
       initScript = ../initrd/init.sh;
       moduleDir = "${kernelModules}/lib/modules/${kver}";
       kernelVersion = kver;
-      modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules);
+      modules = builtins.concatStringsSep " " (cfg.initrd.modules ++ cfg.kernel.modules
+        ++ (if verity.enable then verity.modules else [ ]));
       optionalModules = builtins.concatStringsSep " " (cfg.initrd.optionalModules ++ watchdogModules);
-      extraBins = if e2fs == null then ""
-        else builtins.concatStringsSep " " (map (p: "${getBin e2fs}/bin/${p}") [ "mkfs.ext4" "e2fsck" "resize2fs" ]);
+      extraBins = builtins.concatStringsSep " " ((if e2fs == null then [ ]
+        else map (p: "${getBin e2fs}/bin/${p}") [ "mkfs.ext4" "e2fsck" "resize2fs" ]) ++ verityBins);
       SOURCE_DATE_EPOCH = "1";
     } "sh ${../initrd/mkinitrd.sh}";
 

@@ -62,6 +62,20 @@
     modules = [ "i6300esb" ];
   };
 
+  # dm-verity (docs/updater.md, "A damaged slot"): the initrd opens a slot whose boot entry
+  # carries abinit.verity= (abbuild puts it there unless the image definition says
+  # verity = false) through dm-verity, reads it whole against the signed root hash before
+  # mounting it, and on damage marks it bad with its own copy of abupdate. enable: the initrd
+  # gets `modules` (required), veritysetup from `package` (static: the initrd has no dynamic
+  # loader) and abupdate. false: none of these, and a slot booted with abinit.verity= stops
+  # with "the initrd has no veritysetup": set verity = false in the image definition too.
+  verity = {
+    enable = true;
+    modules = [ "dm_mod" "dm_verity" ];
+    # cryptsetup's bin output has veritysetup; pkgsStatic builds it statically linked.
+    package = pkgs.pkgsStatic.cryptsetup;
+  };
+
   # Everything on the system's PATH besides busybox and abupdate.
   packages = [ ];
 

@@ -73,6 +73,14 @@ pub enum Command {
     /// fallback), and grows the data partition to fill a disk larger than the
     /// image (config grow-data).
     BootCheck,
+    /// Record that a slot's image is damaged; mark it bad if the other can boot
+    ///
+    /// Run by the initrd when the slot's dm-verity check fails. Writes
+    /// X/corrupt.json on the ESP (shown by status) and marks the slot bad, so
+    /// the other slot boots. Refused (exit 35, the record still written, the
+    /// boot loader unchanged) if the other slot cannot boot or was found
+    /// damaged too.
+    MarkCorrupt(MarkCorruptArgs),
     /// Check the channel and install its version if it is newer (unattended)
     ///
     /// Fetches the signed channel file (the config's channel, or --channel),
@@ -137,6 +145,15 @@ pub struct StatusArgs {
     /// Print JSON (apiVersion abupdate/v1, kind Status)
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MarkCorruptArgs {
+    /// The damaged slot: a or b
+    pub slot: crate::boot::Slot,
+    /// What the check found, for the record (e.g. "data block 12 is corrupted")
+    #[arg(long, default_value = "the dm-verity check failed")]
+    pub detail: String,
 }
 
 #[derive(Args, Debug)]

@@ -42,6 +42,10 @@ pub const UNSAFE_KERNEL_PARAMS: i32 = 44;
 /// A boot entry that is no slot's (not named `slot-a`/`slot-b`) would boot before the new
 /// slot: abupdate does not demote entries it does not own.
 pub const FOREIGN_ENTRY: i32 = 45;
+/// The written slot (which read back as the signed chunks) is not the dm-verity tree its
+/// signed root hash names: the bundle was built wrong. Found after writing, before the boot
+/// entry.
+pub const VERITY_MISMATCH: i32 = 46;
 
 // `abupdate update` (docs/channels.md). Codes 50 to 53 are outcomes, not errors: nothing is
 // printed on stderr, and `--json` says the same. 0 means up to date.

@@ -16,7 +16,7 @@ pub mod state;
 pub use cmd::exit_code;
 pub use state::Context;
 
-use cmd::{bootcheck, mark, status, update, verify};
+use cmd::{bootcheck, corrupt, mark, status, update, verify};
 use install::apply;
 use state::config;
 
@@ -52,6 +52,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::MarkBad(a) => mark::mark_bad(&ctx, a.slot),
         cli::Command::Rollback => mark::rollback(&ctx),
         cli::Command::BootCheck => bootcheck::run(&ctx),
+        cli::Command::MarkCorrupt(a) => corrupt::run(&ctx, a.slot, &a.detail),
         cli::Command::Update(a) => update::run(&ctx, &a),
     }
 }

@@ -70,11 +70,22 @@ fn esp_boots_slot_a() {
         assert!(listing.contains(name), "{name} missing:\n{listing}");
     }
     assert_eq!(mtype(&image, "loader/loader.conf"), "timeout 0\n");
+    // The root hash parameter last (verity.rs checks its value against veritysetup).
+    let kp = inspect(&bundle)["kernel_params"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verity = kp
+        .strip_prefix("quiet loglevel=3 console=ttyS0 panic=5 abinit.verity=")
+        .unwrap_or_else(|| panic!("{kp}"));
     assert_eq!(
         mtype(&image, "loader/entries/slot-a.conf"),
-        "title abupdate slot a, 2026.11.22.1\nsort-key abupdate\nversion 2026.11.22.1\n\
-         linux /a/vmlinuz\ninitrd /a/initrd\n\
-         options ab.slot=a root=PARTLABEL=root-a quiet loglevel=3 console=ttyS0 panic=5\n"
+        format!(
+            "title abupdate slot a, 2026.11.22.1\nsort-key abupdate\nversion 2026.11.22.1\n\
+             linux /a/vmlinuz\ninitrd /a/initrd\n\
+             options ab.slot=a root=PARTLABEL=root-a quiet loglevel=3 console=ttyS0 panic=5 \
+             abinit.verity={verity}\n"
+        )
     );
     // Files are byte-identical to their sources (mcopy them out).
     let sys = dir.path().join("system");
@@ -107,10 +118,7 @@ fn esp_boots_slot_a() {
     assert_eq!(info["rootfsSize"], size);
     assert_eq!(info["rootfsSha256"], sha.as_str());
     assert_eq!(info["created"], 1_700_000_000u64);
-    assert_eq!(
-        manifest["kernel_params"],
-        "quiet loglevel=3 console=ttyS0 panic=5"
-    );
+    assert_eq!(manifest["kernel_params"], kp.as_str());
 }
 
 #[test]

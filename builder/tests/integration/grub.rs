@@ -74,9 +74,17 @@ fn grub_image_table_and_esp() {
         let listed = stdout(Command::new("grub-editenv").arg(d.join("env")).arg("list"));
         assert_eq!(listed, "ab_order=a b\nab_a=good\nab_b=none\n");
     }
+    let kp = inspect(&dir.path().join("out").join(IMAGE).with_extension("abu"))["kernel_params"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        kp.starts_with("quiet loglevel=3 console=ttyS0 panic=5 abinit.verity="),
+        "{kp}"
+    );
     assert_eq!(
         esp_file(&image, "a/cmdline.cfg", d),
-        b"set ab_params=\"quiet loglevel=3 console=ttyS0 panic=5\"\n"
+        format!("set ab_params=\"{kp}\"\n").into_bytes()
     );
     let images = grub::Images::make().unwrap();
     assert!(esp_file(&image, "EFI/BOOT/BOOTX64.EFI", d) == images.efi);

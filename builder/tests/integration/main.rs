@@ -11,3 +11,4 @@ mod nix;
 mod publish;
 mod repro;
 mod util;
+mod verity;

@@ -4,7 +4,8 @@
 # shapes (docs/nix.md, "Verifying with real nixpkgs"): bin/qemu-system-x86_64, FV/OVMF.fd, and
 # closureInfo { rootPaths } with store-paths, one path a line.
 #
-# abupdateMock.checkModules: what the check adds to the example system because the mock is not
+# abupdateMock.noVerity: the check's image is made with verity = false (the mock's veritysetup
+# is a stub). abupdateMock.checkModules: what the check adds to the example system because the mock is not
 # nixpkgs (with nixpkgs the attribute is absent and the example boots as it is): no static
 # e2fsprogs on the host (the initrd formats /data with busybox mke2fs), and a dropbear stand-in
 # that only listens on the ssh port, so that the example's own health check
@@ -53,6 +54,8 @@ in
     cp /usr/share/ovmf/OVMF.fd $out/FV/OVMF.fd
   '' { };
   qemu_test = qemu;
+  # Its veritysetup is a stub (mock-nixpkgs/default.nix): the check's image has no dm-verity.
+  abupdateMock.noVerity = true;
   abupdateMock.checkModules = [
     {
       initrd.e2fsprogs = null;

@@ -142,6 +142,29 @@ let
     ]
     (e2fsprogsWith isStatic) { };
 
+  # cryptsetup stand-in with pkgs/by-name/cr/cryptsetup/package.nix's shape: outputs bin (first,
+  # so "${cryptsetup}" is bin), out, dev, man; programs (upstream's --enable-/--disable- flags)
+  # as configureFlags; with a static host --disable-external-tokens. Its veritysetup is a stub
+  # that fails (the host's is dynamically linked): a slot booted with abinit.verity= does not
+  # come up on a mock-built initrd, so the mock's boots use images without verity.
+  cryptsetupWith = isStatic: { programs ? { }, ... }:
+    drv "cryptsetup-stub" ''
+      mkdir -p $bin/bin $out $dev $man
+      printf '#!/bin/sh\necho "cryptsetup stub: $0 cannot open anything"\nexit 1\n' > $bin/bin/veritysetup
+      chmod +x $bin/bin/veritysetup
+    '' {
+      outputs = [ "bin" "out" "dev" "man" ];
+      configureFlags = [ "--with-crypto_backend=openssl" ]
+        ++ (if isStatic then [ "--disable-external-tokens" ] else [ ])
+        ++ map (n: (if programs.${n} then "--enable-" else "--disable-") + n) (builtins.attrNames programs);
+    };
+  cryptsetupFor = isStatic: overridable "cryptsetup"
+    [
+      "lib" "stdenv" "fetchurl" "lvm2" "json_c" "asciidoctor" "openssl" "libuuid" "pkg-config"
+      "popt" "nixosTests" "libargon2" "withInternalArgon2" "programs" "rebuildMan"
+    ]
+    (cryptsetupWith isStatic) { };
+
   # systemd stand-in: only what nix/default.nix takes from it, systemd-boot's EFI binary.
   systemd = drv "systemd-boot-host" ''
     mkdir -p $out/lib/systemd/boot/efi
@@ -229,7 +252,12 @@ let
       let env = { hostIsStatic = isStatic; RUSTFLAGS = a.RUSTFLAGS or ""; }; in
       if a.pname == "abupdate" && abupdate != null then prebuilt a abupdate env
       else if a.pname == "abbuild" && abbuild != null then prebuilt a abbuild env
-      else drv "${a.pname}-stub" "mkdir -p $out/bin" env;
+      # Without a binary: a stub program that fails (the initrd copies abupdate's bin/abupdate).
+      else drv "${a.pname}-stub" ''
+        mkdir -p $out/bin
+        printf '#!/bin/sh\necho "${a.pname} stub"\nexit 1\n' > $out/bin/${a.pname}
+        chmod +x $out/bin/${a.pname}
+      '' env;
   };
   rustPlatform = rustPlatformFor false;
 
@@ -243,6 +271,7 @@ let
     pkgsStatic = self // {
       rustPlatform = rustPlatformFor true;
       e2fsprogs = e2fsprogsFor true;
+      cryptsetup = cryptsetupFor true;
       stdenv.hostPlatform = { isStatic = true; };
     };
     # As on nixpkgs master since 2026: no linux-kernel (nix/system/build.nix falls back to bzImage).
@@ -259,6 +288,7 @@ let
       (_: busybox) { };
     inherit dropbear openssh;
     e2fsprogs = e2fsprogsFor false;
+    cryptsetup = cryptsetupFor false;
     curl = stubOutputs "curl-stub" [ "bin" "dev" "out" "man" "devdoc" ];
     zstd = stubOutputs "zstd-stub" [ "bin" "dev" "man" "out" ];
     makeWrapper = stub "makeWrapper-stub";

@@ -2,6 +2,7 @@
 //! `update`); `apply` lives in `install`. A command may use every folder below it.
 
 pub mod bootcheck;
+pub mod corrupt;
 pub mod mark;
 pub mod status;
 pub mod update;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::boot::slots;
 use crate::boot::{self, Slot, SlotState};
 use crate::cmd::bootcheck::{self, BootRecord};
+use crate::cmd::corrupt::{self, CorruptRecord};
 use crate::disk::esp::Esp;
 use crate::state::Context as Ctx;
 use crate::state::API_VERSION;
@@ -52,9 +53,14 @@ pub struct SlotStatus {
     pub partition: String,
     pub partition_size: u64,
     pub rootfs_size: Option<u64>,
+    /// The dm-verity root hash the slot's image was installed with (its `info.json`).
+    pub verity_root_hash: Option<String>,
     pub entries: Vec<String>,
     pub running: bool,
     pub next_boot: bool,
+    /// Set when the initrd found this slot's image damaged (its dm-verity check failed):
+    /// when, and what it saw (`abupdate mark-corrupt`, docs/updater.md).
+    pub corrupt: Option<CorruptRecord>,
 }
 
 pub fn collect(ctx: &Ctx) -> Result<Status> {
@@ -81,9 +87,11 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
             partition: part.label.clone(),
             partition_size: part.len,
             rootfs_size: sv.info.as_ref().map(|i| i.rootfs_size),
+            verity_root_hash: sv.info.as_ref().and_then(|i| i.verity_root_hash.clone()),
             entries: sv.entries.clone(),
             running: running == Some(sv.slot),
             next_boot: next == Some(sv.slot),
+            corrupt: corrupt::current(&esp, sv.slot, sv.info.as_ref()),
         });
     }
     Ok(Status {
@@ -157,6 +165,22 @@ pub fn human(s: &Status) -> String {
         ));
     }
     out.push_str("(* running, > boots next)\n");
+    for v in &s.slots {
+        if let Some(c) = &v.corrupt {
+            out.push_str(&format!(
+                "slot {} was found CORRUPT (time {}, version {}): {}; {}\n",
+                v.slot,
+                c.time,
+                c.version.as_deref().unwrap_or("unknown"),
+                c.detail,
+                if c.marked_bad {
+                    "marked bad"
+                } else {
+                    "not marked bad: no other slot could take over"
+                }
+            ));
+        }
+    }
     if let Some(b) = &s.last_boot {
         out.push_str(&format!(
             "last boot: slot {} version {}{}\n",

@@ -71,9 +71,11 @@ pub fn run(a: &VerifyArgs, keys_dir: &Path, config: &Config) -> Result<()> {
 ///   not match its own chunks was built wrong, and apply's ESP read-back compares the kernel and
 ///   initrd with that sha256;
 /// - format 2: each chunk of the signed CDC index, which a delta apply installs from: an index
-///   that does not describe the payloads it signs was built wrong too.
+///   that does not describe the payloads it signs was built wrong too;
+/// - with `abinit.verity=`: the root payload's dm-verity tree and root hash (apply finds a
+///   mismatch only after writing the slot, exit 46; `verify` before anything is written).
 ///
-/// Either is a malformed bundle (exit 10).
+/// Any of these is a malformed bundle (exit 10).
 fn check_payloads<R: Read>(reader: &mut BundleReader<R>) -> Result<(), FormatError> {
     let m = reader.manifest().clone();
     let index = reader.index().cloned();
@@ -90,6 +92,7 @@ fn check_payloads<R: Read>(reader: &mut BundleReader<R>) -> Result<(), FormatErr
         }
         let (whole_tx, whole_rx) = mpsc::sync_channel::<Arc<Batch>>(BUFFERS);
         let (index_tx, index_rx) = mpsc::sync_channel::<Arc<Batch>>(BUFFERS);
+        let (verity_tx, verity_rx) = mpsc::sync_channel::<Arc<Batch>>(BUFFERS);
         let (m, failed) = (&m, &failed);
         let whole = {
             let pool = pool_tx.clone();
@@ -99,17 +102,24 @@ fn check_payloads<R: Read>(reader: &mut BundleReader<R>) -> Result<(), FormatErr
             let pool = pool_tx.clone();
             scope.spawn(move || hasher(index_rx, pool, failed, IndexCheck::new(m, index)))
         });
+        let verity = m.verity().map(|v| {
+            let pool = pool_tx.clone();
+            scope.spawn(move || hasher(verity_rx, pool, failed, VerityCheck::new(&v)))
+        });
         drop(pool_tx);
         let read = read_batches(reader, cap, &pool_rx, failed, |b| {
             let b = Arc::new(b);
-            let sent = whole_tx.send(b.clone()).is_ok();
+            let to_verity = b.payload == 0 && verity.is_some();
+            let sent = whole_tx.send(b.clone()).is_ok()
+                && (!to_verity || verity_tx.send(b.clone()).is_ok());
             sent && (indexed.is_none() || index_tx.send(b).is_ok())
         });
-        drop((whole_tx, index_tx));
+        drop((whole_tx, index_tx, verity_tx));
         let whole = whole.join().expect("hash thread panicked");
         let indexed = indexed.map_or(Ok(()), |t| t.join().expect("hash thread panicked"));
+        let verity = verity.map_or(Ok(()), |t| t.join().expect("hash thread panicked"));
         // The hashers judge bytes the reader already checked: their verdict comes first.
-        whole.and(indexed).and(read)
+        whole.and(indexed).and(verity).and(read)
     })
 }
 
@@ -294,6 +304,33 @@ impl Check for IndexCheck<'_> {
                 self.at += e.len as u64;
                 self.entry += 1;
             }
+        }
+        Ok(())
+    }
+}
+
+/// The root payload against its signed dm-verity parameters (`abbundle::verity::StreamCheck`).
+struct VerityCheck(Option<abbundle::verity::StreamCheck>);
+
+impl VerityCheck {
+    fn new(v: &abbundle::verity::Verity) -> Self {
+        VerityCheck(Some(abbundle::verity::StreamCheck::new(v)))
+    }
+}
+
+impl Check for VerityCheck {
+    fn feed(&mut self, payload: usize, data: &[u8]) -> Result<(), FormatError> {
+        debug_assert_eq!(payload, 0, "only the root payload is sent");
+        let bad = |e: abbundle::verity::CheckError| {
+            FormatError::BadManifest(format!(
+                "the rootfs payload does not match its signed dm-verity parameters, although \
+                 every chunk does: {e}: the bundle was built wrong"
+            ))
+        };
+        let c = self.0.as_mut().expect("fed until finished");
+        c.feed(data).map_err(bad)?;
+        if c.done() {
+            self.0.take().expect("just used").finish().map_err(bad)?;
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ use crate::disk::fatsweep;
 use crate::disk::{Disk, Partition};
 use crate::fetch::ranged::{Fetch, FileSource};
 use crate::install::pipeline::{self, Check};
-use crate::install::{chunks, delta, stream};
+use crate::install::{chunks, delta, stream, verity};
 use crate::progress::Progress;
 use crate::state::lock;
 use crate::state::Context as Ctx;
@@ -78,6 +78,7 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
     let initrd = m.payload(PayloadKind::Initrd).clone();
     let info = SlotInfo::of(m);
     let kernel_params = m.kernel_params.clone();
+    let verity = m.verity();
     loader.check_install(&esp, target, version.as_str(), &kernel_params)?;
     check_fits(r, &version, kv, &rootfs, target, &part)?;
     let info_json = serde_json::to_vec_pretty(&info)?;
@@ -142,6 +143,8 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         [&rootfs, &kernel, &initrd],
         &info_json,
     )
+    // Both sources end here: the slot read back as signed; now the signed root hash.
+    .and_then(|()| verity::check_slot(&disk, &part, verity.as_ref()))
     .and_then(|()| {
         loader.boot_next(
             &esp,

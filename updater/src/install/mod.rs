@@ -9,3 +9,4 @@ pub mod chunks;
 pub mod delta;
 pub mod pipeline;
 pub mod stream;
+pub mod verity;

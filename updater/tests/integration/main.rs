@@ -5,6 +5,7 @@ mod apply;
 mod bad_disks;
 mod channels;
 mod commands;
+mod corrupt;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod delta;
@@ -22,3 +23,4 @@ mod refusals;
 mod sources;
 mod statefile;
 mod util;
+mod verity;
