@@ -66,6 +66,7 @@ impl Slot {
             kernel: format!("{d}/vmlinuz"),
             initrd: format!("{d}/initrd"),
             info: format!("{d}/info.json"),
+            corrupt: format!("{d}/corrupt.json"),
         }
     }
 }
@@ -91,6 +92,9 @@ pub struct SlotFiles {
     pub initrd: String,
     /// `X/info.json`: [`SlotInfo`].
     pub info: String,
+    /// `X/corrupt.json`: written by `abupdate mark-corrupt` when the initrd's dm-verity check
+    /// found the slot damaged; removed when an apply starts writing the slot again.
+    pub corrupt: String,
 }
 
 impl SlotFiles {

@@ -42,7 +42,7 @@ pub struct CorruptRecord {
 
 /// `X/corrupt.json` on the ESP.
 pub fn path(slot: Slot) -> String {
-    format!("{}/corrupt.json", slot.files().dir)
+    slot.files().corrupt
 }
 
 /// The record of `slot`, if there is one and it is about the image the slot holds now (its

@@ -470,6 +470,13 @@ fn write_slot(
 ) -> Result<()> {
     let [rootfs, kernel, initrd] = payloads;
     loader.make_unbootable(esp, target)?;
+    // The slot is rewritten: a record of its old contents found damaged goes (even for the same
+    // image again: the repair), so status and mark-corrupt of the other slot no longer count it.
+    let files = target.files();
+    if esp.exists(&files.corrupt) {
+        esp.remove(&files.corrupt)?;
+        esp.sync()?;
+    }
     let index = match &source {
         Source::Stream(reader) => reader.index().map(|i| &i.payloads[0][..]),
         Source::Plan { maps, .. } => Some(maps[0].entries()),
@@ -477,7 +484,6 @@ fn write_slot(
     if let Some(entries) = index {
         delta::store_index(disk, part, rootfs, entries)?;
     }
-    let files = target.files();
     let targets = pipeline::Targets {
         disk,
         part,

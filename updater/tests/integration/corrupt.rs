@@ -123,3 +123,31 @@ fn corrupt_trying_slot_falls_back() {
         );
     }
 }
+
+/// The same image written again into a slot found damaged (the repair) retires its record:
+/// the record is about what the slot held, and a rewritten, read-back and verity-checked slot
+/// is no longer that. Otherwise status would go on calling it damaged, and a later
+/// mark-corrupt of the other slot would not let it take over.
+#[test]
+fn the_same_image_again_retires_the_record() {
+    let env = Env::new();
+    let v1 = env.build("2026.11.1", 1, 64 * 1024);
+    let v2 = env.build("2026.11.2", 2, 64 * 1024);
+    let disk = env.path("disk.img");
+    copy_image(&v1.image, &disk);
+    ok(&env.abupdate(&disk, &["apply", v2.bundle.to_str().unwrap()]));
+    ok(&env.abupdate_booted(&disk, Some("b"), &["mark-corrupt", "b"]));
+    assert!(!status(&env, &disk, Some("a"))["slots"][1]["corrupt"].is_null());
+    ok(&env.abupdate_booted(&disk, Some("a"), &["apply", v2.bundle.to_str().unwrap()]));
+    let s = status(&env, &disk, Some("a"));
+    assert_eq!(s["slots"][1]["state"], "trying", "{s}");
+    assert!(s["slots"][1]["corrupt"].is_null(), "{s}");
+    assert!(
+        !mdir(&disk, "b").iter().any(|n| n.contains("corrupt")),
+        "b/corrupt.json is still on the ESP"
+    );
+    // b can take over again when a is found damaged.
+    let out = ok(&env.abupdate_booted(&disk, Some("a"), &["mark-corrupt", "a"]));
+    assert!(out.contains("slot b boots next"), "{out}");
+    fsck_esp(&disk).unwrap();
+}
