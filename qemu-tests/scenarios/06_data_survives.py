@@ -76,7 +76,7 @@ def scenario(t, srv, url, size):
 
     # The cut comes with the bundle's last fetched byte still to come: ranges go out side by
     # side, so the stall is by offset (every other range arrives whole). The slot writes
-    # before the one (a batch of up to 1 MiB) that holds the last fetched chunk are made then.
+    # before the one (a batch of up to 512 KiB) that holds the last fetched chunk are made then.
     t.step("apply v2 over HTTP, power cut before the last byte of the range downloads")
     last = max(r["end"] for pp in first["payloads"] for r in pp["ranges"])
     srv.stall(last - 1)

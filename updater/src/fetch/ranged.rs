@@ -54,8 +54,10 @@ mod http {
     /// overlap), few enough to be polite to a server.
     pub const CONNECTIONS: usize = 6;
 
-    /// Bytes fetched ahead of the reader, at most (the memory this costs): three times the
-    /// bandwidth-delay product of such a link (625 KB).
+    /// Bytes asked for ahead of the reader, at most: the memory this costs, since ranges that
+    /// arrive before the one the reader waits for are held. Three times the bandwidth-delay
+    /// product of a 100 Mbit/s, 50 ms link (625 KB); 4 MiB was measured no faster there
+    /// (docs/benchmarks.md): the six connections, each idle a round trip per range, bound it.
     pub const AHEAD_BYTES: u64 = 2 << 20;
 
     /// An error while reading a reply, as the caller sees it: the fetch's own (a timeout, a

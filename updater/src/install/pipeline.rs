@@ -32,7 +32,7 @@ use crate::{codes, fault, refuse};
 pub const BUFFERS: usize = 3;
 
 /// A plan's runs of chunks are gathered up to this many bytes.
-const PLAN_BATCH: usize = 1 << 20;
+const PLAN_BATCH: usize = 512 << 10;
 
 /// What the source sends the writer, in payload order (root image, kernel, initrd).
 pub enum Msg {
@@ -117,7 +117,7 @@ pub fn run<T: Send>(
             .skip(1)
             .map(|p| p.chunk_size as usize)
             .fold(write_batch(rootfs), usize::max),
-        // Runs of index chunks (at most 64 KiB each): 1 MiB writes stream as well, and the
+        // Runs of index chunks (at most 64 KiB each): 512 KiB writes stream as well, and the
         // memory goes to the ranges fetched ahead instead.
         Check::Table(_) => PLAN_BATCH,
     };
@@ -350,8 +350,10 @@ fn write_batch(p: &Payload) -> usize {
     ((p.size / 8).min(2 << 20) / cs).max(1) as usize * cs as usize
 }
 
-/// Size of each read-back read: large, so the device streams (whole chunks).
+/// Size of each read-back read: large, so the device streams (whole chunks); a plan's 512 KiB
+/// (its write batch), so the memory goes to the ranges fetched ahead.
 const READBACK_IO: u64 = 2 << 20;
+const PLAN_READBACK_IO: u64 = 512 << 10;
 
 /// A written stretch of the slot, for the read-back thread: its byte range (whole chunks of
 /// the table) and, for [`Check::Written`], each chunk's XXH3-128 sum.
@@ -371,7 +373,11 @@ fn read_back(
     segments: mpsc::Receiver<Segment>,
 ) -> Result<()> {
     let cs = p.chunk_size as u64;
-    let io = READBACK_IO.max(cs) / cs * cs;
+    let io = match check {
+        Check::Written => READBACK_IO,
+        Check::Table(_) => PLAN_READBACK_IO,
+    };
+    let io = io.max(cs) / cs * cs;
     let mut buf = AlignedBuf::new(io as usize);
     for Segment { start, end, sums } in segments {
         disk.wait_writeback(part, start, end - start);
