@@ -30,7 +30,7 @@ use crate::disk::fatsweep;
 use crate::disk::{Disk, Partition};
 use crate::fetch::ranged::{Fetch, FileSource};
 use crate::install::pipeline::{self, Check};
-use crate::install::{chunks, delta, stream, verity};
+use crate::install::{chunks, delta, stream};
 use crate::progress::Progress;
 use crate::state::lock;
 use crate::state::Context as Ctx;
@@ -141,10 +141,9 @@ pub fn run(ctx: &Ctx, r: &Request) -> Result<()> {
         target,
         source,
         [&rootfs, &kernel, &initrd],
+        verity.as_ref(),
         &info_json,
     )
-    // Both sources end here: the slot read back as signed; now the signed root hash.
-    .and_then(|()| verity::check_slot(&disk, &part, verity.as_ref()))
     .and_then(|()| {
         loader.boot_next(
             &esp,
@@ -455,7 +454,8 @@ enum Source<'b, 'f> {
 }
 
 /// Steps 1 to 3: make the slot unbootable, write and check it and its boot files through the
-/// one pipeline (`pipeline::run`), then the boot files read back and info.json.
+/// one pipeline (`pipeline::run`; its read-back also checks the slot's dm-verity tree against
+/// the signed root hash, exit 46), then the boot files read back and info.json.
 #[allow(clippy::too_many_arguments)]
 fn write_slot(
     ctx: &Ctx,
@@ -466,6 +466,7 @@ fn write_slot(
     target: Slot,
     source: Source,
     payloads: [&Payload; 3],
+    verity: Option<&abbundle::verity::Verity>,
     info_json: &[u8],
 ) -> Result<()> {
     let [rootfs, kernel, initrd] = payloads;
@@ -490,6 +491,7 @@ fn write_slot(
         esp,
         kernel_path: &files.kernel,
         initrd_path: &files.initrd,
+        verity,
     };
     // The same progress and log lines for every source: scripts and tests watch for them.
     let progress = Progress::new(&format!("slot {target}"), rootfs.size, ctx.quiet);

@@ -17,6 +17,7 @@ use std::io::Write as _;
 use std::sync::mpsc;
 
 use abbundle::index::Entry;
+use abbundle::verity::Verity;
 use abbundle::{FormatError, Payload, PayloadKind};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
@@ -25,6 +26,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::disk::direct::{AlignedBuf, ALIGN};
 use crate::disk::esp::{Esp, EspFile};
 use crate::disk::{Disk, Partition};
+use crate::install::verity::SlotTree;
 use crate::progress::Progress;
 use crate::{codes, fault, refuse};
 
@@ -95,6 +97,8 @@ pub struct Targets<'a, 'd> {
     /// The slot's kernel and initrd paths on the ESP.
     pub kernel_path: &'a str,
     pub initrd_path: &'a str,
+    /// The root image's signed dm-verity parameters: the read-back checks the tree too.
+    pub verity: Option<&'a Verity>,
 }
 
 /// Runs `source` on its own thread and writes what it sends: `[rootfs, kernel, initrd]`,
@@ -138,7 +142,8 @@ pub fn run<T: Send>(
         });
         let (seg_tx, segments) = mpsc::channel::<Segment>();
         let (disk, part) = (t.disk, t.part);
-        let readback = scope.spawn(move || read_back(disk, part, rootfs, check, segments));
+        let tree = t.verity.map(|v| SlotTree::new(v, part));
+        let readback = scope.spawn(move || read_back(disk, part, rootfs, check, tree, segments));
         let mut root = RootWriter {
             disk,
             part,
@@ -364,12 +369,15 @@ struct Segment {
 }
 
 /// The read-back thread: waits until each segment is written out, reads it from the device
-/// (`O_DIRECT`, or after dropping it from the page cache) and checks every chunk of it.
+/// (`O_DIRECT`, or after dropping it from the page cache) and checks every chunk of it; with
+/// `tree`, the same bytes build the dm-verity tree, checked against the slot's hash area and
+/// the signed root hash once the last segment is read (no second read of the slot).
 fn read_back(
     disk: &Disk,
     part: &Partition,
     p: &Payload,
     check: Check,
+    mut tree: Option<SlotTree>,
     segments: mpsc::Receiver<Segment>,
 ) -> Result<()> {
     let cs = p.chunk_size as u64;
@@ -379,7 +387,15 @@ fn read_back(
     };
     let io = io.max(cs) / cs * cs;
     let mut buf = AlignedBuf::new(io as usize);
+    let mut read_to = 0;
     for Segment { start, end, sums } in segments {
+        if start != read_to {
+            anyhow::bail!(
+                "read-back of {} at {start}, expected {read_to} (bug)",
+                part.label
+            );
+        }
+        read_to = end;
         disk.wait_writeback(part, start, end - start);
         let mut pos = start;
         while pos < end {
@@ -416,10 +432,16 @@ fn read_back(
                     part.label
                 );
             }
+            if let Some(t) = tree.as_mut() {
+                t.feed(&buf.as_slice()[..n as usize])?;
+            }
             pos += n;
         }
     }
-    Ok(())
+    match tree {
+        Some(t) => t.finish(),
+        None => Ok(()),
+    }
 }
 
 /// Whether the bytes `[start, end)` of `part` read back as the index `entries` says (every

@@ -1,40 +1,73 @@
-//! The written slot against the signed dm-verity root hash (`abbundle::verity`), after the
-//! read-back and before the slot gets a boot entry. The read-back proved the slot holds the
-//! signed bytes; this proves those bytes are the tree the signed root hash names, so a
-//! bundle built wrong never boots into a slot the initrd would refuse to mount.
+//! The written slot against the signed dm-verity root hash (`abbundle::verity`), checked by the
+//! read-back as it reads the slot (`install::pipeline`), before the slot gets a boot entry. The
+//! read-back proves the slot holds the signed bytes; this proves those bytes are the tree the
+//! signed root hash names, so a bundle built wrong never boots into a slot the initrd would
+//! refuse to mount.
 
-use abbundle::verity::{self, CheckError, Verity};
-use anyhow::{Context, Result};
+use abbundle::verity::{CheckError, StreamCheck, Verity};
+use anyhow::Result;
 use tracing::info;
 
 use crate::codes;
-use crate::disk::{Disk, Partition};
+use crate::disk::Partition;
 use crate::refuse;
 
-/// Checks slot `part` against `v` (the manifest's `abinit.verity=`); nothing to do for an
-/// image without verity. A mismatch is exit 46.
-pub fn check_slot(disk: &Disk, part: &Partition, v: Option<&Verity>) -> Result<()> {
-    let Some(v) = v else {
-        return Ok(());
-    };
-    let started = std::time::Instant::now();
-    match verity::check(v, |at, buf| disk.read_at(part, at, buf)) {
-        Ok(()) => {
-            info!(
-                "{}: dm-verity tree matches the signed root hash {} ({:.2} s)",
-                part.label,
-                hex::encode(v.root_hash),
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
+/// The tree check of one slot, fed every byte of the root payload in order (image, padding,
+/// hash area: 32 bytes kept per 4 KiB block of the tree until its stored block comes by).
+pub struct SlotTree<'a> {
+    v: &'a Verity,
+    check: StreamCheck,
+    part: &'a Partition,
+    started: std::time::Instant,
+}
+
+impl<'a> SlotTree<'a> {
+    pub fn new(v: &'a Verity, part: &'a Partition) -> SlotTree<'a> {
+        SlotTree {
+            v,
+            check: StreamCheck::new(v),
+            part,
+            started: std::time::Instant::now(),
         }
-        Err(CheckError::Io(e)) => {
-            Err(e).with_context(|| format!("reading {} for its dm-verity check", part.label))
+    }
+
+    /// The next bytes of the slot.
+    pub fn feed(&mut self, data: &[u8]) -> Result<()> {
+        self.check.feed(data).or_else(|e| self.refuse(e))
+    }
+
+    /// After the payload's last byte: a mismatch anywhere is exit 46.
+    pub fn finish(self) -> Result<()> {
+        let (label, root, took) = (
+            self.part.label.clone(),
+            hex::encode(self.v.root_hash),
+            self.started.elapsed(),
+        );
+        match self.check.finish() {
+            Ok(()) => {
+                info!(
+                    "{label}: dm-verity tree matches the signed root hash {root} (checked while \
+                     read back, {:.2} s)",
+                    took.as_secs_f64()
+                );
+                Ok(())
+            }
+            Err(CheckError::Mismatch(m)) => refuse!(
+                codes::VERITY_MISMATCH,
+                "{label}: {m}: the bundle was built wrong; the slot gets no boot entry"
+            ),
+            Err(CheckError::Io(e)) => Err(e.into()),
         }
-        Err(CheckError::Mismatch(m)) => refuse!(
-            codes::VERITY_MISMATCH,
-            "{}: {m}: the bundle was built wrong; the slot gets no boot entry",
-            part.label
-        ),
+    }
+
+    fn refuse(&self, e: CheckError) -> Result<()> {
+        match e {
+            CheckError::Mismatch(m) => refuse!(
+                codes::VERITY_MISMATCH,
+                "{}: {m}: the bundle was built wrong; the slot gets no boot entry",
+                self.part.label
+            ),
+            CheckError::Io(e) => Err(e.into()),
+        }
     }
 }
