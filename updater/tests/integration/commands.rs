@@ -1,19 +1,8 @@
 //! status, boot-check and the fallback, mark-good, mark-bad, rollback and downgrade.
 
-use serde_json::Value;
-
 use crate::apply::rename_like_systemd_boot;
 use crate::util::*;
 use abupdate::codes;
-
-fn status(env: &Env, disk: &std::path::Path, booted: Option<&str>) -> Value {
-    serde_json::from_str(&ok(&env.abupdate_booted(
-        disk,
-        booted,
-        &["status", "--json"],
-    )))
-    .unwrap()
-}
 
 #[test]
 fn fallback_after_three_failed_boots_is_reported() {

@@ -8,15 +8,6 @@ use serde_json::Value;
 use crate::util::*;
 use abupdate::codes;
 
-fn status(env: &Env, disk: &std::path::Path, booted: Option<&str>) -> Value {
-    serde_json::from_str(&ok(&env.abupdate_booted(
-        disk,
-        booted,
-        &["status", "--json"],
-    )))
-    .unwrap()
-}
-
 /// v1 in a, v2 in b marked good, running b: the state issue 22's check (1) starts from.
 fn both_good(env: &Env) -> std::path::PathBuf {
     let v1 = env.build("2026.11.1", 1, 64 * 1024);

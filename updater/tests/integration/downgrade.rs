@@ -18,15 +18,6 @@ enum Loader {
     Grub,
 }
 
-fn status(env: &Env, disk: &Path, booted: Option<&str>) -> Value {
-    serde_json::from_str(&ok(&env.abupdate_booted(
-        disk,
-        booted,
-        &["status", "--json"],
-    )))
-    .unwrap()
-}
-
 fn env_for(loader: Loader) -> Env {
     match loader {
         Loader::SystemdBoot => Env::new(),

@@ -8,18 +8,8 @@ use std::process::Command;
 use abbundle::grubenv::{self, BootKind, SlotState as S, State, ENV_FILES};
 use abbundle::layout::Slot;
 use abupdate::codes;
-use serde_json::Value;
 
 use crate::util::*;
-
-fn status(env: &Env, disk: &Path, booted: Option<&str>) -> Value {
-    serde_json::from_str(&ok(&env.abupdate_booted(
-        disk,
-        booted,
-        &["status", "--json"],
-    )))
-    .unwrap()
-}
 
 fn st(first: Slot, a: S, b: S) -> State {
     State { first, a, b }

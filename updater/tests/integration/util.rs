@@ -542,3 +542,13 @@ pub fn mkfifo(p: &Path) {
         "mkfifo {p:?}"
     );
 }
+
+/// `abupdate status --json` on `disk`, booted from `booted` (None: not the booted disk).
+pub fn status(env: &Env, disk: &Path, booted: Option<&str>) -> Value {
+    serde_json::from_str(&ok(&env.abupdate_booted(
+        disk,
+        booted,
+        &["status", "--json"],
+    )))
+    .unwrap()
+}
